@@ -1,0 +1,154 @@
+"""The ``actionstate`` command: run, inspect, demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import TextIO
+
+from actionstate.durable.chain import ChainSettings
+from actionstate.durable.execution import POLICIES, RunStats
+from actionstate.errors import ActionFailedError, ActionStateError
+from actionstate.eventlog import LEVELS, EventLogger
+from actionstate.loader import load_agent_class
+from actionstate.runners.files import JsonlSink, JsonlSource
+from actionstate.runners.local import LocalRunner
+from actionstate.runners.statedir import StateDir
+from actionstate.stores import open_store
+
+__all__ = ["main"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit code (0 ok, 1 an action failed, 2 bad input)."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="actionstate: %(message)s")
+    try:
+        return int(args.command(args))
+    except ActionFailedError as exc:
+        print(f"error: {exc}\nrecorded calls are kept: fix the action and run the same "
+              "command again to resume", file=sys.stderr)
+        return 1
+    except ActionStateError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="actionstate", description="Durable execution for event-driven AI agents.")
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run an agent over a JSONL file, resuming after a crash")
+    run.add_argument("agent", help="path/to/file.py:AgentClass or package.module:AgentClass")
+    run.add_argument("--input", required=True, help="JSONL input file, one record per line")
+    run.add_argument("--key", required=True, help="record field that partitions the inputs")
+    run.add_argument("--state", required=True, help="state directory (checkpoint, lock, store)")
+    run.add_argument("--output", required=True, help="JSONL output file (exactly once)")
+    run.add_argument("--store",
+                     help="store URL (default: sqlite inside --state; memory:// for none)")
+    run.add_argument("--durability", choices=("sync", "group"), default="sync")
+    run.add_argument("--checkpoint-interval", type=float, default=1.0, metavar="SECONDS")
+    run.add_argument("--concurrency", type=int, default=64, help="inputs in flight (distinct keys)")
+    run.add_argument("--event-log", metavar="PATH", help="write the event log here (JSONL)")
+    run.add_argument("--event-log-level", choices=LEVELS, default="standard")
+    run.add_argument("--divergence", choices=POLICIES, default="reexecute",
+                     help="what to do when replay finds a different call than recorded")
+    run.add_argument("--job", help="job name for idempotency keys (default: the agent spec)")
+    run.add_argument("--quiet", action="store_true", help="no progress or summary")
+    run.set_defaults(command=_run)
+
+    inspect = sub.add_parser("inspect", help="show what a state directory holds")
+    inspect.add_argument("--state", required=True)
+    inspect.add_argument("--key", help="only this input key")
+    inspect.add_argument("--json", action="store_true", help="machine-readable output")
+    inspect.set_defaults(command=_inspect)
+
+    demo = sub.add_parser("demo", help="run a bundled agent, kill it mid-run, resume, report")
+    demo.add_argument("--dir", help="work directory (default: a new temporary one)")
+    demo.add_argument("--inputs", type=int, default=200)
+    demo.set_defaults(command=_demo)
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    agent_cls = load_agent_class(args.agent)
+    state_dir = StateDir(args.state)
+    state_dir.lock()
+    source = JsonlSource(args.input, args.key)
+    url = args.store or state_dir.default_store_url
+    store = open_store(url, durability=args.durability)
+    sink = JsonlSink(args.output)
+    event_log = EventLogger(args.event_log, args.event_log_level)
+    job = args.job or _default_job(args.agent)
+    settings = ChainSettings(job=job, policy=args.divergence, event_log=event_log)
+    progress = None if args.quiet else _Progress(sys.stderr)
+    runner = LocalRunner(
+        agent_cls(), source=source, sink=sink, store=store, state_dir=state_dir,
+        settings=settings, concurrency=args.concurrency,
+        checkpoint_interval=args.checkpoint_interval, progress=progress)
+    try:
+        asyncio.run(runner.run())
+    finally:
+        event_log.close()
+        sink.close()
+        store.close()
+        state_dir.unlock()
+    if progress is not None:
+        progress.finish()
+    return 0
+
+
+def _default_job(spec: str) -> str:
+    target, _, attr = spec.rpartition(":")
+    return f"{Path(target).stem if target.endswith('.py') else target}:{attr}"
+
+
+class _Progress:
+    """One status line, redrawn on a terminal; a summary line otherwise."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._tty = stream.isatty()
+        self._line = ""
+
+    def __call__(self, stats: RunStats, elapsed: float) -> None:
+        rate = stats.inputs / elapsed if elapsed > 0 else 0.0
+        self._line = (
+            f"{stats.inputs} inputs done, {stats.outputs} outputs | calls: "
+            f"{stats.calls_executed} executed, {stats.calls_replayed} replayed | "
+            f"{rate:,.0f} inputs/s"
+        )
+        if self._tty:
+            self._stream.write("\r\x1b[2K" + self._line)
+            self._stream.flush()
+
+    def finish(self) -> None:
+        self._stream.write("\n" if self._tty else self._line + "\n")
+        self._stream.flush()
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from actionstate.inspection import describe_state, render_text
+
+    report = describe_state(Path(args.state), key=args.key)
+    if args.json:
+        print(json.dumps(report, indent=2, ensure_ascii=False, default=str))
+    else:
+        print(render_text(report))
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from actionstate.demo.run import run_demo
+
+    return int(run_demo(args.dir, args.inputs))
+
+

@@ -1,0 +1,1 @@
+"""Durable execution internals: state records, codec, index and call replay."""

@@ -1,0 +1,92 @@
+"""Processing one input: its chain of actions, with skip and replay.
+
+Every runner calls :func:`process_input`; it is the whole of durable
+execution as a runner sees it. Events sent by actions go back into the same
+input's queue in process (the feedback channel); OutputEvents are returned.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from actionstate.agent import Agent
+from actionstate.durable.execution import ActionContext, DivergencePolicy, RunStats
+from actionstate.durable.state import ActionState, CompleteRecord, StateKey
+from actionstate.errors import ActionFailedError
+from actionstate.eventlog import EventLogger
+from actionstate.events import Event, InputEvent, OutputEvent, event_id
+from actionstate.memory import apply_update
+from actionstate.stores.base import ActionStateStore
+
+__all__ = ["ChainSettings", "process_input"]
+
+
+@dataclass
+class ChainSettings:
+    """What a runner hands to every chain."""
+
+    job: str
+    policy: DivergencePolicy = "reexecute"
+    stats: RunStats = field(default_factory=RunStats)
+    event_log: EventLogger = field(default_factory=lambda: EventLogger(None))
+
+
+async def process_input(
+    agent: Agent, store: ActionStateStore, key: str, seq: int, record: Any,
+    short_term: dict[str, Any], settings: ChainSettings,
+) -> list[Any]:
+    """Run every action the input triggers; returns the outputs, in order sent."""
+    sensory: dict[str, Any] = {}
+    outputs: list[Any] = []
+    log = settings.event_log
+    queue: deque[tuple[Event, str | None, bool]] = deque([(InputEvent(input=record), None, False)])
+    while queue:
+        event, sender, replayed = queue.popleft()
+        log.event(event, key, seq, sender, replayed)
+        if isinstance(event, OutputEvent):
+            outputs.append(event.output)
+            continue
+        for action_id, method in agent.actions_for(event):
+            state_key = StateKey(key, seq, action_id, event_id(event))
+            state = store.get(state_key)
+            if state is not None and state.completed:
+                sent = _skip(state, short_term, sensory, settings)
+                queue.extend((e, action_id, True) for e in sent)
+                log.action_run(key, seq, action_id, True, _calls(state))
+                continue
+            ctx = ActionContext(state_key, state, store, short_term, sensory,
+                                job=settings.job, policy=settings.policy, stats=settings.stats)
+            try:
+                result = method(event, ctx)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception as exc:
+                raise ActionFailedError(key, seq, action_id, exc) from exc
+            settings.stats.actions_run += 1
+            store.put(CompleteRecord(state_key, event, tuple(ctx.sent),
+                                     tuple(ctx.memory_updates), store.epoch))
+            queue.extend((e, action_id, False) for e in ctx.sent)
+            if log.verbose:
+                log.action_run(key, seq, action_id, False, _calls(store.get(state_key)))
+    return outputs
+
+
+def _skip(state: ActionState, short_term: dict[str, Any], sensory: dict[str, Any],
+          settings: ChainSettings) -> list[Event]:
+    """Re-apply a completed action's memory writes; return the events it sent."""
+    settings.stats.actions_skipped += 1
+    settings.stats.calls_replayed += len(state.calls)
+    for update in state.memory_updates:
+        apply_update(short_term if update.scope == "short_term" else sensory,
+                     update.path, update.value)
+    return state.output_events
+
+
+def _calls(state: ActionState | None) -> list[dict[str, Any]]:
+    if state is None:
+        return []
+    return [{"position": p, "function": c.function_id, "status": c.status.name}
+            for p, c in sorted(state.calls.items())]

@@ -1,0 +1,109 @@
+"""The one record codec every store uses: a versioned, self-describing JSON envelope.
+
+Each record is one compact JSON object ``{"v": 1, "t": kind, ...}``. Readers
+reject any other ``v`` with an error naming the record; no pickle.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from actionstate.durable.canonical import TAG, to_wire_default, untag
+from actionstate.durable.state import (
+    CallRecord,
+    CallResult,
+    CallStatus,
+    CompleteRecord,
+    DropRecord,
+    FenceRecord,
+    MemoryUpdate,
+    Record,
+    StateKey,
+    TruncateRecord,
+)
+from actionstate.errors import CorruptRecordError
+
+__all__ = ["FORMAT_VERSION", "decode_record", "encode_record"]
+
+FORMAT_VERSION = 1
+_TAG_BYTES = f'"{TAG}"'.encode()
+_STATUS = {s.value: s for s in CallStatus}
+
+
+def _k(key: StateKey) -> list[Any]:
+    return [key.key, key.seq, key.action, key.event_id]
+
+
+def encode_record(record: Record) -> bytes:
+    """Encode ``record`` as one versioned JSON envelope."""
+    env: dict[str, Any]
+    match record:
+        case CallRecord(key=key, position=pos, call=call, epoch=epoch):
+            env = {"v": 1, "t": "call", "k": _k(key), "e": epoch, "p": pos,
+                   "f": call.function_id, "d": call.args_digest, "s": call.status.value}
+            if call.status is CallStatus.SUCCEEDED:
+                env["r"] = call.result
+            elif call.status is CallStatus.FAILED:
+                env["x"] = call.exception
+        case CompleteRecord(key=key, epoch=epoch):
+            env = {"v": 1, "t": "done", "k": _k(key), "e": epoch, "ev": record.task_event,
+                   "out": list(record.output_events),
+                   "mem": [[m.scope, m.path, m.value] for m in record.memory_updates]}
+        case TruncateRecord(key=key, position=pos, epoch=epoch):
+            env = {"v": 1, "t": "trunc", "k": _k(key), "e": epoch, "p": pos}
+        case DropRecord(key=key, after_seq=after, epoch=epoch):
+            env = {"v": 1, "t": "drop", "key": key, "after": after, "e": epoch}
+        case FenceRecord(epoch=epoch):
+            env = {"v": 1, "t": "fence", "e": epoch}
+    return json.dumps(env, separators=(",", ":"), ensure_ascii=False,
+                      default=to_wire_default).encode()
+
+
+def decode_record(data: bytes, where: str) -> Record:
+    """Decode one envelope; ``where`` names the record in any error (e.g. ``"row 12"``).
+
+    Raises:
+        CorruptRecordError: the bytes are not a record of a known version.
+    """
+    try:
+        env = json.loads(data, object_hook=untag) if _TAG_BYTES in data else json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CorruptRecordError(
+            f"record at {where} is not valid JSON ({exc}); the store is damaged at that "
+            "record: restore it from a backup or remove that record"
+        ) from None
+    if not isinstance(env, dict) or env.get("v") != FORMAT_VERSION:
+        version = env.get("v") if isinstance(env, dict) else None
+        raise CorruptRecordError(
+            f"record at {where} has format version {version!r}, this actionstate reads "
+            f"version {FORMAT_VERSION}: use the actionstate version that wrote it"
+        )
+    try:
+        return _from_envelope(env)
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise CorruptRecordError(
+            f"record at {where} is missing or has a malformed field ({exc!r}); the store "
+            "is damaged at that record"
+        ) from None
+
+
+def _from_envelope(env: dict[str, Any]) -> Record:
+    kind = env["t"]
+    if kind == "fence":
+        return FenceRecord(int(env["e"]))
+    if kind == "drop":
+        return DropRecord(str(env["key"]), int(env["after"]), int(env["e"]))
+    k = env["k"]
+    key = StateKey(str(k[0]), int(k[1]), str(k[2]), str(k[3]))
+    epoch = int(env["e"])
+    if kind == "call":
+        status = _STATUS[env["s"]]
+        call = CallResult(env["f"], env["d"], status, env.get("r"), env.get("x"))
+        return CallRecord(key, int(env["p"]), call, epoch)
+    if kind == "done":
+        mem = tuple(MemoryUpdate(str(s), str(p), v) for s, p, v in env["mem"])
+        return CompleteRecord(key, env["ev"], tuple(env["out"]), mem, epoch)
+    if kind == "trunc":
+        return TruncateRecord(key, int(env["p"]), epoch)
+    raise ValueError(f"unknown record kind {kind!r}")

@@ -1,0 +1,265 @@
+"""Call replay: matching durable calls against the record, and recording new ones.
+
+One :class:`ActionContext` serves one action run. Each durable call takes the
+next position. If the record has a call at that position with the same
+function id and args digest, its outcome is returned (or its exception
+raised) and the function is not called. A mismatch is non-determinism, handled
+by the configured :data:`DivergencePolicy`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import hashlib
+import inspect
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar, cast
+
+from actionstate.context import RunnerContext
+from actionstate.durable.canonical import (
+    canonical_bytes,
+    decode_exception,
+    digest,
+    encode_exception,
+)
+from actionstate.durable.state import (
+    ActionState,
+    CallRecord,
+    CallResult,
+    CallStatus,
+    MemoryUpdate,
+    StateKey,
+    TruncateRecord,
+)
+from actionstate.errors import ConfigError, NonDeterminismError
+from actionstate.events import Event
+from actionstate.memory import MemoryObject
+from actionstate.stores.base import ActionStateStore
+
+__all__ = ["ActionContext", "DivergencePolicy", "RunStats", "function_id"]
+
+log = logging.getLogger("actionstate")
+T = TypeVar("T")
+DivergencePolicy = Literal["reexecute", "warn", "fail"]
+POLICIES = ("reexecute", "warn", "fail")
+_CURRENT_CALL: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "actionstate_call_id", default=None)
+
+
+@dataclass
+class RunStats:
+    """Counters a runner reports."""
+
+    inputs: int = 0
+    outputs: int = 0
+    calls_executed: int = 0
+    calls_replayed: int = 0
+    calls_reconciled: int = 0
+    calls_truncated: int = 0
+    actions_run: int = 0
+    actions_skipped: int = 0
+
+
+def function_id(fn: Callable[..., Any]) -> str:
+    """The stable id of ``fn``: ``__actionstate_name__`` or ``module.qualname``."""
+    name = getattr(fn, "__actionstate_name__", None)
+    if name:
+        return str(name)
+    if isinstance(fn, functools.partial):
+        return function_id(fn.func)
+    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', type(fn).__qualname__)}"
+
+
+@functools.lru_cache(maxsize=4096)
+def _wants_idempotency_key(fn: Callable[..., Any]) -> bool:
+    try:
+        return "idempotency_key" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+@dataclass(slots=True)
+class _Step:
+    position: int
+    fid: str
+    digest: str
+    call_id: str
+    recorded: CallResult | None
+
+
+class ActionContext(RunnerContext):
+    """The engine's :class:`RunnerContext` for one action run."""
+
+    def __init__(
+        self,
+        state_key: StateKey,
+        state: ActionState | None,
+        store: ActionStateStore,
+        short_term: dict[str, Any],
+        sensory: dict[str, Any],
+        *,
+        job: str,
+        policy: DivergencePolicy = "reexecute",
+        stats: RunStats | None = None,
+    ) -> None:
+        if policy not in POLICIES:
+            raise ConfigError(f"unknown divergence policy {policy!r}: use one of {POLICIES}")
+        self._sk = state_key
+        self._state = state
+        self._store = store
+        self._job = job
+        self._policy = policy
+        self.stats = stats if stats is not None else RunStats()
+        self.sent: list[Event] = []
+        self.memory_updates: list[MemoryUpdate] = []
+        self._short_term = MemoryObject(short_term, "short_term", self.memory_updates)
+        self._sensory = MemoryObject(sensory, "sensory", self.memory_updates)
+        self._next_position = 0
+
+    # -- RunnerContext -----------------------------------------------------
+
+    @property
+    def key(self) -> str:
+        return self._sk.key
+
+    @property
+    def seq(self) -> int:
+        return self._sk.seq
+
+    def send_event(self, event: Event) -> None:
+        if not isinstance(event, Event):
+            raise TypeError(f"send_event needs an Event, got {type(event).__qualname__}")
+        self.sent.append(event)
+
+    @property
+    def short_term_memory(self) -> MemoryObject:
+        return self._short_term
+
+    @property
+    def sensory_memory(self) -> MemoryObject:
+        return self._sensory
+
+    @property
+    def call_id(self) -> str | None:
+        return _CURRENT_CALL.get()
+
+    def durable_execute(
+        self, fn: Callable[..., T], *args: Any, reconciler: Callable[[], T] | None = None,
+        **kwargs: Any,
+    ) -> T:
+        step = self._begin(fn, args, kwargs)
+        if step.recorded is not None and step.recorded.status is not CallStatus.PENDING:
+            replayed: T = self._replay(step.recorded)
+            return replayed
+        if inspect.iscoroutinefunction(fn):
+            raise TypeError(
+                f"{function_id(fn)} is a coroutine function: use "
+                "`await ctx.durable_execute_async(...)` for it"
+            )
+        target, args, kwargs = self._target(step, fn, args, kwargs, reconciler)
+        token = _CURRENT_CALL.set(step.call_id)
+        try:
+            result = target(*args, **kwargs)
+        except Exception as exc:
+            self._record_failure(step, exc)
+            raise
+        finally:
+            _CURRENT_CALL.reset(token)
+        self._record(step, CallResult(step.fid, step.digest, CallStatus.SUCCEEDED, result))
+        return cast(T, result)
+
+    async def durable_execute_async(
+        self, fn: Callable[..., Any], *args: Any, reconciler: Callable[[], Any] | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        step = self._begin(fn, args, kwargs)
+        if step.recorded is not None and step.recorded.status is not CallStatus.PENDING:
+            return self._replay(step.recorded)
+        target, args, kwargs = self._target(step, fn, args, kwargs, reconciler)
+        token = _CURRENT_CALL.set(step.call_id)
+        try:
+            if inspect.iscoroutinefunction(target):
+                result = await target(*args, **kwargs)
+            else:
+                result = await asyncio.to_thread(target, *args, **kwargs)
+                if inspect.isawaitable(result):
+                    result = await result
+        except Exception as exc:
+            self._record_failure(step, exc)
+            raise
+        finally:
+            _CURRENT_CALL.reset(token)
+        self._record(step, CallResult(step.fid, step.digest, CallStatus.SUCCEEDED, result))
+        return result
+
+    # -- the engine --------------------------------------------------------
+
+    def _begin(self, fn: Callable[..., Any], args: tuple[Any, ...],
+               kwargs: dict[str, Any]) -> _Step:
+        position = self._next_position
+        self._next_position += 1
+        fid = function_id(fn)
+        args_digest = digest([list(args), kwargs])
+        sk = self._sk
+        call_id = hashlib.sha256(canonical_bytes(
+            [self._job, self._store.namespace, sk.key, sk.seq, sk.action, sk.event_id, position]
+        )).hexdigest()
+        recorded = self._state.calls.get(position) if self._state is not None else None
+        if recorded is not None and not recorded.matches(fid, args_digest):
+            self._diverge(position, recorded, fid, args_digest)
+            recorded = None
+        return _Step(position, fid, args_digest, call_id, recorded)
+
+    def _diverge(self, position: int, recorded: CallResult, fid: str, args_digest: str) -> None:
+        sk = self._sk
+        message = (
+            f"non-deterministic replay: key {sk.key!r} seq {sk.seq} action {sk.action!r} "
+            f"call position {position}: recorded {recorded.function_id} "
+            f"(args {recorded.args_digest}), now {fid} (args {args_digest})"
+        )
+        if self._policy == "fail":
+            raise NonDeterminismError(
+                message + "; make the action deterministic (see docs/determinism.md) or run "
+                "with --divergence reexecute"
+            )
+        if self._policy == "warn":
+            log.warning("%s; re-executing from this call", message)
+        else:
+            log.info("%s; re-executing from this call", message)
+        self._store.put(TruncateRecord(sk, position, self._store.epoch), sync=True)
+        self.stats.calls_truncated += 1
+
+    def _target(
+        self, step: _Step, fn: Callable[..., Any], args: tuple[Any, ...],
+        kwargs: dict[str, Any], reconciler: Callable[[], Any] | None,
+    ) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
+        """What to call for a call that has no recorded outcome."""
+        if step.recorded is not None and reconciler is not None:
+            self.stats.calls_reconciled += 1
+            return reconciler, (), {}
+        if reconciler is not None:
+            pending = CallResult(step.fid, step.digest, CallStatus.PENDING)
+            self._store.put(CallRecord(self._sk, step.position, pending, self._store.epoch),
+                            sync=True)
+        if _wants_idempotency_key(fn) and "idempotency_key" not in kwargs:
+            kwargs = {**kwargs, "idempotency_key": step.call_id}
+        self.stats.calls_executed += 1
+        return fn, args, kwargs
+
+    def _replay(self, recorded: CallResult) -> Any:
+        self.stats.calls_replayed += 1
+        if recorded.status is CallStatus.FAILED:
+            assert recorded.exception is not None
+            raise decode_exception(recorded.exception)
+        return recorded.result
+
+    def _record(self, step: _Step, result: CallResult) -> None:
+        self._store.put(CallRecord(self._sk, step.position, result, self._store.epoch))
+
+    def _record_failure(self, step: _Step, exc: Exception) -> None:
+        self._record(step, CallResult(step.fid, step.digest, CallStatus.FAILED,
+                                      exception=encode_exception(exc)))

@@ -1,0 +1,111 @@
+"""The in-memory index every store keeps: records applied in log order.
+
+A store appends records (deltas) to its medium and applies each to a
+:class:`StateIndex`. The index answers point lookups, finds divergent later
+seqs per key, prunes, ignores records of fenced-off epochs, and tracks where
+in the log the oldest still-live state begins (the recovery marker).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from actionstate.durable.state import (
+    ActionState,
+    CallRecord,
+    CompleteRecord,
+    DropRecord,
+    FenceRecord,
+    Record,
+    StateKey,
+    TruncateRecord,
+)
+
+__all__ = ["Position", "StateIndex"]
+
+Position = tuple[int, int]
+"""(partition, offset) of a record in a store's log; single-log stores use partition 0."""
+
+
+class StateIndex:
+    """Action states by key, built by applying records in log order."""
+
+    def __init__(self) -> None:
+        self._states: dict[StateKey, ActionState] = {}
+        self._seqs: dict[str, dict[int, set[StateKey]]] = {}
+        self._first: dict[StateKey, Position] = {}
+        self.fence_epoch = 0
+        self.max_epoch = 0
+
+    def apply(self, record: Record, position: Position) -> bool:
+        """Apply one record; False when it was ignored (an older epoch after a fence)."""
+        if isinstance(record, FenceRecord):
+            self.fence_epoch = max(self.fence_epoch, record.epoch)
+            self.max_epoch = max(self.max_epoch, record.epoch)
+            return True
+        if record.epoch < self.fence_epoch:
+            return False
+        self.max_epoch = max(self.max_epoch, record.epoch)
+        if isinstance(record, DropRecord):
+            self.drop_after(record.key, record.after_seq)
+            return True
+        key = record.key
+        state = self._states.get(key)
+        if state is None:
+            state = self._states[key] = ActionState()
+            self._seqs.setdefault(key.key, {}).setdefault(key.seq, set()).add(key)
+            self._first[key] = position
+        if isinstance(record, CallRecord):
+            state.calls[record.position] = record.call
+        elif isinstance(record, CompleteRecord):
+            state.completed = True
+            state.task_event = record.task_event
+            state.output_events = list(record.output_events)
+            state.memory_updates = list(record.memory_updates)
+        elif isinstance(record, TruncateRecord):
+            for pos in [p for p in state.calls if p >= record.position]:
+                del state.calls[pos]
+        return True
+
+    def get(self, key: StateKey) -> ActionState | None:
+        """The state of ``key``, or None."""
+        return self._states.get(key)
+
+    def has_later(self, key: str, seq: int) -> bool:
+        """True when states of input ``key`` exist with a seq above ``seq``."""
+        seqs = self._seqs.get(key)
+        return seqs is not None and max(seqs) > seq
+
+    def drop_after(self, key: str, seq: int) -> None:
+        """Forget the states of input ``key`` with seq > ``seq``."""
+        self._drop(key, lambda s: s > seq)
+
+    def prune(self, key: str, seq: int) -> None:
+        """Forget the states of input ``key`` with seq <= ``seq``."""
+        self._drop(key, lambda s: s <= seq)
+
+    def _drop(self, key: str, doomed: Callable[[int], bool]) -> None:
+        seqs = self._seqs.get(key)
+        if not seqs:
+            return
+        for seq in [s for s in seqs if doomed(s)]:
+            for state_key in seqs.pop(seq):
+                del self._states[state_key]
+                del self._first[state_key]
+        if not seqs:
+            del self._seqs[key]
+
+    def first_positions(self) -> dict[int, int]:
+        """Per partition, the lowest position of any live state's first record."""
+        lowest: dict[int, int] = {}
+        for partition, offset in self._first.values():
+            if offset < lowest.get(partition, offset + 1):
+                lowest[partition] = offset
+        return lowest
+
+    def items(self) -> Iterator[tuple[StateKey, ActionState]]:
+        """Every live (key, state), in no particular order."""
+        return iter(list(self._states.items()))
+
+    def __len__(self) -> int:
+        return len(self._states)

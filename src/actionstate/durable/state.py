@@ -1,0 +1,143 @@
+"""The durable records: what is stored per action and per call.
+
+A store holds an append-only sequence of small *records* (deltas). Applying
+them in order yields one :class:`ActionState` per :class:`StateKey`. A call
+appends one record, so the cost of a call does not grow with the number of
+calls before it.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+from actionstate.events import Event
+
+__all__ = [
+    "ActionState",
+    "CallRecord",
+    "CallResult",
+    "CallStatus",
+    "CompleteRecord",
+    "DropRecord",
+    "FenceRecord",
+    "MemoryUpdate",
+    "Record",
+    "StateKey",
+    "TruncateRecord",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class StateKey:
+    """Identifies one action run: input key, input seq, action id, event id."""
+
+    key: str
+    seq: int
+    action: str
+    event_id: str
+
+
+class CallStatus(enum.Enum):
+    """Outcome of a durable call."""
+
+    PENDING = "P"
+    SUCCEEDED = "S"
+    FAILED = "F"
+
+
+@dataclass(slots=True)
+class CallResult:
+    """The recorded outcome of one durable call.
+
+    Attributes:
+        function_id: stable name of the called function.
+        args_digest: SHA-256 of the canonical arguments.
+        status: PENDING (started, outcome unknown), SUCCEEDED or FAILED.
+        result: the returned value (SUCCEEDED).
+        exception: the stored exception ``{"type", "message", "args"}`` (FAILED).
+    """
+
+    function_id: str
+    args_digest: str
+    status: CallStatus
+    result: Any = None
+    exception: dict[str, Any] | None = None
+
+    def matches(self, function_id: str, args_digest: str) -> bool:
+        """True when this record is for the same function and arguments."""
+        return self.function_id == function_id and self.args_digest == args_digest
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryUpdate:
+    """A memory write made by an action: ``scope`` is ``"short_term"`` or ``"sensory"``."""
+
+    scope: str
+    path: str
+    value: Any
+
+
+@dataclass(slots=True)
+class ActionState:
+    """Everything recorded for one action run.
+
+    ``calls`` maps call position to result; positions are dense from 0 unless
+    a run was cut off while concurrent calls were in flight.
+    """
+
+    calls: dict[int, CallResult] = field(default_factory=dict)
+    completed: bool = False
+    task_event: Event | None = None
+    output_events: list[Event] = field(default_factory=list)
+    memory_updates: list[MemoryUpdate] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class CallRecord:
+    """A call result at ``position`` of the action run ``key``."""
+
+    key: StateKey
+    position: int
+    call: CallResult
+    epoch: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class TruncateRecord:
+    """Drop the calls at ``position`` and later (non-determinism, re-execute)."""
+
+    key: StateKey
+    position: int
+    epoch: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class CompleteRecord:
+    """The action run finished: its sent events and memory updates, to replay."""
+
+    key: StateKey
+    task_event: Event
+    output_events: tuple[Event, ...]
+    memory_updates: tuple[MemoryUpdate, ...]
+    epoch: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class DropRecord:
+    """Divergence: drop every state of input key ``key`` with seq > ``after_seq``."""
+
+    key: str
+    after_seq: int
+    epoch: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class FenceRecord:
+    """A new runner incarnation: records of older epochs written later are ignored."""
+
+    epoch: int
+
+
+Record = CallRecord | TruncateRecord | CompleteRecord | DropRecord | FenceRecord

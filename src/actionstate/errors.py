@@ -1,0 +1,95 @@
+"""Errors raised by actionstate.
+
+The tree::
+
+    ActionStateError
+    ├── ConfigError               bad URL, option or argument
+    ├── ActionFailedError         an action raised (its recorded calls are kept)
+    ├── AgentDefinitionError      an agent or event class that cannot work
+    ├── InputError                an input record that cannot be processed
+    ├── StoreError                a store that cannot be reached or used
+    │   ├── CorruptRecordError    a stored record that cannot be decoded
+    │   └── StateLockedError      a state dir held by another live run
+    ├── IncompatibleStateError    state written by an incompatible version
+    ├── NonDeterminismError       replay found a different call than recorded
+    └── ReplayedCallError         a recorded exception whose type cannot be rebuilt
+
+Every message names the thing at fault and what to do about it.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ActionFailedError",
+    "ActionStateError",
+    "AgentDefinitionError",
+    "ConfigError",
+    "CorruptRecordError",
+    "IncompatibleStateError",
+    "InputError",
+    "NonDeterminismError",
+    "ReplayedCallError",
+    "StateLockedError",
+    "StoreError",
+]
+
+
+class ActionStateError(Exception):
+    """Base class of every error actionstate raises on purpose."""
+
+
+class ConfigError(ActionStateError):
+    """A URL, option or argument is invalid."""
+
+
+class ActionFailedError(ActionStateError):
+    """An action raised. Its recorded calls are kept: a restart replays them."""
+
+    def __init__(self, key: str, seq: int, action: str, cause: BaseException) -> None:
+        super().__init__(
+            f"action {action!r} failed on key {key!r} seq {seq}: "
+            f"{type(cause).__name__}: {cause}"
+        )
+        self.key, self.seq, self.action = key, seq, action
+
+
+class AgentDefinitionError(ActionStateError):
+    """An agent, action or event class is defined in a way that cannot work."""
+
+
+class InputError(ActionStateError):
+    """An input record cannot be decoded or has no usable key."""
+
+
+class StoreError(ActionStateError):
+    """The action state store cannot be reached or used."""
+
+
+class CorruptRecordError(StoreError):
+    """A stored record cannot be decoded; the message names the record."""
+
+
+class StateLockedError(StoreError):
+    """Another live run holds the state directory."""
+
+
+class IncompatibleStateError(ActionStateError):
+    """State on disk was written by an incompatible version of actionstate."""
+
+
+class NonDeterminismError(ActionStateError):
+    """A replayed action made a different durable call than the one recorded."""
+
+
+class ReplayedCallError(ActionStateError):
+    """A recorded exception replayed when its original type cannot be rebuilt.
+
+    Attributes:
+        type_name: the fully qualified name of the original exception type.
+        message: the original exception's message.
+    """
+
+    def __init__(self, type_name: str, message: str) -> None:
+        super().__init__(f"{type_name}: {message}")
+        self.type_name = type_name
+        self.message = message

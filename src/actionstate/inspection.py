@@ -1,0 +1,95 @@
+"""What a state directory holds: checkpoint, keys, seqs, actions and call results."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from actionstate.durable.canonical import to_wire_default
+from actionstate.errors import ConfigError
+from actionstate.runners.statedir import StateDir
+from actionstate.stores import open_store
+
+__all__ = ["describe_state", "render_text"]
+
+
+def describe_state(path: Path, key: str | None = None) -> dict[str, Any]:
+    """A JSON-able report of the state dir at ``path`` (optionally one input key)."""
+    if not (path / "actionstate.json").exists():
+        raise ConfigError(f"{path} is not an actionstate state dir (no actionstate.json)")
+    state_dir = StateDir(path)
+    checkpoint = state_dir.load_checkpoint()
+    report: dict[str, Any] = {"state_dir": str(path), "checkpoint": None, "keys": []}
+    if checkpoint is None:
+        return report
+    report["checkpoint"] = {
+        "time": checkpoint["time"], "store": checkpoint.get("store", ""),
+        "epoch": checkpoint.get("epoch"), "source": checkpoint["source"],
+        "sink": checkpoint["sink"], "inputs_in_flight": len(checkpoint["pending"]),
+        "stats": checkpoint.get("stats", {}),
+    }
+    states = _states(checkpoint)
+    keys = sorted(set(checkpoint["next_seq"]) | {k for k, _ in states})
+    for k in keys:
+        if key is not None and k != key:
+            continue
+        report["keys"].append({
+            "key": k,
+            "next_seq": checkpoint["next_seq"].get(k, 0),
+            "short_term_memory": checkpoint["short_term"].get(k, {}),
+            "states": [s for sk, s in states if sk == k],
+        })
+    return report
+
+
+def _states(checkpoint: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    url = checkpoint.get("store", "")
+    if not url or url.startswith("memory://"):
+        return []
+    store = open_store(url)
+    try:
+        marker = dict(checkpoint["marker"], offsets={})
+        store.rebuild(marker)
+        out = []
+        for sk, state in sorted(store.states(), key=lambda kv: (kv[0].key, kv[0].seq,
+                                                                kv[0].action)):
+            calls = [{
+                "position": pos, "function": call.function_id, "status": call.status.name,
+                "size": len(json.dumps(call.result if call.exception is None else call.exception,
+                                       default=to_wire_default)),
+            } for pos, call in sorted(state.calls.items())]
+            out.append((sk.key, {"seq": sk.seq, "action": sk.action, "event_id": sk.event_id,
+                                 "completed": state.completed, "calls": calls}))
+        return out
+    finally:
+        store.close()
+
+
+def render_text(report: dict[str, Any]) -> str:
+    """A human-readable rendering of :func:`describe_state`."""
+    lines = [f"state dir: {report['state_dir']}"]
+    ckpt = report["checkpoint"]
+    if ckpt is None:
+        lines.append("no checkpoint yet: the first run has not reached one")
+        return "\n".join(lines)
+    stats = ckpt["stats"]
+    lines += [
+        f"last checkpoint: {ckpt['time']:.3f} (epoch {ckpt['epoch']}), store {ckpt['store']}",
+        f"  input {ckpt['source']['path']} at line {ckpt['source']['line']}, "
+        f"output {ckpt['sink']['path']} at byte {ckpt['sink']['offset']}",
+        f"  {ckpt['inputs_in_flight']} inputs in flight; counters: "
+        + ", ".join(f"{k}={v}" for k, v in stats.items()),
+        f"keys: {len(report['keys'])}",
+    ]
+    for entry in report["keys"]:
+        lines.append(f"  key {entry['key']!r}: next seq {entry['next_seq']}, "
+                     f"{len(entry['states'])} states held")
+        for state in entry["states"]:
+            done = "completed" if state["completed"] else "in flight"
+            lines.append(f"    seq {state['seq']} action {state['action']} ({done}), "
+                         f"event {state['event_id'][:16]}...")
+            for call in state["calls"]:
+                lines.append(f"      call {call['position']}: {call['function']} "
+                             f"{call['status']} {call['size']} bytes")
+    return "\n".join(lines)

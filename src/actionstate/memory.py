@@ -1,0 +1,59 @@
+"""Agent memory: nested key/value data whose writes are recorded for replay."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from actionstate.durable.state import MemoryUpdate
+
+__all__ = ["MemoryObject"]
+
+_MISSING = object()
+
+
+class MemoryObject:
+    """Get and set values on dotted paths (``"order.items"``) of a nested dict.
+
+    Every :meth:`set` is recorded, so that when a completed action is skipped on
+    replay its writes are applied again. Values must be JSON-able.
+    """
+
+    def __init__(self, data: dict[str, Any], scope: str, updates: list[MemoryUpdate]) -> None:
+        self._data = data
+        self._scope = scope
+        self._updates = updates
+
+    def get(self, path: str, default: Any = None) -> Any:
+        """The value at ``path``, or ``default`` when any part of it is missing."""
+        node: Any = self._data
+        for part in path.split("."):
+            if not isinstance(node, dict):
+                return default
+            node = node.get(part, _MISSING)
+            if node is _MISSING:
+                return default
+        return node
+
+    def set(self, path: str, value: Any) -> None:
+        """Set the value at ``path``, creating intermediate objects."""
+        apply_update(self._data, path, value)
+        self._updates.append(MemoryUpdate(self._scope, path, value))
+
+    def __contains__(self, path: str) -> bool:
+        return self.get(path, _MISSING) is not _MISSING
+
+    def to_dict(self) -> dict[str, Any]:
+        """The whole memory as a nested dict (not a copy: do not mutate it)."""
+        return self._data
+
+
+def apply_update(data: dict[str, Any], path: str, value: Any) -> None:
+    """Write ``value`` at dotted ``path`` in ``data`` (used by set and by replay)."""
+    *parents, leaf = path.split(".")
+    node = data
+    for part in parents:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = node[part] = {}
+        node = child
+    node[leaf] = value

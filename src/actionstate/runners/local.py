@@ -1,0 +1,226 @@
+"""LocalRunner: one process, asyncio, many keys in flight, strict order per key.
+
+Reads a JSONL file, runs each input's chain of actions through
+:func:`~actionstate.durable.chain.process_input`, writes outputs to a JSONL
+file, and checkpoints periodically (source position, per-key seq counters and
+short-term memory, inputs in flight, sink position, store marker). On start it
+restores the last checkpoint: the sink is cut back to the checkpoint, inputs
+in flight are run again, and their recorded work is replayed, not redone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from actionstate.agent import Agent
+from actionstate.durable.chain import ChainSettings, process_input
+from actionstate.durable.execution import RunStats
+from actionstate.errors import ConfigError
+from actionstate.runners.files import JsonlSink, JsonlSource
+from actionstate.runners.statedir import StateDir
+from actionstate.stores.base import ActionStateStore
+
+__all__ = ["LocalRunner"]
+
+ProgressFn = Callable[[RunStats, float], None]
+
+
+class LocalRunner:
+    """Runs ``agent`` over ``source`` into ``sink`` with durable execution.
+
+    Args:
+        concurrency: most inputs processed at once (each of a different key).
+        checkpoint_interval: seconds between checkpoints.
+        group_interval: in ``group`` durability, seconds between group commits;
+            outputs are held until the commit that covers them.
+    """
+
+    def __init__(
+        self, agent: Agent, *, source: JsonlSource, sink: JsonlSink,
+        store: ActionStateStore, state_dir: StateDir, settings: ChainSettings,
+        concurrency: int = 64, checkpoint_interval: float = 1.0,
+        group_interval: float = 0.005, progress: ProgressFn | None = None,
+    ) -> None:
+        if concurrency < 1:
+            raise ConfigError(f"concurrency must be at least 1, got {concurrency}")
+        if checkpoint_interval <= 0:
+            raise ConfigError(f"checkpoint interval must be positive, got {checkpoint_interval}")
+        self.agent, self.source, self.sink, self.store = agent, source, sink, store
+        self.state_dir, self.settings = state_dir, settings
+        self.stats = settings.stats
+        self._concurrency = concurrency
+        self._checkpoint_interval = checkpoint_interval
+        self._tick = (group_interval if store.durability == "group"
+                      else min(0.2, checkpoint_interval))
+        self._progress = progress
+        self._next_seq: dict[str, int] = {}
+        self._done_seq: dict[str, int] = {}
+        self._pruned: set[str] = set()
+        self._short_term: dict[str, dict[str, Any]] = {}
+        self._pending: dict[tuple[str, int], tuple[Any, int]] = {}
+        self._queues: dict[str, deque[tuple[int, Any]]] = {}
+        self._workers: dict[str, asyncio.Task[None]] = {}
+        self._held: list[Any] = []
+        self._offset = 0
+        self._line = 0
+
+    async def run(self) -> RunStats:
+        """Restore, process every input, checkpoint at the end; returns the counters."""
+        started = time.monotonic()
+        self._restore()
+        self.store.fence()
+        self._slots = asyncio.Semaphore(self._concurrency)
+        self._space = asyncio.Semaphore(self._concurrency * 4)
+        self._done = asyncio.Event()
+        try:
+            async with asyncio.TaskGroup() as group:
+                self._group = group
+                group.create_task(self._ticker(started))
+                for (key, seq), (record, _line) in sorted(self._pending.items(),
+                                                           key=lambda kv: kv[0][1]):
+                    await self._space.acquire()
+                    self._enqueue(key, seq, record)
+                await self._read()
+                while self._workers:
+                    await asyncio.gather(*self._workers.values())
+                self._done.set()
+        except BaseExceptionGroup as group_error:
+            raise _first(group_error) from None
+        self._checkpoint()
+        if self._progress:
+            self._progress(self.stats, time.monotonic() - started)
+        return self.stats
+
+    async def _read(self) -> None:
+        for item in self.source.read(self._offset, self._line):
+            await self._space.acquire()
+            seq = self._next_seq.get(item.key, 0)
+            self._next_seq[item.key] = seq + 1
+            self._pending[(item.key, seq)] = (item.record, item.line)
+            self._offset, self._line = item.next_offset, item.line
+            self._enqueue(item.key, seq, item.record)
+            await asyncio.sleep(0)  # let workers run between reads
+
+    def _enqueue(self, key: str, seq: int, record: Any) -> None:
+        queue = self._queues.get(key)
+        if queue is None:
+            queue = self._queues[key] = deque()
+            self._workers[key] = self._group.create_task(self._work(key, queue))
+        queue.append((seq, record))
+
+    async def _work(self, key: str, queue: deque[tuple[int, Any]]) -> None:
+        short_term = self._short_term.setdefault(key, {})
+        while queue:
+            seq, record = queue[0]
+            async with self._slots:
+                outputs = await process_input(self.agent, self.store, key, seq, record,
+                                              short_term, self.settings)
+            queue.popleft()
+            del self._pending[(key, seq)]
+            self._done_seq[key] = seq
+            self._pruned.discard(key)
+            self.stats.inputs += 1
+            self._emit(outputs)
+            self._space.release()
+        del self._queues[key]
+        del self._workers[key]
+
+    def _emit(self, outputs: list[Any]) -> None:
+        if self.store.durability == "group":
+            self._held.extend(outputs)
+        else:
+            self.sink.write(outputs)
+            self.stats.outputs += len(outputs)
+
+    def _commit_group(self) -> None:
+        """Make recorded work durable, then release the outputs that depend on it."""
+        self.store.flush()
+        if self._held:
+            self.sink.write(self._held)
+            self.stats.outputs += len(self._held)
+            self._held = []
+
+    async def _ticker(self, started: float) -> None:
+        last_checkpoint = time.monotonic()
+        while not self._done.is_set():
+            try:
+                await asyncio.wait_for(self._done.wait(), self._tick)
+            except TimeoutError:
+                pass
+            self._commit_group()
+            now = time.monotonic()
+            if now - last_checkpoint >= self._checkpoint_interval:
+                self._checkpoint()
+                last_checkpoint = now
+                if self._progress:
+                    self._progress(self.stats, now - started)
+
+    # -- checkpoints ---------------------------------------------------------
+
+    def _checkpoint(self) -> None:
+        self._commit_group()
+        self.sink.sync()
+        for key, seq in self._done_seq.items():
+            if key not in self._pruned:
+                self.store.prune(key, seq)
+                self._pruned.add(key)
+        marker = self.store.recovery_marker()
+        self.state_dir.save_checkpoint({
+            "job": self.settings.job,
+            "time": time.time(),
+            "source": {"path": str(self.source.path.resolve()), "offset": self._offset,
+                       "line": self._line},
+            "sink": {"path": str(self.sink.path.resolve()), "offset": self.sink.position()},
+            "next_seq": self._next_seq,
+            "short_term": self._short_term,
+            "pending": [[k, s, r, line] for (k, s), (r, line) in self._pending.items()],
+            "store": self.store.url,
+            "marker": marker,
+            "epoch": self.store.epoch,
+            "stats": vars(self.stats),
+        })
+        self.store.release(marker)
+
+    def _restore(self) -> None:
+        checkpoint = self.state_dir.load_checkpoint()
+        if checkpoint is None:
+            self.store.rebuild(None)
+            self.sink.truncate(0)
+            return
+        if checkpoint["job"] != self.settings.job:
+            raise ConfigError(
+                f"state dir {self.state_dir.path} belongs to job {checkpoint['job']!r}, not "
+                f"{self.settings.job!r}: use a new --state for a different agent"
+            )
+        for role, path in (("input", self.source.path), ("output", self.sink.path)):
+            recorded = checkpoint["source" if role == "input" else "sink"]["path"]
+            if recorded != str(path.resolve()):
+                raise ConfigError(
+                    f"state dir {self.state_dir.path} was run with --{role} {recorded}, "
+                    f"not {path}: use the same file, or a new --state"
+                )
+        self.store.rebuild(checkpoint["marker"])
+        self.store.epoch = max(self.store.epoch, int(checkpoint.get("epoch", 0)))
+        self._offset = checkpoint["source"]["offset"]
+        self._line = checkpoint["source"]["line"]
+        self.sink.truncate(checkpoint["sink"]["offset"])
+        self._next_seq = checkpoint["next_seq"]
+        self._short_term = checkpoint["short_term"]
+        self._done_seq = {}
+        for key, seq, record, line in checkpoint["pending"]:
+            self._pending[(key, seq)] = (record, line)
+
+
+def _first(group_error: BaseExceptionGroup[Any]) -> BaseException:
+    """The first real error of a task group (not the cancellations it caused)."""
+    for exc in group_error.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            return _first(exc)
+        if not isinstance(exc, asyncio.CancelledError):
+            found: BaseException = exc
+            return found
+    return group_error

@@ -1,0 +1,64 @@
+"""``memory://[name]``: the reference store, in process memory.
+
+Stores named ``memory://name`` share one log per process, so a store can be
+reopened and rebuilt (as a restarted runner would). Nothing survives the
+process: use it for tests and for runs that need no durability.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterator
+
+from actionstate.durable.index import Position
+from actionstate.durable.state import Record
+from actionstate.stores.base import ActionStateStore, Durability
+
+__all__ = ["MemoryActionStateStore"]
+
+_LOGS: dict[str, list[tuple[str, bytes]]] = {}
+_LOCK = threading.Lock()
+
+
+class MemoryActionStateStore(ActionStateStore):
+    """An in-memory log of (namespace, record) shared by stores of the same name."""
+
+    def __init__(self, name: str = "", durability: Durability = "sync") -> None:
+        super().__init__(durability)
+        with _LOCK:
+            self._log = _LOGS.setdefault(name, []) if name else []
+        self._namespace = uuid.uuid4().hex
+
+    @property
+    def namespace(self) -> str:
+        return self._namespace
+
+    def use_namespace(self, namespace: str) -> None:
+        self._namespace = namespace
+
+    def append(self, record: Record, data: bytes, sync: bool) -> Position:
+        with _LOCK:
+            self._log.append((self._namespace, data))
+            return (0, len(self._log) - 1)
+
+    def flush(self) -> None:
+        pass
+
+    def end_offsets(self) -> dict[int, int]:
+        return {0: len(self._log)}
+
+    def read(
+        self, namespace: str, start: dict[int, int], stop: dict[int, int]
+    ) -> Iterator[tuple[Position, bytes, str]]:
+        for offset in range(start.get(0, 0), stop.get(0, 0)):
+            ns, data = self._log[offset]
+            if ns == namespace:
+                yield (0, offset), data, f"memory log offset {offset}"
+
+    def corrupt(self, offset: int, data: bytes) -> None:
+        """Overwrite the record at ``offset`` (for tests of damaged stores)."""
+        self._log[offset] = (self._log[offset][0], data)
+
+    def close(self) -> None:
+        pass
