@@ -34,16 +34,26 @@ class StateIndex:
         self._states: dict[StateKey, ActionState] = {}
         self._seqs: dict[str, dict[int, set[StateKey]]] = {}
         self._first: dict[StateKey, Position] = {}
+        self._fences: dict[int, int] = {}
+        self.base_fence = 0
+        """Fence in force before any record read (a rebuild's marker epoch)."""
         self.fence_epoch = 0
+        """The highest fence seen."""
         self.max_epoch = 0
 
     def apply(self, record: Record, position: Position) -> bool:
-        """Apply one record; False when it was ignored (an older epoch after a fence)."""
+        """Apply one record; False when it was ignored (an older epoch after a fence).
+
+        Fences act per partition: a log store writes a fence to every partition,
+        and a record is ignored only if a fence precedes it in its own partition.
+        """
+        partition = position[0]
         if isinstance(record, FenceRecord):
+            self._fences[partition] = max(self._fences.get(partition, 0), record.epoch)
             self.fence_epoch = max(self.fence_epoch, record.epoch)
             self.max_epoch = max(self.max_epoch, record.epoch)
             return True
-        if record.epoch < self.fence_epoch:
+        if record.epoch < max(self._fences.get(partition, 0), self.base_fence):
             return False
         self.max_epoch = max(self.max_epoch, record.epoch)
         if isinstance(record, DropRecord):

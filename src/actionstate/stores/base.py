@@ -135,7 +135,7 @@ class ActionStateStore(ABC):
         try:
             namespace = str(marker["namespace"])
             start = {int(p): int(o) for p, o in marker["offsets"].items()}
-            self.index.fence_epoch = int(marker["epoch"])
+            self.index.base_fence = self.index.fence_epoch = int(marker["epoch"])
         except (KeyError, TypeError, ValueError, AttributeError):
             raise ConfigError(
                 f"recovery marker {marker!r} is not one this store wrote: restore from "
@@ -150,7 +150,11 @@ class ActionStateStore(ABC):
         return count
 
     def fence(self) -> int:
-        """Start a new epoch above every epoch seen, durably; returns it."""
+        """Start a new epoch above every epoch seen, durably; returns it.
+
+        Backends with several partitions override :meth:`append` so that a
+        :class:`FenceRecord` lands in every partition.
+        """
         self.epoch = max(self.epoch, self.index.max_epoch, self.index.fence_epoch) + 1
         self.put(FenceRecord(self.epoch), sync=True)
         return self.epoch

@@ -32,7 +32,7 @@ CREATE TABLE IF NOT EXISTS records (
 );
 CREATE INDEX IF NOT EXISTS records_namespace ON records (namespace, id);
 """
-_INSERT = "INSERT INTO records (id, namespace, agent_key, payload) VALUES (?,?,?,?)"
+_INSERT = "INSERT INTO records (namespace, agent_key, payload) VALUES (?,?,?)"
 
 
 class SqliteActionStateStore(ActionStateStore):
@@ -42,7 +42,7 @@ class SqliteActionStateStore(ActionStateStore):
         super().__init__(durability)
         self.path = Path(path)
         self._namespace = uuid.uuid4().hex
-        self._pending: list[tuple[int, str, str | None, bytes]] = []
+        self._pending: list[tuple[str, str | None, bytes]] = []
         self._closed = False
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -58,15 +58,14 @@ class SqliteActionStateStore(ActionStateStore):
                     f"{self.path} has store schema {row[0]}, this actionstate uses "
                     f"{SCHEMA_VERSION}: use the version that wrote it, or a new state path"
                 )
-            # sqlite_sequence holds the highest id ever used, even if deleted since.
-            row = self._db.execute(
-                "SELECT seq FROM sqlite_sequence WHERE name='records'").fetchone()
         except sqlite3.DatabaseError as exc:
             raise StoreError(
                 f"cannot open SQLite store {self.path}: {exc}; check the path is a "
                 "writable SQLite file (or pick a new one)"
             ) from None
-        self._next_id = (row[0] if row else 0) + 1
+        # A lower bound of the id the next appended record gets (ids only grow, and
+        # other writers only push them up): the index uses it for recovery markers.
+        self._next_id = self.end_offsets()[0]
 
     @property
     def namespace(self) -> str:
@@ -81,7 +80,7 @@ class SqliteActionStateStore(ActionStateStore):
             else record.key if isinstance(record, DropRecord) else record.key.key
         )
         position = (0, self._next_id)
-        self._pending.append((self._next_id, self._namespace, agent_key, data))
+        self._pending.append((self._namespace, agent_key, data))
         self._next_id += 1
         if sync:
             self.flush()
@@ -105,7 +104,9 @@ class SqliteActionStateStore(ActionStateStore):
             raise StoreError(f"cannot write to SQLite store {self.path}: {exc}") from None
 
     def end_offsets(self) -> dict[int, int]:
-        return {0: self._next_id}
+        # sqlite_sequence holds the highest id ever used, even if deleted since.
+        row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name='records'").fetchone()
+        return {0: (row[0] if row else 0) + 1}
 
     def read(
         self, namespace: str, start: dict[int, int], stop: dict[int, int]
