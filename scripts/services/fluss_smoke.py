@@ -68,6 +68,8 @@ async def read_all(admin, table, path, timeout_s):
             raise TimeoutError(f"buckets {sorted(pending)} not read up to {latest}")
         records = await scanner.poll(500)
         for bucket, recs in records.items():
+            if bucket.bucket_id not in pending:  # already read up to its end
+                continue
             end = latest[bucket.bucket_id]
             for rec in recs:
                 if rec.offset < end:

@@ -210,9 +210,19 @@ class LocalRunner:
         self.sink.truncate(checkpoint["sink"]["offset"])
         self._next_seq = checkpoint["next_seq"]
         self._short_term = checkpoint["short_term"]
-        self._done_seq = {}
         for key, seq, record, line in checkpoint["pending"]:
             self._pending[(key, seq)] = (record, line)
+        # The rebuild may bring back states of inputs that completed before the
+        # checkpoint (recorded after the oldest in-flight input began): prune them.
+        first_pending: dict[str, int] = {}
+        for key, seq in self._pending:
+            first_pending[key] = min(seq, first_pending.get(key, seq))
+        for key, next_seq in self._next_seq.items():
+            done = first_pending.get(key, next_seq) - 1
+            if done >= 0:
+                self.store.prune(key, done)
+                self._done_seq[key] = done
+                self._pruned.add(key)
 
 
 def _first(group_error: BaseExceptionGroup[Any]) -> BaseException:

@@ -85,12 +85,13 @@ class StateDir:
                 "actionstate; restore it or use a new --state"
             ) from None
         found = data.get("format") if isinstance(data, dict) else None
-        if found != STATE_FORMAT:
+        if found != STATE_FORMAT or not isinstance(data, dict):
             raise IncompatibleStateError(
                 f"checkpoint {path} has format {found!r}, "
                 f"this actionstate uses {STATE_FORMAT}: use the version that wrote it"
             )
-        return data
+        checkpoint: dict[str, Any] = data
+        return checkpoint
 
     def save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Commit ``checkpoint`` atomically (write, fsync, rename, fsync dir)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import threading
 from collections import Counter
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -23,6 +24,8 @@ class FakeLLMServer:
     Attributes:
         calls: Counter of the last user message of every request received.
         idempotency_keys: Counter of the Idempotency-Key headers received.
+        on_call: called with the running total after each request is counted and
+            before it is answered (a test can kill the client there, mid-call).
     """
 
     def __init__(self) -> None:
@@ -30,6 +33,7 @@ class FakeLLMServer:
         self.idempotency_keys: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._model = OfflineModel()
+        self.on_call: Callable[[int], None] | None = None
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -42,6 +46,9 @@ class FakeLLMServer:
                     key = self.headers.get("Idempotency-Key")
                     if key:
                         fake.idempotency_keys[key] += 1
+                    total = sum(fake.calls.values())
+                if fake.on_call is not None:
+                    fake.on_call(total)
                 reply = json.dumps({"choices": [{"message": {
                     "role": "assistant", "content": fake._model.chat(messages)}}]}).encode()
                 self.send_response(200)

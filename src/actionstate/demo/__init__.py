@@ -1,0 +1,1 @@
+"""The bundled demo: an order-desk agent on generated orders, killed and resumed."""

@@ -1,0 +1,60 @@
+"""Shared fixtures: a named in-memory store that a test can reopen like a restarted runner."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from actionstate import Agent
+from actionstate.durable.chain import ChainSettings, process_input
+from actionstate.stores import ActionStateStore, open_store
+
+
+class Crash(BaseException):
+    """Stands for the process dying: no `except Exception` catches it, nothing is recorded."""
+
+
+class Restartable:
+    """A store plus what a restart needs: the marker of the last checkpoint."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.store = open_store(url)
+        self.store.rebuild(None)
+        self.store.fence()
+        self.marker = self.store.recovery_marker()
+        self.short_term: dict[str, dict[str, Any]] = {}
+        self.settings = ChainSettings(job="test")
+
+    def restart(self, policy: str = "reexecute") -> None:
+        """Open the store again from the last marker, as a restarted runner does."""
+        self.store = open_store(self.url)
+        self.store.rebuild(self.marker)
+        self.store.fence()
+        self.settings = ChainSettings(job="test", policy=policy)  # type: ignore[arg-type]
+
+    def run(self, agent: Agent, key: str, seq: int, record: Any) -> list[Any]:
+        stm = self.short_term.setdefault(key, {})
+        return asyncio.run(process_input(agent, self.store, key, seq, record, stm,
+                                         self.settings))
+
+
+@pytest.fixture
+def restartable() -> Callable[[], Restartable]:
+    return lambda: Restartable(f"memory://{uuid.uuid4().hex}")
+
+
+@pytest.fixture
+def rs(restartable: Callable[[], Restartable]) -> Restartable:
+    return restartable()
+
+
+def fresh_store() -> ActionStateStore:
+    store = open_store(f"memory://{uuid.uuid4().hex}")
+    store.rebuild(None)
+    store.fence()
+    return store
