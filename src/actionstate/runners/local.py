@@ -19,7 +19,7 @@ from typing import Any
 from actionstate.agent import Agent
 from actionstate.durable.chain import ChainSettings, process_input
 from actionstate.durable.execution import RunStats
-from actionstate.errors import ConfigError
+from actionstate.errors import ConfigError, InputError
 from actionstate.runners.files import JsonlSink, JsonlSource
 from actionstate.runners.statedir import StateDir
 from actionstate.stores.base import ActionStateStore
@@ -84,18 +84,29 @@ class LocalRunner:
                                                            key=lambda kv: kv[0][1]):
                     await self._space.acquire()
                     self._enqueue(key, seq, record)
-                await self._read()
+                bad_input = await self._read()
                 while self._workers:
                     await asyncio.gather(*self._workers.values())
                 self._done.set()
         except BaseExceptionGroup as group_error:
             raise _first(group_error) from None
         self._checkpoint()
+        if bad_input is not None:
+            raise bad_input
         if self._progress:
             self._progress(self.stats, time.monotonic() - started)
         return self.stats
 
-    async def _read(self) -> None:
+    async def _read(self) -> InputError | None:
+        """Admit inputs until the end of the source or a bad line (returned, not raised,
+        so that the inputs before it finish and are checkpointed first)."""
+        try:
+            await self._admit_all()
+        except InputError as exc:
+            return exc
+        return None
+
+    async def _admit_all(self) -> None:
         for item in self.source.read(self._offset, self._line):
             await self._space.acquire()
             seq = self._next_seq.get(item.key, 0)

@@ -1,0 +1,42 @@
+"""Writes tests/golden/records-v1.jsonl. Run it only for a deliberate new format version."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from actionstate.durable.canonical import encode_exception
+from actionstate.durable.codec import encode_record
+from actionstate.durable.state import (
+    CallRecord,
+    CallResult,
+    CallStatus,
+    CompleteRecord,
+    DropRecord,
+    FenceRecord,
+    MemoryUpdate,
+    Record,
+    StateKey,
+    TruncateRecord,
+)
+from actionstate.events import InputEvent, OutputEvent
+from actionstate.testing.contract import ContractEvent
+
+KEY = StateKey("customer_ü_1", 3, "classify", "a" * 64)
+RECORDS: list[Record] = [
+    FenceRecord(1),
+    CallRecord(KEY, 0, CallResult("triage.call_model", "b" * 64, CallStatus.SUCCEEDED,
+                                  {"label": "refund", "raw": b"\x00\x01"}), 1),
+    CallRecord(KEY, 1, CallResult("triage.charge", "c" * 64, CallStatus.PENDING), 1),
+    CallRecord(KEY, 1, CallResult("triage.charge", "c" * 64, CallStatus.FAILED,
+                                  exception=encode_exception(ValueError("declined"))), 1),
+    CallRecord(KEY, 2, CallResult("triage.extra", "d" * 64, CallStatus.SUCCEEDED, 1), 1),
+    TruncateRecord(KEY, 2, 1),
+    CompleteRecord(KEY, InputEvent(input={"id": "T1"}),
+                   (ContractEvent(name="labelled", n=1), OutputEvent(output={"id": "T1"})),
+                   (MemoryUpdate("short_term", "last.label", "refund"),), 1),
+    DropRecord("customer_ü_1", 3, 1),
+]
+
+if __name__ == "__main__":
+    path = Path(__file__).with_name("records-v1.jsonl")
+    path.write_bytes(b"".join(encode_record(r) + b"\n" for r in RECORDS))

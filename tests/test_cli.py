@@ -1,0 +1,140 @@
+"""The CLI on bad input: a clear error, no traceback, exit code != 0, nothing recorded lost."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from actionstate.runners.statedir import StateDir
+
+ROOT = Path(__file__).resolve().parents[1]
+AGENT = str(ROOT / "tests/agents/counter.py:Counter")
+
+
+def actionstate(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "actionstate", *args], capture_output=True,
+                          text=True, env={**os.environ, **(env or {})}, timeout=120,
+                          check=False)
+
+
+def run_args(tmp: Path, *extra: str) -> list[str]:
+    return ["run", AGENT, "--input", str(tmp / "in.jsonl"), "--key", "k", "--state",
+            str(tmp / "state"), "--output", str(tmp / "out.jsonl"), *extra]
+
+
+def write_lines(path: Path, lines: list[str]) -> None:
+    path.write_text("".join(line + "\n" for line in lines))
+
+
+def good(i: int) -> str:
+    return json.dumps({"id": i, "k": f"k{i % 3}", "n": i})
+
+
+def assert_clean_error(result: subprocess.CompletedProcess[str], *phrases: str) -> None:
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    for phrase in phrases:
+        assert phrase in result.stderr, result.stderr
+
+
+def test_malformed_line_is_named_and_a_rerun_after_the_fix_repeats_nothing(
+        tmp_path: Path) -> None:
+    lines = [good(i) for i in range(10)]
+    lines[6] = '{"id": 6, "k": "k0", "n": 6'
+    write_lines(tmp_path / "in.jsonl", lines)
+    calls = tmp_path / "calls.log"
+    env = {"COUNTER_CALL_LOG": str(calls)}
+    result = actionstate(*run_args(tmp_path), env=env)
+    assert_clean_error(result, f"{tmp_path / 'in.jsonl'}:7", "not a JSON object")
+    assert len(calls.read_text().splitlines()) == 6
+    lines[6] = good(6)
+    write_lines(tmp_path / "in.jsonl", lines)
+    result = actionstate(*run_args(tmp_path), env=env)
+    assert result.returncode == 0, result.stderr
+    assert sorted(json.loads(x) for x in calls.read_text().splitlines()) == list(range(10))
+    outputs = [json.loads(x)["id"] for x in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert sorted(outputs) == list(range(10))
+
+
+def test_record_without_the_key_field_is_named(tmp_path: Path) -> None:
+    write_lines(tmp_path / "in.jsonl", [good(0), json.dumps({"id": 1})])
+    assert_clean_error(actionstate(*run_args(tmp_path)), ":2", "no key field 'k'", "--key")
+
+
+def test_unknown_store_url(tmp_path: Path) -> None:
+    write_lines(tmp_path / "in.jsonl", [good(0)])
+    result = actionstate(*run_args(tmp_path, "--store", "postgres://db/x"))
+    assert_clean_error(result, "unknown store URL 'postgres://db/x'", "sqlite:///")
+
+
+@pytest.mark.parametrize("source, phrase", [
+    ("import not_a_module_anywhere\n", "No module named 'not_a_module_anywhere'"),
+    ("def broken(:\n", "SyntaxError"),
+])
+def test_agent_that_does_not_import(tmp_path: Path, source: str, phrase: str) -> None:
+    (tmp_path / "bad_agent.py").write_text(source)
+    write_lines(tmp_path / "in.jsonl", [good(0)])
+    args = run_args(tmp_path)
+    args[1] = f"{tmp_path / 'bad_agent.py'}:Agent"
+    assert_clean_error(actionstate(*args), "cannot import agent module", phrase)
+
+
+def test_agent_spec_without_class_and_missing_file(tmp_path: Path) -> None:
+    write_lines(tmp_path / "in.jsonl", [good(0)])
+    args = run_args(tmp_path)
+    args[1] = "tests/agents/counter.py"
+    assert_clean_error(actionstate(*args), "path/to/file.py:ClassName")
+    args[1] = f"{tmp_path}/nope.py:Agent"
+    assert_clean_error(actionstate(*args), "does not exist")
+
+
+def test_state_dir_from_an_incompatible_version(tmp_path: Path) -> None:
+    write_lines(tmp_path / "in.jsonl", [good(0)])
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "actionstate.json").write_text('{"format": 999}')
+    assert_clean_error(actionstate(*run_args(tmp_path)), "format 999", "new --state")
+
+
+def test_second_run_on_a_state_dir_held_by_a_live_run(tmp_path: Path) -> None:
+    write_lines(tmp_path / "in.jsonl", [good(0)])
+    holder = StateDir(tmp_path / "state")
+    holder.lock()
+    try:
+        result = actionstate(*run_args(tmp_path))
+    finally:
+        holder.unlock()
+    assert_clean_error(result, "in use by a live run", f"pid {os.getpid()}")
+    assert actionstate(*run_args(tmp_path)).returncode == 0
+
+
+def test_corrupted_store_record_is_named_on_restore(tmp_path: Path) -> None:
+    import sqlite3
+
+    write_lines(tmp_path / "in.jsonl", [good(i) for i in range(3)])
+    state = tmp_path / "state"
+    StateDir(state)
+    checkpoint = {"job": "counter:Counter", "time": 0.0,
+                  "source": {"path": str((tmp_path / "in.jsonl").resolve()), "offset": 0,
+                             "line": 0},
+                  "sink": {"path": str((tmp_path / "out.jsonl").resolve()), "offset": 0},
+                  "next_seq": {}, "short_term": {}, "pending": [],
+                  "store": f"sqlite://{state / 'state.db'}",
+                  "marker": {"namespace": "ns", "epoch": 0, "offsets": {"0": 0}}, "epoch": 0}
+    StateDir(state).save_checkpoint(checkpoint)
+    (tmp_path / "out.jsonl").write_text("")
+    db = sqlite3.connect(state / "state.db")
+    db.executescript("CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);"
+                     "INSERT INTO meta VALUES ('schema', '1');"
+                     "CREATE TABLE records (id INTEGER PRIMARY KEY AUTOINCREMENT, namespace "
+                     "TEXT NOT NULL, agent_key TEXT, payload BLOB NOT NULL);"
+                     "INSERT INTO records (namespace, agent_key, payload) "
+                     "VALUES ('ns', 'k0', x'00ff');")
+    db.commit()
+    db.close()
+    result = actionstate(*run_args(tmp_path))
+    assert_clean_error(result, "records.id=1", "not valid JSON")

@@ -1,0 +1,92 @@
+"""The event log read back into classes, with replayed flags; inspect; the demo."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from actionstate import Agent, Event, InputEvent, OutputEvent, RunnerContext, action
+from actionstate.eventlog import EventLogger, read_event_log
+from actionstate.inspection import describe_state, render_text
+from tests.conftest import Crash, Restartable
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Noted(Event):
+    text: str
+
+
+class Noter(Agent):
+    def __init__(self, crash: bool) -> None:
+        self.crash = crash
+
+    @action(InputEvent)
+    def note(self, event: InputEvent, ctx: RunnerContext) -> None:
+        ctx.send_event(Noted(text=ctx.durable_execute(str.upper, event.input)))
+
+    @action(Noted)
+    def finish(self, event: Noted, ctx: RunnerContext) -> None:
+        if self.crash:
+            raise Crash("before the output")
+        ctx.send_event(OutputEvent(output=event.text))
+
+
+def test_event_log_records_read_back_into_their_classes_with_replayed_flags(
+        rs: Restartable, tmp_path: Path) -> None:
+    path = tmp_path / "events.jsonl"
+    rs.settings.event_log = EventLogger(path, "verbose")
+    try:
+        rs.run(Noter(crash=True), "k_1", 0, "hi")
+    except Crash:
+        pass
+    rs.settings.event_log.close()
+    rs.restart()
+    rs.settings.event_log = EventLogger(path, "standard")
+    assert rs.run(Noter(crash=False), "k_1", 0, "hi") == ["HI"]
+    rs.settings.event_log.close()
+    records = list(read_event_log(path))
+    assert [(type(r.event).__name__, r.action, r.replayed) for r in records] == [
+        ("InputEvent", None, False), ("Noted", "note", False),
+        ("InputEvent", None, False), ("Noted", "note", True), ("OutputEvent", "finish", False),
+    ]
+    assert records[1].event == Noted(text="HI") and records[1].key == "k_1"
+    raw = [json.loads(line) for line in path.read_text().splitlines()]
+    assert any(r["context"]["event_type"] == "action_run" for r in raw), "verbose level"
+
+
+def test_event_log_off_writes_nothing(tmp_path: Path) -> None:
+    logger = EventLogger(tmp_path / "none.jsonl", "off")
+    logger.event(Noted(text="x"), "k", 0, None, False)
+    logger.close()
+    assert not (tmp_path / "none.jsonl").exists()
+
+
+def test_inspect_shows_keys_states_and_calls_of_an_interrupted_run(tmp_path: Path) -> None:
+    from tests.test_cli import actionstate, good, run_args, write_lines
+
+    write_lines(tmp_path / "in.jsonl", [good(i) for i in range(5)])
+    assert actionstate(*run_args(tmp_path)).returncode == 0
+    report = describe_state(tmp_path / "state")
+    assert report["checkpoint"]["stats"]["calls_executed"] == 5
+    assert {k["key"]: k["next_seq"] for k in report["keys"]} == {"k0": 2, "k1": 2, "k2": 1}
+    assert report["keys"][0]["short_term_memory"] == {"total": 6}
+    text = render_text(report)
+    assert "key 'k0': next seq 2" in text
+    one = actionstate("inspect", "--state", str(tmp_path / "state"), "--key", "k1", "--json")
+    assert one.returncode == 0
+    assert [k["key"] for k in json.loads(one.stdout)["keys"]] == ["k1"]
+
+
+def test_demo_resumes_after_its_own_kill_with_no_duplicates(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "actionstate", "demo", "--dir",
+                             str(tmp_path), "--inputs", "150"], capture_output=True, text=True,
+                            timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    rows = dict(line.rsplit(None, 1) for line in result.stdout.splitlines()
+                if line.startswith("  ") and line.strip())
+    assert rows["  inputs"].strip() and int(rows["  outputs"]) == 150
+    assert int(rows["  duplicate outputs"]) == 0 and int(rows["  missing outputs"]) == 0
+    assert int(rows["  refunds executed twice"]) == 0

@@ -1,0 +1,43 @@
+"""Records written by format version 1 must stay readable, and read the same."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from actionstate import ReplayedCallError
+from actionstate.durable.canonical import decode_exception
+from actionstate.durable.codec import decode_record, encode_record
+from actionstate.durable.index import StateIndex
+from actionstate.durable.state import CallStatus, StateKey
+from actionstate.events import OutputEvent
+from actionstate.testing.contract import ContractEvent
+from tests.golden.make_golden import RECORDS
+
+GOLDEN = Path(__file__).parent / "golden" / "records-v1.jsonl"
+
+
+def test_golden_records_decode_to_the_records_that_wrote_them() -> None:
+    lines = GOLDEN.read_bytes().splitlines()
+    decoded = [decode_record(line, f"golden line {i + 1}") for i, line in enumerate(lines)]
+    assert decoded == RECORDS
+
+
+def test_the_encoder_still_writes_the_golden_bytes() -> None:
+    assert b"".join(encode_record(r) + b"\n" for r in RECORDS) == GOLDEN.read_bytes()
+
+
+def test_golden_log_replays_to_the_expected_state() -> None:
+    index = StateIndex()
+    for offset, line in enumerate(GOLDEN.read_bytes().splitlines()[:-1]):
+        index.apply(decode_record(line, "golden"), (0, offset))
+    state = index.get(StateKey("customer_ü_1", 3, "classify", "a" * 64))
+    assert state is not None and state.completed
+    assert sorted(state.calls) == [0, 1]
+    assert state.calls[0].result == {"label": "refund", "raw": b"\x00\x01"}
+    assert state.calls[1].status is CallStatus.FAILED
+    assert state.calls[1].exception is not None
+    replayed = decode_exception(state.calls[1].exception)
+    assert type(replayed) is ValueError and str(replayed) == "declined"
+    assert not isinstance(replayed, ReplayedCallError)
+    assert state.output_events == [ContractEvent(name="labelled", n=1),
+                                   OutputEvent(output={"id": "T1"})]
