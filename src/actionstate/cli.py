@@ -12,13 +12,13 @@ from typing import TextIO
 
 from actionstate.durable.chain import ChainSettings
 from actionstate.durable.execution import POLICIES, RunStats
-from actionstate.errors import ActionFailedError, ActionStateError
+from actionstate.errors import ActionFailedError, ActionStateError, ConfigError
 from actionstate.eventlog import LEVELS, EventLogger
 from actionstate.loader import load_agent_class
 from actionstate.runners.files import JsonlSink, JsonlSource
 from actionstate.runners.local import LocalRunner
 from actionstate.runners.statedir import StateDir
-from actionstate.stores import open_store
+from actionstate.stores import open_store, url_from_options
 
 __all__ = ["main"]
 
@@ -36,6 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     except ActionStateError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # e.g. `actionstate inspect ... | head`
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("interrupted: run the same command again to resume", file=sys.stderr)
         return 130
@@ -54,6 +57,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--output", required=True, help="JSONL output file (exactly once)")
     run.add_argument("--store",
                      help="store URL (default: sqlite inside --state; memory:// for none)")
+    run.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",
+                     help="store option, e.g. kafkaActionStateTopicNumPartitions=8; Flink "
+                     "Agents' names are accepted (actionStateStoreBackend=kafka, ...)")
     run.add_argument("--durability", choices=("sync", "group"), default="sync")
     run.add_argument("--checkpoint-interval", type=float, default=1.0, metavar="SECONDS")
     run.add_argument("--concurrency", type=int, default=64, help="inputs in flight (distinct keys)")
@@ -83,8 +89,10 @@ def _run(args: argparse.Namespace) -> int:
     state_dir = StateDir(args.state)
     state_dir.lock()
     source = JsonlSource(args.input, args.key)
-    url = args.store or state_dir.default_store_url
-    store = open_store(url, durability=args.durability)
+    options = _options(args.option)
+    url = args.store or (url_from_options(options) if "actionStateStoreBackend" in options
+                         else state_dir.default_store_url)
+    store = open_store(url, durability=args.durability, **options)
     sink = JsonlSink(args.output)
     event_log = EventLogger(args.event_log, args.event_log_level)
     job = args.job or _default_job(args.agent)
@@ -104,6 +112,16 @@ def _run(args: argparse.Namespace) -> int:
     if progress is not None:
         progress.finish()
     return 0
+
+
+def _options(pairs: list[str]) -> dict[str, str]:
+    options = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise ConfigError(f"--option {pair!r} must look like NAME=VALUE")
+        options[name] = value
+    return options
 
 
 def _default_job(spec: str) -> str:

@@ -55,6 +55,10 @@ def open_store(url: str, durability: Durability = "sync", **options: Any) -> Act
             f"pip install 'actionstate[{extra}]'"
         ) from None
     cls = getattr(module, class_name)
+    if scheme in ("memory", "sqlite"):
+        options.pop("actionStateStoreBackend", None)
+        if options:
+            raise ConfigError(f"store URL {url!r} takes no options, got {sorted(options)}")
     if scheme == "memory":
         store: ActionStateStore = cls(rest, durability=durability)
     elif scheme == "sqlite":
