@@ -46,8 +46,8 @@ log = logging.getLogger("actionstate")
 T = TypeVar("T")
 DivergencePolicy = Literal["reexecute", "warn", "fail"]
 POLICIES = ("reexecute", "warn", "fail")
-_CURRENT_CALL: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "actionstate_call_id", default=None)
+_CURRENT_CALL: contextvars.ContextVar[_Step | None] = contextvars.ContextVar(
+    "actionstate_current_call", default=None)
 
 
 @dataclass
@@ -82,13 +82,22 @@ def _wants_idempotency_key(fn: Callable[..., Any]) -> bool:
         return False
 
 
-@dataclass(slots=True)
 class _Step:
-    position: int
-    fid: str
-    digest: str
-    call_id: str
-    recorded: CallResult | None
+    """One durable call being made; its idempotency key is computed on first use."""
+
+    __slots__ = ("_id_parts", "_call_id", "digest", "fid", "position", "recorded")
+
+    def __init__(self, position: int, fid: str, digest: str, recorded: CallResult | None,
+                 id_parts: list[Any]) -> None:
+        self.position, self.fid, self.digest, self.recorded = position, fid, digest, recorded
+        self._id_parts = id_parts
+        self._call_id: str | None = None
+
+    @property
+    def call_id(self) -> str:
+        if self._call_id is None:
+            self._call_id = hashlib.sha256(canonical_bytes(self._id_parts)).hexdigest()
+        return self._call_id
 
 
 class ActionContext(RunnerContext):
@@ -145,7 +154,8 @@ class ActionContext(RunnerContext):
 
     @property
     def call_id(self) -> str | None:
-        return _CURRENT_CALL.get()
+        step = _CURRENT_CALL.get()
+        return None if step is None else step.call_id
 
     def durable_execute(
         self, fn: Callable[..., T], *args: Any, reconciler: Callable[[], T] | None = None,
@@ -161,7 +171,7 @@ class ActionContext(RunnerContext):
                 "`await ctx.durable_execute_async(...)` for it"
             )
         target, args, kwargs = self._target(step, fn, args, kwargs, reconciler)
-        token = _CURRENT_CALL.set(step.call_id)
+        token = _CURRENT_CALL.set(step)
         try:
             result = target(*args, **kwargs)
         except Exception as exc:
@@ -180,7 +190,7 @@ class ActionContext(RunnerContext):
         if step.recorded is not None and step.recorded.status is not CallStatus.PENDING:
             return self._replay(step.recorded)
         target, args, kwargs = self._target(step, fn, args, kwargs, reconciler)
-        token = _CURRENT_CALL.set(step.call_id)
+        token = _CURRENT_CALL.set(step)
         try:
             if inspect.iscoroutinefunction(target):
                 result = await target(*args, **kwargs)
@@ -205,14 +215,13 @@ class ActionContext(RunnerContext):
         fid = function_id(fn)
         args_digest = digest([list(args), kwargs])
         sk = self._sk
-        call_id = hashlib.sha256(canonical_bytes(
-            [self._job, self._store.namespace, sk.key, sk.seq, sk.action, sk.event_id, position]
-        )).hexdigest()
         recorded = self._state.calls.get(position) if self._state is not None else None
         if recorded is not None and not recorded.matches(fid, args_digest):
             self._diverge(position, recorded, fid, args_digest)
             recorded = None
-        return _Step(position, fid, args_digest, call_id, recorded)
+        id_parts = [self._job, self._store.namespace, sk.key, sk.seq, sk.action, sk.event_id,
+                    position]
+        return _Step(position, fid, args_digest, recorded, id_parts)
 
     def _diverge(self, position: int, recorded: CallResult, fid: str, args_digest: str) -> None:
         sk = self._sk
