@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -58,3 +60,25 @@ def fresh_store() -> ActionStateStore:
     store.rebuild(None)
     store.fence()
     return store
+
+
+SERVICES = Path(__file__).resolve().parents[1] / "scripts" / "services"
+
+
+def start_service(name: str, *args: str) -> str:
+    """Start (or reuse) a real local service with scripts/services; returns its address.
+
+    A service that cannot start fails the test: CI must not hide a missing service.
+    """
+    done = subprocess.run([str(SERVICES / name), "start", *args], capture_output=True,
+                          text=True, timeout=600, check=False)
+    if done.returncode != 0:
+        pytest.fail(f"scripts/services/{name} start {' '.join(args)} failed:\n"
+                    f"{done.stderr[-3000:]}")
+    return done.stdout.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="session")
+def kafka_servers() -> str:
+    """The local Kafka broker's bootstrap address (started if needed)."""
+    return start_service("kafka")

@@ -1,0 +1,232 @@
+"""What the Kafka store costs over the Kafka client, and how fast it writes and rebuilds.
+
+Against the local broker (``scripts/services/kafka start``; started if needed), topic
+per measurement, deleted at the end. The record is a ``CallRecord`` whose result is a
+1 KB string (about 1.2 KB encoded).
+
+1. ``sync`` put latency: ``store.put`` (returns when the broker acknowledged the
+   record) against a raw ``produce`` + ``flush`` of the same bytes to the same topic
+   and partition, by a producer with the store's settings (idempotent, acks=all,
+   linger.ms=0), interleaved in blocks of 100. Target: p50 ratio <= 1.2x.
+2. ``group`` throughput: 64 keys round robin, ``flush`` every 1,000 puts and at the
+   end (the time includes it). Target: >= 20,000 calls/s.
+3. Rebuild: ``rebuild`` of N records (64 keys, 10 calls per state) in a fresh
+   process; peak RSS (ru_maxrss) minus the RSS before the rebuild, which includes
+   the rebuilt index (every state and its 1 KB results, all unpruned) and the
+   consumer's prefetch buffer.
+
+Usage: .venv/bin/python benchmarks/kafka_store.py [--quick] [--big]
+(``--big`` adds the 10^6-record rebuild: about 1.2 GB through the broker, minutes.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient
+
+from actionstate.durable.codec import encode_record
+from actionstate.durable.state import CallRecord, CallResult, CallStatus, StateKey
+from actionstate.stores import open_store
+from actionstate.stores.kafka import partition_of
+
+REPO = Path(__file__).resolve().parent.parent
+RESULT = "x" * 1024
+KEYS = 64
+
+
+def call(i: int, epoch: int) -> CallRecord:
+    """Record ``i`` of a stream over 64 keys, 10 calls per state."""
+    key = StateKey(f"agent-{i % KEYS}", i // (KEYS * 10), "act", "e" * 64)
+    return CallRecord(key, (i // KEYS) % 10,
+                      CallResult("llm", "d" * 64, CallStatus.SUCCEEDED, RESULT), epoch)
+
+
+RECORD_BYTES = len(encode_record(call(0, 0)))
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
+
+
+def sync_latency(servers: str, samples: int) -> list[list[str]]:
+    topic = f"bench-sync-{uuid.uuid4().hex[:8]}"
+    store = open_store(f"kafka://{servers}/{topic}")
+    store.rebuild(None)
+    store.fence()
+    record = call(0, store.epoch)
+    data = encode_record(record)
+    partition = partition_of(record.key.key, len(store.end_offsets()))
+    raw = Producer({"bootstrap.servers": servers, "enable.idempotence": True, "acks": "all",
+                    "linger.ms": 0, "socket.nagle.disable": True, "batch.num.messages": 10000,
+                    "batch.size": 4 << 20, "message.max.bytes": (16 << 20) + 65536,
+                    "delivery.timeout.ms": 120000})
+    clock, cpu = time.perf_counter_ns, time.thread_time_ns
+    store_ns: list[float] = []
+    raw_ns: list[float] = []
+    store_cpu: list[float] = []
+    raw_cpu: list[float] = []
+    for block in range(-2, samples // 100):  # two warm-up blocks
+        for _ in range(100):
+            begin, cpu_begin = clock(), cpu()
+            store.put(record)
+            if block >= 0:
+                store_ns.append(clock() - begin)
+                store_cpu.append(cpu() - cpu_begin)
+        for i in range(100):
+            begin, cpu_begin = clock(), cpu()
+            raw.produce(topic, data, b"raw/%d/%d" % (block, i), partition=partition)
+            left = raw.flush(10)
+            if block >= 0:
+                raw_ns.append(clock() - begin)
+                raw_cpu.append(cpu() - cpu_begin)
+            assert left == 0, "raw send not acknowledged"
+    store.close()
+    delete_topics(servers, [topic])
+    rows = []
+    for name, values, used in (("store.put (sync)", store_ns, store_cpu),
+                               ("raw produce + flush", raw_ns, raw_cpu)):
+        rows.append([name, f"{len(values)}", f"{pct(values, 0.5) / 1000:.0f}",
+                     f"{pct(values, 0.99) / 1000:.0f}", f"{pct(used, 0.5) / 1000:.0f}"])
+    ratio = statistics.median(store_ns) / statistics.median(raw_ns)
+    rows.append(["ratio (target: p50 <= 1.2x)", "", f"{ratio:.2f}x",
+                 f"{pct(store_ns, 0.99) / pct(raw_ns, 0.99):.2f}x", ""])
+    return rows
+
+
+def write(servers: str, topic: str, count: int, warm_up: int = 0,
+          flush_every: int = 1000) -> tuple[float, float, dict[str, Any]]:
+    """``warm_up`` then ``count`` group-mode puts.
+
+    Returns the wall and this thread's CPU seconds of the ``count`` puts, and a
+    marker from which a rebuild reads them all.
+
+    A new topic is slow for its first thousands of records (the broker sets up its
+    partitions): the warm-up keeps that out of the measurement.
+    """
+    store = open_store(f"kafka://{servers}/{topic}", durability="group")
+    store.rebuild(None)
+    store.fence()
+    marker = dict(store.recovery_marker(), offsets={})
+    put, flush, epoch = store.put, store.flush, store.epoch
+    for i in range(-warm_up, count):
+        if i == 0:
+            flush()
+            begin, cpu_begin = time.perf_counter(), time.thread_time()
+        put(call(i, epoch))
+        if i % flush_every == flush_every - 1:
+            flush()
+    flush()
+    seconds, cpu_seconds = time.perf_counter() - begin, time.thread_time() - cpu_begin
+    store.close()
+    return seconds, cpu_seconds, marker
+
+
+def group_throughput(servers: str, count: int) -> list[list[str]]:
+    topic = f"bench-group-{uuid.uuid4().hex[:8]}"
+    seconds, cpu_seconds, _ = write(servers, topic, count, warm_up=20_000)
+    delete_topics(servers, [topic])
+    return [["group put, 64 keys, flush every 1,000", f"{count:,}", f"{seconds:.2f}",
+             f"{count / seconds:,.0f}", f"{count * RECORD_BYTES / seconds / 1e6:.1f}",
+             f"{cpu_seconds / count * 1e6:.1f}"]]
+
+
+def rebuild_child(servers: str, topic: str, marker: str) -> None:
+    """Run in a fresh process: rebuild and print seconds, records, RSS growth (KiB)."""
+    import json
+
+    store = open_store(f"kafka://{servers}/{topic}")
+    page_kib = os.sysconf("SC_PAGE_SIZE") // 1024
+    before = int(Path("/proc/self/statm").read_text().split()[1]) * page_kib  # RSS now
+    begin = time.perf_counter()
+    count = store.rebuild(json.loads(marker))
+    seconds = time.perf_counter() - begin
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # peak RSS, KiB
+    print(seconds, count, after - before, len(store.index))
+    store.close()
+
+
+def rebuild(servers: str, sizes: list[int]) -> list[list[str]]:
+    import json
+
+    rows = []
+    for size in sizes:
+        topic = f"bench-rebuild-{uuid.uuid4().hex[:8]}"
+        write_seconds, _, marker = write(servers, topic, size)
+        out = subprocess.run(
+            [sys.executable, __file__, "--rebuild-child", servers, topic, json.dumps(marker)],
+            capture_output=True, text=True, check=True).stdout.split()
+        seconds, count, rss_kib, states = float(out[0]), int(out[1]), int(out[2]), int(out[3])
+        delete_topics(servers, [topic])
+        rows.append([f"{size:,}", f"{count:,}", f"{states:,}", f"{write_seconds:.1f}",
+                     f"{seconds:.2f}", f"{count / seconds:,.0f}", f"{rss_kib / 1024:,.0f}",
+                     f"{rss_kib * 1024 / count:,.0f}"])
+    return rows
+
+
+def delete_topics(servers: str, topics: list[str]) -> None:
+    admin = AdminClient({"bootstrap.servers": servers})
+    for future in admin.delete_topics(topics).values():
+        future.result()
+
+
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |",
+             "|" + "|".join(" --- " if i == 0 else " ---: " for i in range(len(headers))) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def machine() -> list[str]:
+    model = next((line.split(":", 1)[1].strip() for line in
+                  Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), platform.processor())
+    import confluent_kafka
+
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                            capture_output=True, text=True).stdout.strip()
+    return [f"- machine: nproc {len(os.sched_getaffinity(0))}, CPU {model}, "
+            f"{platform.system()} {platform.release()}, Python {platform.python_version()}",
+            f"- confluent-kafka {confluent_kafka.__version__} (librdkafka "
+            f"{confluent_kafka.libversion()[0]}), single-node Kafka broker on 127.0.0.1 "
+            "(scripts/services/kafka), same machine",
+            f"- code: {commit} + working tree"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes (a smoke test)")
+    parser.add_argument("--big", action="store_true", help="add the 10^6-record rebuild")
+    parser.add_argument("--rebuild-child", nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.rebuild_child:
+        rebuild_child(*args.rebuild_child)
+        return
+    servers = subprocess.run([str(REPO / "scripts/services/kafka"), "start"], check=True,
+                             capture_output=True, text=True).stdout.split()[-1]
+    print("\n".join(machine()))
+    print("\n### sync put latency (us)\n")
+    print(table(["", "samples", "p50", "p99", "CPU p50 (caller thread)"],
+                sync_latency(servers, 200 if args.quick else 2000)))
+    print("\n### group mode throughput\n")
+    print(table(["", "calls", "seconds", "calls/s", "MB/s", "CPU us/call (caller thread)"],
+                group_throughput(servers, 20_000 if args.quick else 200_000)))
+    print("\n### rebuild\n")
+    sizes = [10_000] if args.quick else [10_000, 100_000] + ([1_000_000] if args.big else [])
+    print(table(["records written", "records read", "states", "write s", "rebuild s",
+                 "records/s", "peak RSS growth MB", "bytes/record"], rebuild(servers, sizes)))
+
+
+if __name__ == "__main__":
+    main()

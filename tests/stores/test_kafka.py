@@ -1,0 +1,411 @@
+"""The Kafka store: the store contract and Kafka's own concerns, against a real broker."""
+
+import logging
+import os
+import re
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import (
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    NewTopic,
+)
+
+from actionstate.durable.codec import decode_record
+from actionstate.durable.state import (
+    CallRecord,
+    CallResult,
+    CallStatus,
+    FenceRecord,
+    Record,
+    StateKey,
+)
+from actionstate.errors import ConfigError, StoreError
+from actionstate.stores import ActionStateStore, Durability, Marker, open_store
+from actionstate.stores import kafka as kafka_store
+from actionstate.stores.kafka import KafkaActionStateStore, partition_of
+from actionstate.testing.contract import StoreContract
+from tests.conftest import SERVICES
+
+SERVICE = SERVICES / "kafka"
+
+@pytest.fixture
+def topic(kafka_servers: str) -> Iterator[str]:
+    """A fresh topic name, deleted after the test."""
+    name = f"actionstate-test-{uuid.uuid4().hex[:12]}"
+    yield name
+    admin = AdminClient({"bootstrap.servers": kafka_servers})
+    for deleted in admin.delete_topics([name]).values():
+        try:
+            deleted.result()
+        except KafkaException:  # not created (a test that failed early)
+            pass
+
+
+class TestKafkaStore(StoreContract):
+    @pytest.fixture
+    def store_url(self, kafka_servers: str, topic: str) -> str:
+        return f"kafka://{kafka_servers}/{topic}?partitions=4"
+
+
+def _put(store: ActionStateStore, key: str, seq: int, position: int = 0) -> StateKey:
+    sk = StateKey(key, seq, "act", "e" * 64)
+    store.put(CallRecord(sk, position, CallResult("f", "d" * 64, CallStatus.SUCCEEDED,
+                                                  f"{key}/{seq}/{position}"), store.epoch))
+    return sk
+
+
+def _raw(servers: str, topic: str) -> list[tuple[int, int, bytes, bytes | None]]:
+    """Every message of ``topic`` as (partition, offset, key, value), tombstones included."""
+    consumer = Consumer({"bootstrap.servers": servers, "group.id": "actionstate-test",
+                         "enable.auto.commit": False, "enable.partition.eof": True})
+    partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+    ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+            for p in partitions}
+    todo = {p for p, end in ends.items() if end > 0}
+    consumer.assign([TopicPartition(topic, p, 0) for p in todo])
+    messages = []
+    while todo:
+        message = consumer.poll(10)
+        assert message is not None, f"no message from {topic} in 10 s"
+        p, offset = message.partition(), message.offset()
+        if message.error() is None:
+            messages.append((p, offset, message.key(), message.value()))
+            offset += 1
+        if offset >= ends[p]:
+            todo.discard(p)
+    consumer.close()
+    return messages
+
+
+def _records(servers: str, topic: str) -> list[tuple[int, int, Record]]:
+    return [(p, offset, decode_record(value, f"{p}@{offset}"))
+            for p, offset, _, value in _raw(servers, topic) if value is not None]
+
+
+@pytest.fixture
+def url(kafka_servers: str, topic: str) -> str:
+    return f"kafka://{kafka_servers}/{topic}?partitions=4"
+
+
+@pytest.fixture
+def store(url: str) -> Iterator[ActionStateStore]:
+    store = open_store(url)
+    store.rebuild(None)
+    store.fence()
+    yield store
+    store.close()
+
+
+def test_rebuild_across_partitions_starts_at_each_partitions_marker(
+        store: ActionStateStore, url: str, kafka_servers: str, topic: str) -> None:
+    keys = [f"user_{i}" for i in range(24)]
+    assert {partition_of(k, 4) for k in keys} == {0, 1, 2, 3}
+    live = [k for k in keys if partition_of(k, 4) in (0, 1)]
+    for k in keys:
+        _put(store, k, 0)
+        store.prune(k, 0)
+    for k in live:
+        _put(store, k, 1)
+    marker = store.recovery_marker()
+    first_live: dict[int, int] = {}
+    for p, offset, record in _records(kafka_servers, topic):
+        if isinstance(record, CallRecord) and record.key.seq == 1:
+            first_live.setdefault(p, offset)
+    ends = store.end_offsets()
+    assert marker["offsets"] == {"0": first_live[0], "1": first_live[1],
+                                 "2": ends[2], "3": ends[3]}
+    for k in keys:
+        _put(store, k, 2)
+    restored = open_store(url)
+    assert restored.rebuild(marker) == len(live) + len(keys), "only records after the marker"
+    for k in keys:
+        assert restored.get(StateKey(k, 0, "act", "e" * 64)) is None
+        assert restored.get(StateKey(k, 2, "act", "e" * 64)) is not None
+    for k in live:
+        state = restored.get(StateKey(k, 1, "act", "e" * 64))
+        assert state is not None and state.calls[0].result == f"{k}/1/0"
+    restored.close()
+
+
+def test_each_key_lands_in_one_partition_and_fences_in_all(
+        store: ActionStateStore, url: str, kafka_servers: str, topic: str) -> None:
+    keys = ["a_b", "a_b_", "_", "__", "", "ключ_1", "键", "🔑_x", "with space", "a/b\\c"]
+    assert len({partition_of(k, 4) for k in keys}) >= 3
+    for k in keys:
+        for position in range(3):
+            _put(store, k, 5, position)
+    fences: dict[int, int] = {}
+    for p, _, record in _records(kafka_servers, topic):
+        if isinstance(record, FenceRecord):
+            fences[p] = record.epoch
+        else:
+            assert isinstance(record, CallRecord)
+            assert p == partition_of(record.key.key, 4), record.key.key
+    assert fences == {p: store.epoch for p in range(4)}
+    restored = open_store(url)
+    restored.rebuild(dict(store.recovery_marker(), offsets={}))
+    for k in keys:
+        state = restored.get(StateKey(k, 5, "act", "e" * 64))
+        assert state is not None and [c.result for c in state.calls.values()] == [
+            f"{k}/5/{i}" for i in range(3)]
+    restored.close()
+
+
+def test_group_mode_positions_are_lower_bounds(url: str, kafka_servers: str, topic: str) -> None:
+    store = open_store(url, durability="group")
+    store.rebuild(None)
+    store.fence()
+    keys = [f"g{i}" for i in range(6)]
+    for seq in range(30):
+        _put(store, keys[seq % 6], seq)
+    store.flush()
+    for k in keys:
+        store.prune(k, 23)
+    guessed = store.index.first_positions()
+    real: dict[int, int] = {}
+    for p, offset, record in _records(kafka_servers, topic):
+        if isinstance(record, CallRecord) and record.key.seq >= 24:
+            real.setdefault(p, offset)
+    assert guessed.keys() == real.keys()
+    assert all(guessed[p] <= real[p] for p in real), (guessed, real)
+    marker = store.recovery_marker()
+    assert {int(p): o for p, o in marker["offsets"].items() if int(p) in real} == guessed
+    restored = open_store(url)
+    restored.rebuild(marker)
+    assert {sk.seq for sk, _ in restored.states()} >= set(range(24, 30))
+    store.close()
+    restored.close()
+
+
+def test_release_tombstones_records_no_retained_checkpoint_needs(
+        url: str, kafka_servers: str, topic: str) -> None:
+    store = open_store(url + "&kafkaRetainedCheckpoints=2")
+    store.rebuild(None)
+    store.fence()
+
+    def checkpoint(seq: int) -> Marker:
+        for position in range(3):
+            _put(store, "k", seq, position)
+        store.prune("k", seq)
+        marker = store.recovery_marker()
+        store.release(marker)
+        store.flush()
+        return marker
+
+    def tombstoned() -> set[bytes]:
+        return {key for _, _, key, value in _raw(kafka_servers, topic) if value is None}
+
+    def keys_below(marker: Marker) -> set[bytes]:
+        return {key for p, offset, key, value in _raw(kafka_servers, topic)
+                if value is not None and offset < marker["offsets"][str(p)]}
+
+    first = checkpoint(0)
+    assert tombstoned() == keys_below(first) and len(keys_below(first)) == 4 + 3
+    second = checkpoint(1)
+    assert tombstoned() == keys_below(first), "the older retained checkpoint needs seq 1"
+    checkpoint(2)
+    assert tombstoned() == keys_below(second) and len(keys_below(second)) == 4 + 6
+    store.close()
+
+
+def test_records_read_by_a_rebuild_are_released_later(url: str, kafka_servers: str,
+                                                       topic: str) -> None:
+    store = open_store(url)
+    store.rebuild(None)
+    store.fence()
+    _put(store, "k", 0)
+    marker = store.recovery_marker()
+    store.close()
+    restored = open_store(url)
+    restored.rebuild(marker)
+    restored.fence()
+    restored.prune("k", 0)
+    restored.release(restored.recovery_marker())
+    restored.flush()
+    tombstones = {key for _, _, key, value in _raw(kafka_servers, topic) if value is None}
+    call_keys = {key for p, _, key, value in _raw(kafka_servers, topic)
+                 if value is not None and isinstance(decode_record(value, "x"), CallRecord)}
+    assert call_keys <= tombstones
+    restored.close()
+
+
+def test_read_ends_at_stop_offsets_across_gaps(
+        store: ActionStateStore, url: str, kafka_servers: str, topic: str) -> None:
+    """Offsets without a record (compacted away; here a transaction marker) end no read late."""
+    sk = _put(store, "gap", 0)
+    p = partition_of("gap", 4)
+    producer = Producer({"bootstrap.servers": kafka_servers, "transactional.id": topic})
+    producer.init_transactions(10)
+    producer.begin_transaction()
+    producer.produce(topic, b"not ours", b"other/run/1", partition=p)
+    producer.commit_transaction(10)
+    restored = open_store(url)
+    begin = time.monotonic()
+    assert restored.rebuild(dict(store.recovery_marker(), offsets={})) == 4 + 1
+    assert time.monotonic() - begin < 5, "the read waited for records that do not exist"
+    assert restored.get(sk) is not None
+    restored.close()
+
+
+def test_marker_below_the_log_start_is_a_clear_error(
+        store: ActionStateStore, url: str, kafka_servers: str, topic: str) -> None:
+    for position in range(4):
+        _put(store, "lost", 0, position)
+    marker = dict(store.recovery_marker(), offsets={})
+    p = partition_of("lost", 4)
+    admin = AdminClient({"bootstrap.servers": kafka_servers})
+    # Kafka deletes records of a compacted topic only if it allows deletion too.
+    for policy in ("compact,delete", "compact"):
+        resource = ConfigResource("topic", topic, incremental_configs=[ConfigEntry(
+            "cleanup.policy", policy, incremental_operation=AlterConfigOpType.SET)])
+        admin.incremental_alter_configs([resource])[resource].result()
+        if policy != "compact":
+            done = admin.delete_records([TopicPartition(topic, p, 3)])
+            next(iter(done.values())).result()
+    with pytest.raises(StoreError, match=f"partition {p} starts at offset 3.*from offset 0"):
+        open_store(url).rebuild(marker)
+
+
+def test_unreachable_broker_is_a_clear_error_in_bounded_time() -> None:
+    with pytest.raises(StoreError, match=r"127\.0\.0\.1:1 within 1s.*scripts/services/kafka st"):
+        open_store("kafka://127.0.0.1:1/x", kafkaConnectTimeoutMs=1000)
+
+
+def test_existing_topic_must_be_compacted(kafka_servers: str, topic: str) -> None:
+    admin = AdminClient({"bootstrap.servers": kafka_servers})
+    admin.create_topics([NewTopic(topic, 2, 1, config={"cleanup.policy": "delete"})])[
+        topic].result()
+    with pytest.raises(StoreError, match="cleanup.policy=delete"):
+        open_store(f"kafka://{kafka_servers}/{topic}")
+
+
+def test_existing_topic_keeps_its_partition_count(kafka_servers: str, topic: str) -> None:
+    admin = AdminClient({"bootstrap.servers": kafka_servers})
+    admin.create_topics([NewTopic(topic, 2, 1, config={"cleanup.policy": "compact"})])[
+        topic].result()
+    store = open_store(f"kafka://{kafka_servers}/{topic}?partitions=8")
+    assert isinstance(store, KafkaActionStateStore) and store.partitions == 2
+    store.close()
+
+
+@pytest.mark.parametrize("durability", ["sync", "group"])
+def test_a_record_the_broker_refuses_is_an_error(url: str, durability: Durability) -> None:
+    store = open_store(url, durability, kafkaActionStateTopicMaxMessageBytes=50_000)
+    store.rebuild(None)
+    store.fence()
+    sk = StateKey("big", 0, "act", "e" * 64)
+    record = CallRecord(sk, 0, CallResult("f", "d" * 64, CallStatus.SUCCEEDED, "x" * 100_000))
+    with pytest.raises(StoreError, match="max.message.bytes"):
+        store.put(record)
+        store.flush()
+    _put(store, "small", 0)
+    store.flush()
+    store.close()
+
+
+def test_options_flink_names_and_bad_values(kafka_servers: str, topic: str) -> None:
+    store = open_store(f"kafka://{kafka_servers}/{topic}", kafkaBootstrapServers=kafka_servers,
+                       kafkaActionStateTopic=topic, kafkaActionStateTopicNumPartitions=3,
+                       kafkaActionStateTopicReplicationFactor=1, **{"client.id": "t"})
+    assert isinstance(store, KafkaActionStateStore) and store.partitions == 3
+    store.close()
+    base = f"kafka://{kafka_servers}/{topic}"
+    for url, options, message in [
+        (base, {"kafkaActionStateTopic": "other"}, "topic"),
+        (base, {"kafkaTopic": "x"}, "unknown Kafka store option"),
+        (base + "?partitions=many", {}, "must be an integer"),
+        (base, {"acks": "1"}, "acks=all"),
+        (base, {"enable.idempotence": "false"}, "enable.idempotence=true"),
+        (base, {"no.such.property": "1"}, "bad Kafka client setting"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            open_store(url, **options)
+
+
+RESTART_TEST = "test_sync_put_waits_out_a_broker_restart"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def private_broker(request: pytest.FixtureRequest, kafka_servers: str,
+                   tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str] | None]:
+    """A second broker, for the test that stops and restarts one; None if it does not run.
+
+    It starts in the background when this module's first test runs, so that its
+    startup overlaps the other tests. Its jars are hard links to the shared broker's
+    (fetched by ``kafka_servers``), its data a temporary directory, its ports free ones.
+    """
+    if not any(item.name == RESTART_TEST for item in request.session.items):
+        yield None
+        return
+    home = tmp_path_factory.mktemp("private-kafka")
+    cache = Path(os.environ.get("ACTIONSTATE_CACHE") or Path(
+        os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "actionstate")
+    version = re.search(r"<kafka.version>(.*)</kafka.version>",
+                        (SERVICE.parent / "kafka-pom.xml").read_text())
+    assert version is not None
+    lib = Path("kafka") / version[1] / "lib"
+
+    def link(src: str, dst: str) -> None:
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    shutil.copytree(cache / lib, home / lib, copy_function=link)
+    ports = []
+    for _ in range(2):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            ports.append(probe.getsockname()[1])
+    env = {**os.environ, "ACTIONSTATE_CACHE": str(home), "KAFKA_PORT": str(ports[0]),
+           "KAFKA_CONTROLLER_PORT": str(ports[1]), "KAFKA_HEAP_OPTS": "-Xms128m -Xmx512m"}
+    starting = subprocess.Popen([str(SERVICE), "start"], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+    try:
+        yield env
+    finally:
+        starting.communicate(timeout=120)
+        subprocess.run([str(SERVICE), "stop"], env=env, capture_output=True, timeout=60)
+
+
+@pytest.mark.slow
+def test_sync_put_waits_out_a_broker_restart(
+        private_broker: dict[str, str] | None, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """While the broker is down a sync put waits (and says so); nothing is lost or doubled."""
+    assert private_broker is not None
+    env, service = private_broker, [str(SERVICE)]
+    servers = subprocess.run(service + ["start"], env=env, capture_output=True, text=True,
+                             check=True, timeout=120).stdout.split()[-1]  # waits for it
+    monkeypatch.setattr(kafka_store, "_WAIT_STEP", 0.5)
+    url = f"kafka://{servers}/outage?partitions=2"
+    store = open_store(url)
+    store.rebuild(None)
+    store.fence()
+    _put(store, "k", 0, 0)
+    subprocess.run(service + ["stop"], env=env, capture_output=True, check=True, timeout=60)
+    restart = subprocess.Popen(service + ["start"], env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    with caplog.at_level(logging.WARNING, logger="actionstate"):
+        for position in range(1, 4):
+            _put(store, "k", 0, position)
+    assert restart.wait(120) == 0
+    assert "has not acknowledged 1 record(s) for topic outage" in caplog.text
+    restored = open_store(url)
+    assert restored.rebuild(dict(store.recovery_marker(), offsets={})) == 2 + 4
+    state = restored.get(StateKey("k", 0, "act", "e" * 64))
+    assert state is not None and [c.result for c in state.calls.values()] == [
+        f"k/0/{i}" for i in range(4)]
+    store.close()
+    restored.close()

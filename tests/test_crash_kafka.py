@@ -1,0 +1,16 @@
+"""The SIGKILL crash test of tests/test_crash.py with the Kafka store on a real broker."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.test_crash import crash_check
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_points_kafka_sync(tmp_path: Path, kafka_servers: str) -> None:
+    topic = f"actionstate-crash-{uuid.uuid4().hex[:12]}"
+    crash_check(tmp_path, f"kafka://{kafka_servers}/{topic}?partitions=4", seed=5)
