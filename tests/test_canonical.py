@@ -61,3 +61,18 @@ def test_exception_that_cannot_be_rebuilt_falls_back_to_replayed_call_error() ->
     assert exc.type_name.endswith("NeedsTwoArgs") and exc.message == "a/b"
     gone = decode_exception({"type": "no.such.Error", "message": "m", "args": ["m"]})
     assert isinstance(gone, ReplayedCallError) and gone.type_name == "no.such.Error"
+
+
+@pytest.mark.parametrize("args, kwargs", [
+    (("plain", 1, True, None), {}),
+    (("ключ \"quoted\" \\ \n tab\t 🔑", -(2**70)), {}),
+    ((1.5,), {}),
+    ((Color.RED, [1, {"b": 2, "a": 1}]), {}),
+    (("x",), {"k": "v"}),
+    ((), {}),
+])
+def test_args_digest_fast_path_equals_the_canonical_digest(
+        args: tuple[object, ...], kwargs: dict[str, object]) -> None:
+    from actionstate.durable.canonical import args_digest
+
+    assert args_digest(args, kwargs) == digest([list(args), kwargs])

@@ -21,13 +21,16 @@ import enum
 import hashlib
 import importlib
 import json
+from json.encoder import encode_basestring
 from typing import Any
 
 from actionstate.errors import ConfigError, ReplayedCallError
 from actionstate.events import Event, event_class
 
 __all__ = [
+    "STORED",
     "TAG",
+    "args_digest",
     "canonical_bytes",
     "decode_exception",
     "digest",
@@ -94,11 +97,40 @@ def _digest_default(obj: Any) -> Any:
     return {TAG: "repr", "type": _type_name(type(obj)), "repr": text}
 
 
+_CANONICAL = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_digest_default)
+STORED = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=to_wire_default)
+"""The encoder of stored values (built once: ``json.dumps`` with options builds one per call)."""
+
+
 def canonical_bytes(value: Any) -> bytes:
     """Sorted-key, compact UTF-8 JSON of ``value`` (see module docs for fallbacks)."""
-    return json.dumps(
-        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_digest_default
-    ).encode()
+    return _CANONICAL.encode(value).encode()
+
+
+def _scalar_json(value: Any) -> str | None:
+    """The canonical JSON of a str, int, bool or None; None for anything else."""
+    kind = type(value)
+    if kind is str:
+        return encode_basestring(value)
+    if kind is int:
+        return int.__repr__(value)
+    if value is None:
+        return "null"
+    if kind is bool:
+        return "true" if value else "false"
+    return None
+
+
+def args_digest(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    """``digest([list(args), kwargs])``, composed directly (same bytes, less work) when
+    every argument is a positional str, int, bool or None: the common case of a call."""
+    if not kwargs:
+        parts = [_scalar_json(a) for a in args]
+        if None not in parts:
+            text = "[[" + ",".join(p for p in parts if p is not None) + "],{}]"
+            return hashlib.sha256(text.encode()).hexdigest()
+    return digest([list(args), kwargs])
 
 
 def digest(value: Any) -> str:

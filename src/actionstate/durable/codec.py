@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from actionstate.durable.canonical import TAG, to_wire_default, untag
+from actionstate.durable.canonical import STORED, TAG, untag
 from actionstate.durable.state import (
     CallRecord,
     CallResult,
@@ -56,8 +56,7 @@ def encode_record(record: Record) -> bytes:
             env = {"v": 1, "t": "drop", "key": key, "after": after, "e": epoch}
         case FenceRecord(epoch=epoch):
             env = {"v": 1, "t": "fence", "e": epoch}
-    return json.dumps(env, separators=(",", ":"), ensure_ascii=False,
-                      default=to_wire_default).encode()
+    return STORED.encode(env).encode()
 
 
 def decode_record(data: bytes, where: str) -> Record:

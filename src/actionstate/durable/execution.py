@@ -21,9 +21,9 @@ from typing import Any, Literal, TypeVar, cast
 
 from actionstate.context import RunnerContext
 from actionstate.durable.canonical import (
+    args_digest,
     canonical_bytes,
     decode_exception,
-    digest,
     encode_exception,
 )
 from actionstate.durable.state import (
@@ -213,15 +213,15 @@ class ActionContext(RunnerContext):
         position = self._next_position
         self._next_position += 1
         fid = function_id(fn)
-        args_digest = digest([list(args), kwargs])
+        digest = args_digest(args, kwargs)
         sk = self._sk
         recorded = self._state.calls.get(position) if self._state is not None else None
-        if recorded is not None and not recorded.matches(fid, args_digest):
-            self._diverge(position, recorded, fid, args_digest)
+        if recorded is not None and not recorded.matches(fid, digest):
+            self._diverge(position, recorded, fid, digest)
             recorded = None
         id_parts = [self._job, self._store.namespace, sk.key, sk.seq, sk.action, sk.event_id,
                     position]
-        return _Step(position, fid, args_digest, recorded, id_parts)
+        return _Step(position, fid, digest, recorded, id_parts)
 
     def _diverge(self, position: int, recorded: CallResult, fid: str, args_digest: str) -> None:
         sk = self._sk

@@ -33,6 +33,7 @@ class StateIndex:
     def __init__(self) -> None:
         self._states: dict[StateKey, ActionState] = {}
         self._seqs: dict[str, dict[int, set[StateKey]]] = {}
+        self._max_seq: dict[str, int] = {}
         self._first: dict[StateKey, Position] = {}
         self._fences: dict[int, int] = {}
         self.base_fence = 0
@@ -64,6 +65,8 @@ class StateIndex:
         if state is None:
             state = self._states[key] = ActionState()
             self._seqs.setdefault(key.key, {}).setdefault(key.seq, set()).add(key)
+            if key.seq > self._max_seq.get(key.key, -1):
+                self._max_seq[key.key] = key.seq
             self._first[key] = position
         if isinstance(record, CallRecord):
             state.calls[record.position] = record.call
@@ -83,8 +86,8 @@ class StateIndex:
 
     def has_later(self, key: str, seq: int) -> bool:
         """True when states of input ``key`` exist with a seq above ``seq``."""
-        seqs = self._seqs.get(key)
-        return seqs is not None and max(seqs) > seq
+        top = self._max_seq.get(key)
+        return top is not None and top > seq
 
     def drop_after(self, key: str, seq: int) -> None:
         """Forget the states of input ``key`` with seq > ``seq``."""
@@ -102,8 +105,11 @@ class StateIndex:
             for state_key in seqs.pop(seq):
                 del self._states[state_key]
                 del self._first[state_key]
-        if not seqs:
+        if seqs:
+            self._max_seq[key] = max(seqs)
+        else:
             del self._seqs[key]
+            del self._max_seq[key]
 
     def first_positions(self) -> dict[int, int]:
         """Per partition, the lowest position of any live state's first record."""

@@ -158,10 +158,7 @@ class LocalRunner:
     async def _ticker(self, started: float) -> None:
         last_checkpoint = time.monotonic()
         while not self._done.is_set():
-            try:
-                await asyncio.wait_for(self._done.wait(), self._tick)
-            except TimeoutError:
-                pass
+            await asyncio.sleep(self._tick)  # a timer: commit and checkpoint periodically
             self._commit_group()
             now = time.monotonic()
             if now - last_checkpoint >= self._checkpoint_interval:
