@@ -41,3 +41,20 @@ def test_golden_log_replays_to_the_expected_state() -> None:
     assert not isinstance(replayed, ReplayedCallError)
     assert state.output_events == [ContractEvent(name="labelled", n=1),
                                    OutputEvent(output={"id": "T1"})]
+
+
+def test_the_call_fast_path_writes_the_generic_envelope() -> None:
+    import json
+
+    from actionstate.durable.canonical import STORED
+    from actionstate.durable.state import CallRecord, CallResult
+
+    for result in ["ключ \"q\" \n", 1.5, float("inf"), None, {"b": [1, b"\x00"]}, True]:
+        record = CallRecord(StateKey("k_ü", 2, "a", "e" * 64), 3,
+                            CallResult("m.f", "d" * 64, CallStatus.SUCCEEDED, result), 4)
+        generic = {"v": 1, "t": "call", "k": ["k_ü", 2, "a", "e" * 64], "e": 4, "p": 3,
+                   "f": "m.f", "d": "d" * 64, "s": "S", "r": result}
+        assert encode_record(record) == STORED.encode(generic).encode()
+        assert decode_record(encode_record(record), "x") == record
+    pending = CallRecord(StateKey("k", 0, "a", "e"), 0, CallResult("f", "d", CallStatus.PENDING))
+    assert json.loads(encode_record(pending))["s"] == "P"

@@ -35,8 +35,24 @@ def _k(key: StateKey) -> list[Any]:
     return [key.key, key.seq, key.action, key.event_id]
 
 
+def _encode_call(record: CallRecord) -> bytes:
+    """A SUCCEEDED or PENDING call's envelope, composed directly: the hot path of a call.
+
+    The bytes equal those of the generic path below (tests/test_golden.py checks it).
+    """
+    call, enc = record.call, STORED.encode
+    text = (f'{{"v":1,"t":"call","k":{enc(_k(record.key))},"e":{int(record.epoch)},'
+            f'"p":{int(record.position)},"f":{enc(call.function_id)},'
+            f'"d":{enc(call.args_digest)},"s":"{call.status.value}"')
+    if call.status is CallStatus.SUCCEEDED:
+        text += f',"r":{enc(call.result)}'
+    return (text + "}").encode()
+
+
 def encode_record(record: Record) -> bytes:
     """Encode ``record`` as one versioned JSON envelope."""
+    if type(record) is CallRecord and record.call.status is not CallStatus.FAILED:
+        return _encode_call(record)
     env: dict[str, Any]
     match record:
         case CallRecord(key=key, position=pos, call=call, epoch=epoch):

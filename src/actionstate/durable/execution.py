@@ -75,21 +75,33 @@ def function_id(fn: Callable[..., Any]) -> str:
 
 
 @functools.lru_cache(maxsize=4096)
-def _wants_idempotency_key(fn: Callable[..., Any]) -> bool:
+def _describe(fn: Callable[..., Any]) -> tuple[str, bool, bool]:
     try:
-        return "idempotency_key" in inspect.signature(fn).parameters
+        wants_key = "idempotency_key" in inspect.signature(fn).parameters
     except (TypeError, ValueError):
-        return False
+        wants_key = False
+    return function_id(fn), wants_key, inspect.iscoroutinefunction(fn)
+
+
+def _info(fn: Callable[..., Any]) -> tuple[str, bool, bool]:
+    """(function id, takes ``idempotency_key``, is a coroutine function), cached per function."""
+    target = getattr(fn, "__func__", fn)  # a bound method: describe its function
+    try:
+        return _describe(target)
+    except TypeError:  # unhashable callable
+        return _describe.__wrapped__(target)
 
 
 class _Step:
     """One durable call being made; its idempotency key is computed on first use."""
 
-    __slots__ = ("_id_parts", "_call_id", "digest", "fid", "position", "recorded")
+    __slots__ = ("_call_id", "_id_parts", "digest", "fid", "is_coroutine", "position",
+                 "recorded", "wants_key")
 
-    def __init__(self, position: int, fid: str, digest: str, recorded: CallResult | None,
-                 id_parts: list[Any]) -> None:
-        self.position, self.fid, self.digest, self.recorded = position, fid, digest, recorded
+    def __init__(self, position: int, info: tuple[str, bool, bool], digest: str,
+                 recorded: CallResult | None, id_parts: list[Any]) -> None:
+        self.fid, self.wants_key, self.is_coroutine = info
+        self.position, self.digest, self.recorded = position, digest, recorded
         self._id_parts = id_parts
         self._call_id: str | None = None
 
@@ -165,7 +177,7 @@ class ActionContext(RunnerContext):
         if step.recorded is not None and step.recorded.status is not CallStatus.PENDING:
             replayed: T = self._replay(step.recorded)
             return replayed
-        if inspect.iscoroutinefunction(fn):
+        if step.is_coroutine:
             raise TypeError(
                 f"{function_id(fn)} is a coroutine function: use "
                 "`await ctx.durable_execute_async(...)` for it"
@@ -212,7 +224,8 @@ class ActionContext(RunnerContext):
                kwargs: dict[str, Any]) -> _Step:
         position = self._next_position
         self._next_position += 1
-        fid = function_id(fn)
+        info = _info(fn)
+        fid = info[0]
         digest = args_digest(args, kwargs)
         sk = self._sk
         recorded = self._state.calls.get(position) if self._state is not None else None
@@ -221,7 +234,7 @@ class ActionContext(RunnerContext):
             recorded = None
         id_parts = [self._job, self._store.namespace, sk.key, sk.seq, sk.action, sk.event_id,
                     position]
-        return _Step(position, fid, digest, recorded, id_parts)
+        return _Step(position, info, digest, recorded, id_parts)
 
     def _diverge(self, position: int, recorded: CallResult, fid: str, args_digest: str) -> None:
         sk = self._sk
@@ -254,7 +267,7 @@ class ActionContext(RunnerContext):
             pending = CallResult(step.fid, step.digest, CallStatus.PENDING)
             self._store.put(CallRecord(self._sk, step.position, pending, self._store.epoch),
                             sync=True)
-        if _wants_idempotency_key(fn) and "idempotency_key" not in kwargs:
+        if step.wants_key and "idempotency_key" not in kwargs:
             kwargs = {**kwargs, "idempotency_key": step.call_id}
         self.stats.calls_executed += 1
         return fn, args, kwargs

@@ -1,9 +1,10 @@
 """``sqlite:///path/state.db``: the embedded default store (stdlib sqlite3, WAL).
 
 One table of records ``(id, namespace, agent_key, payload)``; ``id`` is the
-log offset. ``sync`` durability commits (and fsyncs the WAL) per record;
-``group`` durability buffers records and commits them together in
-:meth:`flush`, across keys.
+log offset (reads and deletes are ``id`` ranges, so no other index is kept).
+``sync`` durability commits (and fsyncs the WAL) per record; ``group``
+durability buffers records and commits them together in :meth:`flush`,
+across keys.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ CREATE TABLE IF NOT EXISTS records (
     agent_key TEXT,
     payload BLOB NOT NULL
 );
-CREATE INDEX IF NOT EXISTS records_namespace ON records (namespace, id);
 """
 _INSERT = "INSERT INTO records (namespace, agent_key, payload) VALUES (?,?,?)"
 
