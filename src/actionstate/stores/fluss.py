@@ -125,7 +125,8 @@ class FlussActionStateStore(ActionStateStore):
     Contract (beyond :class:`~actionstate.stores.base.ActionStateStore`):
 
     * ``sync`` durability: each put is one append acknowledged before ``put``
-      returns; the writer's batch timeout is 0, so no batching delay is paid.
+      returns; the writer's batch timeout is 0, so no batching delay is paid
+      (in either durability: a ``sync=True`` put in ``group`` mode is as quick).
     * ``group`` durability: puts are buffered; :meth:`flush` writes them as one
       Arrow batch (the client routes rows to their buckets, in order) and waits
       for every bucket's acknowledgement, raising :class:`StoreError` on any
@@ -172,11 +173,13 @@ class FlussActionStateStore(ActionStateStore):
         self._payloads: list[bytes] = []
         self._agent_keys: list[str] = []
         self._bucket_cache: dict[str, int] = {}
+        # Batch timeout 0: a sync put pays no batching delay, and group commits are
+        # batched here (one Arrow batch per flush), not by the client. A full write
+        # buffer fails after the timeout instead of blocking forever.
         props = {"bootstrap.servers": bootstrap_servers,
                  "connect-timeout": str(int(min(timeout, 10.0) * 1000)),
-                 "writer.enable-idempotence": "true"}
-        if durability == "sync":
-            props["writer.batch-timeout-ms"] = "0"
+                 "writer.batch-timeout-ms": "0", "writer.enable-idempotence": "true",
+                 "writer.buffer.wait-timeout-ms": str(int(timeout * 1000))}
         props.update(security or {})
         try:
             config = fluss.Config(props)

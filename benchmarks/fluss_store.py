@@ -1,0 +1,323 @@
+"""What the Fluss store costs over the Fluss client, and how fast it writes and rebuilds.
+
+Against the local cluster (``scripts/services/fluss start``; started if needed), a
+table per measurement in database ``actionstate_bench`` (64 buckets, the default),
+dropped at the end. The record is a ``CallRecord`` whose result is a 1 KB string
+(about 1.2 KB encoded), as in ``kafka_store.py``.
+
+1. ``sync`` put latency: ``store.put`` (returns when the tablet server acknowledged
+   the record) against a raw pyfluss ``append`` + ``await handle.wait()`` of the same
+   bytes to the same table and bucket, by a connection with the store's settings
+   (batch timeout 0, idempotent), in its own asyncio loop; interleaved in blocks of
+   100. Attribution row: the same raw append awaited from another thread through
+   ``asyncio.run_coroutine_threadsafe`` (the sync-to-async bridge the store uses).
+   Target: p50 ratio <= 1.2x.
+2. ``group`` throughput. (a) 64 keys round robin, ``flush`` every 1,000 puts and at
+   the end (the time includes it). (b) The engine: ``core_group_calls.drive`` (64
+   asyncio tasks, one per key, 10 ``ctx.durable_execute`` calls per action, a
+   ticker that flushes every 5 ms as ``LocalRunner`` does), against memory:// in the
+   same run. Target: >= 20,000 calls/s.
+3. Rebuild: ``rebuild`` of N records (64 keys, 10 calls per state) in a fresh
+   process; peak RSS (ru_maxrss) minus the RSS before the rebuild (it includes the
+   rebuilt index: every state and its 1 KB results, all unpruned).
+
+Usage: .venv/bin/python benchmarks/fluss_store.py [--quick] [--big]
+(``--big`` adds the 10^6-record rebuild: about 1.2 GB through Fluss.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import fluss
+
+from actionstate.durable.codec import encode_record
+from actionstate.durable.state import CallRecord, CallResult, CallStatus, StateKey
+from actionstate.stores import open_store
+from actionstate.stores.fluss import AGENT_KEY, STATE_KEY, STATE_PAYLOAD
+from actionstate.stores.memory import MemoryActionStateStore
+
+REPO = Path(__file__).resolve().parent.parent
+DATABASE = "actionstate_bench"
+RESULT = "x" * 1024
+KEYS = 64
+
+
+def call(i: int, epoch: int) -> CallRecord:
+    """Record ``i`` of a stream over 64 keys, 10 calls per state."""
+    key = StateKey(f"agent-{i % KEYS}", i // (KEYS * 10), "act", "e" * 64)
+    return CallRecord(key, (i // KEYS) % 10,
+                      CallResult("llm", "d" * 64, CallStatus.SUCCEEDED, RESULT), epoch)
+
+
+RECORD_BYTES = len(encode_record(call(0, 0)))
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
+
+
+class Tables:
+    """Names new tables of ``DATABASE``; :meth:`drop` drops them."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.names: list[str] = []
+
+    def url(self) -> str:
+        self.names.append(f"b{uuid.uuid4().hex[:12]}")
+        return f"fluss://{self.address}/{DATABASE}.{self.names[-1]}"
+
+    def drop(self) -> None:
+        async def drop_all() -> None:
+            conn = await fluss.FlussConnection.create(
+                fluss.Config({"bootstrap.servers": self.address}))
+            admin = conn.get_admin()
+            for name in self.names:
+                await admin.drop_table(fluss.TablePath(DATABASE, name), ignore_if_not_exists=True)
+            await conn.close()
+
+        asyncio.run(asyncio.wait_for(drop_all(), 120))
+
+
+class RawClient:
+    """A pyfluss connection with the store's sync settings, on its own event loop."""
+
+    def __init__(self, address: str, table: str) -> None:
+        self.loop = asyncio.new_event_loop()
+
+        async def connect() -> Any:
+            self.conn = await fluss.FlussConnection.create(fluss.Config(
+                {"bootstrap.servers": address, "writer.batch-timeout-ms": "0",
+                 "writer.enable-idempotence": "true"}))
+            return await self.conn.get_table(fluss.TablePath(DATABASE, table))
+
+        self.writer = self.loop.run_until_complete(connect()).new_append().create_writer()
+        self.thread_loop = asyncio.new_event_loop()
+        threading.Thread(target=self.thread_loop.run_forever, daemon=True).start()
+
+    def block(self, row: dict[str, Any], n: int) -> list[float]:
+        """``n`` appends, each awaited in this loop; their latencies (ns)."""
+        async def run() -> list[float]:
+            out = []
+            for _ in range(n):
+                begin = time.perf_counter_ns()
+                await self.writer.append(row).wait()
+                out.append(time.perf_counter_ns() - begin)
+            return out
+
+        return self.loop.run_until_complete(run())
+
+    def block_from_thread(self, row: dict[str, Any], n: int) -> list[float]:
+        """``n`` appends awaited on another thread's loop, as the store bridges."""
+        async def one() -> None:
+            await self.writer.append(row).wait()
+
+        out = []
+        for _ in range(n):
+            begin = time.perf_counter_ns()
+            asyncio.run_coroutine_threadsafe(one(), self.thread_loop).result()
+            out.append(time.perf_counter_ns() - begin)
+        return out
+
+    def close(self) -> None:
+        async def close() -> None:
+            await self.conn.close()
+
+        self.loop.run_until_complete(close())
+        self.loop.close()
+        self.thread_loop.call_soon_threadsafe(self.thread_loop.stop)
+
+
+def sync_latency(tables: Tables, samples: int) -> list[list[str]]:
+    url = tables.url()
+    store = open_store(url)
+    store.rebuild(None)
+    store.fence()
+    record = call(0, store.epoch)
+    row = {STATE_KEY: json.dumps({"ns": store.namespace, "w": "raw", "n": 0, "t": "call",
+                                  "key": record.key.key, "seq": 0, "action": "act",
+                                  "event": "e" * 64, "pos": 0}, separators=(",", ":")),
+           STATE_PAYLOAD: encode_record(record), AGENT_KEY: record.key.key}
+    raw = RawClient(tables.address, tables.names[-1])
+    clock = time.perf_counter_ns
+    store_ns: list[float] = []
+    raw_ns: list[float] = []
+    hop_ns: list[float] = []
+    for block in range(-2, samples // 100):  # two warm-up blocks
+        times = []
+        for _ in range(100):
+            begin = clock()
+            store.put(record)
+            times.append(clock() - begin)
+        raw_times = raw.block(row, 100)
+        hop_times = raw.block_from_thread(row, 100)
+        if block >= 0:
+            store_ns += times
+            raw_ns += raw_times
+            hop_ns += hop_times
+    store.close()
+    raw.close()
+    rows = []
+    for name, values in (("store.put (sync)", store_ns),
+                         ("raw append + await wait(), in the loop", raw_ns),
+                         ("raw append + wait() via run_coroutine_threadsafe", hop_ns)):
+        rows.append([name, f"{len(values)}", f"{pct(values, 0.5) / 1000:.0f}",
+                     f"{pct(values, 0.99) / 1000:.0f}"])
+    ratio = statistics.median(store_ns) / statistics.median(raw_ns)
+    rows.append(["ratio store / raw in the loop (target: p50 <= 1.2x)", "", f"{ratio:.2f}x",
+                 f"{pct(store_ns, 0.99) / pct(raw_ns, 0.99):.2f}x"])
+    return rows
+
+
+def write(url: str, count: int, warm_up: int = 0,
+          flush_every: int = 1000) -> tuple[float, float, dict[str, Any]]:
+    """``warm_up`` then ``count`` group-mode puts.
+
+    Returns the wall and this thread's CPU seconds of the ``count`` puts, and a
+    marker from which a rebuild reads them all.
+    """
+    store = open_store(url, durability="group")
+    store.rebuild(None)
+    store.fence()
+    marker = store.recovery_marker()
+    put, flush, epoch = store.put, store.flush, store.epoch
+    for i in range(-warm_up, count):
+        if i == 0:
+            flush()
+            begin, cpu_begin = time.perf_counter(), time.thread_time()
+        put(call(i, epoch))
+        if i % flush_every == flush_every - 1:
+            flush()
+    flush()
+    seconds, cpu_seconds = time.perf_counter() - begin, time.thread_time() - cpu_begin
+    store.close()
+    return seconds, cpu_seconds, marker
+
+
+def group_throughput(tables: Tables, count: int, actions: int) -> list[list[str]]:
+    from core_group_calls import CALLS_PER_ACTION, drive
+
+    seconds, cpu_seconds, _ = write(tables.url(), count, warm_up=5_000)
+    rows = [["group put, 64 keys round robin, flush every 1,000", f"{count:,}",
+             f"{seconds:.2f}", f"{count / seconds:,.0f}",
+             f"{count * RECORD_BYTES / seconds / 1e6:.1f}",
+             f"{cpu_seconds / count * 1e6:.1f}"]]
+    rates: dict[str, list[float]] = {"fluss": [], "memory": []}
+    cpus: dict[str, list[float]] = {"fluss": [], "memory": []}
+    for _ in range(3):
+        for kind in ("fluss", "memory"):
+            store = (open_store(tables.url(), durability="group") if kind == "fluss"
+                     else MemoryActionStateStore(durability="group"))
+            cpu_begin = time.thread_time()
+            out = asyncio.run(drive(store, "sync", actions))
+            cpus[kind].append((time.thread_time() - cpu_begin) / out.calls * 1e6)
+            store.close()
+            rates[kind].append(out.calls / out.elapsed)
+    calls = KEYS * actions * CALLS_PER_ACTION
+    for kind, name in (("fluss", "engine: 64 tasks x ctx.durable_execute, flush every 5 ms"),
+                       ("memory", "same on memory:// (engine bound)")):
+        rows.append([name, f"{calls:,} x 3", "", f"{statistics.median(rates[kind]):,.0f}", "",
+                     f"{statistics.median(cpus[kind]):.1f}"])
+    return rows
+
+
+def rebuild_child(url: str, marker: str) -> None:
+    """Run in a fresh process: rebuild and print seconds, records, RSS growth (KiB)."""
+    store = open_store(url)
+    page_kib = os.sysconf("SC_PAGE_SIZE") // 1024
+    before = int(Path("/proc/self/statm").read_text().split()[1]) * page_kib  # RSS now
+    begin = time.perf_counter()
+    count = store.rebuild(json.loads(marker))
+    seconds = time.perf_counter() - begin
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # peak RSS, KiB
+    print(seconds, count, after - before, len(store.index))
+    store.close()
+
+
+def rebuild(tables: Tables, sizes: list[int]) -> list[list[str]]:
+    rows = []
+    for size in sizes:
+        url = tables.url()
+        write_seconds, _, marker = write(url, size, flush_every=5000)
+        out = subprocess.run(
+            [sys.executable, __file__, "--rebuild-child", url, json.dumps(marker)],
+            capture_output=True, text=True, check=True).stdout.split()
+        seconds, count, rss_kib, states = float(out[0]), int(out[1]), int(out[2]), int(out[3])
+        rows.append([f"{size:,}", f"{count:,}", f"{states:,}", f"{write_seconds:.1f}",
+                     f"{seconds:.2f}", f"{count / seconds:,.0f}", f"{rss_kib / 1024:,.0f}",
+                     f"{rss_kib * 1024 / count:,.0f}"])
+    return rows
+
+
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |",
+             "|" + "|".join(" --- " if i == 0 else " ---: " for i in range(len(headers))) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def machine(address: str) -> list[str]:
+    model = next((line.split(":", 1)[1].strip() for line in
+                  Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), platform.processor())
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                            capture_output=True, text=True).stdout.strip()
+    return [f"- machine: nproc {len(os.sched_getaffinity(0))}, CPU {model}, "
+            f"{platform.system()} {platform.release()}, Python {platform.python_version()}",
+            f"- load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}",
+            f"- Fluss 0.9.1-incubating at {address} (one TabletServer, replication 1), "
+            f"pyfluss {fluss.__version__}; commit {commit}",
+            f"- record: CallRecord with a 1 KB result, {RECORD_BYTES} B encoded; tables of "
+            "64 buckets"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes (a smoke test)")
+    parser.add_argument("--big", action="store_true", help="add the 10^6-record rebuild")
+    parser.add_argument("--rebuild-child", nargs=2, metavar=("URL", "MARKER"),
+                        help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.rebuild_child:
+        rebuild_child(*args.rebuild_child)
+        return
+    address = subprocess.run([str(REPO / "scripts/services/fluss"), "start"],
+                             capture_output=True, text=True,
+                             check=True).stdout.strip().splitlines()[-1]
+    samples, count, actions = (200, 10_000, 5) if args.quick else (2_000, 200_000, 40)
+    sizes = [10_000] if args.quick else [10_000, 100_000] + ([1_000_000] if args.big else [])
+    tables = Tables(address)
+    started = time.monotonic()
+    try:
+        print("## fluss_store: the Fluss store against the pyfluss client\n")
+        print("\n".join(machine(address)) + "\n")
+        print(f"### sync put latency (µs), {samples} samples each, blocks of 100 interleaved\n")
+        print(table(["subject", "n", "p50", "p99"], sync_latency(tables, samples)))
+        print("\n### group throughput\n")
+        print(table(["subject", "calls", "s", "calls/s", "MB/s", "CPU µs/call"],
+                    group_throughput(tables, count, actions)))
+        print("\n### rebuild (fresh process)\n")
+        print(table(["records written", "records read", "states", "write s", "rebuild s",
+                     "records/s", "peak RSS growth MB", "B/record"],
+                    rebuild(tables, sizes)))
+    finally:
+        tables.drop()
+    print(f"\n({time.monotonic() - started:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()

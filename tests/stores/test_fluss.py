@@ -1,0 +1,322 @@
+"""The store contract, and what only a Fluss store does, against real Fluss clusters.
+
+The clusters are started by ``scripts/services/fluss start [--sasl]`` (reused
+when running). A cluster that cannot be started fails the tests: never a skip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import fluss
+import pyarrow as pa
+import pytest
+
+from actionstate.durable.codec import decode_record, encode_record
+from actionstate.durable.state import (
+    CallRecord,
+    CallResult,
+    CallStatus,
+    CompleteRecord,
+    FenceRecord,
+    StateKey,
+)
+from actionstate.errors import ConfigError, StoreError
+from actionstate.events import InputEvent
+from actionstate.stores import ActionStateStore, open_store
+from actionstate.stores.fluss import FlussActionStateStore, bucket_of
+from actionstate.testing.contract import StoreContract
+
+SERVICE = Path(__file__).resolve().parents[2] / "scripts/services/fluss"
+DATABASE = "actionstate_test"
+SASL = "flussSaslUsername=admin&flussSaslPassword=admin-secret"
+
+
+def start_fluss(*flags: str) -> str:
+    """Start (or reuse) the local Fluss cluster; its bootstrap address."""
+    proc = subprocess.run([str(SERVICE), "start", *flags], capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, f"{SERVICE} start {' '.join(flags)} failed:\n{proc.stderr}"
+    return proc.stdout.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="session")
+def fluss_cluster() -> str:
+    return start_fluss()
+
+
+@pytest.fixture(scope="session")
+def fluss_sasl_cluster() -> str:
+    return start_fluss("--sasl")
+
+
+class Tables:
+    """URLs of new tables on one cluster; :meth:`drop` drops them (a lean cluster
+    restarts its tablet server quickly)."""
+
+    def __init__(self, address: str, database: str = DATABASE, **props: str) -> None:
+        self.address, self.database, self.props = address, database, props
+        self.names: list[str] = []
+
+    def url(self, query: str = "buckets=4") -> str:
+        self.names.append(f"t{uuid.uuid4().hex[:16]}")
+        url = f"fluss://{self.address}/{self.database}.{self.names[-1]}"
+        return f"{url}?{query}" if query else url
+
+    def drop(self) -> None:
+        async def drop_all() -> None:
+            conn = await fluss.FlussConnection.create(fluss.Config(
+                {"bootstrap.servers": self.address, **self.props}))
+            try:
+                admin = conn.get_admin()
+                for name in self.names:
+                    await admin.drop_table(fluss.TablePath(self.database, name),
+                                           ignore_if_not_exists=True)
+            finally:
+                await conn.close()
+
+        asyncio.run(asyncio.wait_for(drop_all(), 120))
+
+
+@pytest.fixture
+def tables(fluss_cluster: str) -> Iterator[Tables]:
+    made = Tables(fluss_cluster)
+    yield made
+    made.drop()
+
+
+@pytest.fixture
+def sasl_tables(fluss_sasl_cluster: str) -> Iterator[Tables]:
+    made = Tables(fluss_sasl_cluster, **{
+        "security.protocol": "SASL", "security.sasl.mechanism": "PLAIN",
+        "security.sasl.username": "admin", "security.sasl.password": "admin-secret"})
+    yield made
+    made.drop()
+
+
+@pytest.fixture(scope="session")
+def shared_url(fluss_cluster: str) -> Iterator[str]:
+    """One 4-bucket table for the tests that need no table of their own.
+
+    Runs are namespaced, so tests sharing it do not see each other's records
+    (and a new table per test would only add work for the coordinator).
+    """
+    made = Tables(fluss_cluster)
+    yield made.url()
+    made.drop()
+
+
+class TestFlussStore(StoreContract):
+    @pytest.fixture
+    def store_url(self, shared_url: str) -> str:
+        return shared_url
+
+
+def call(store: ActionStateStore, key: StateKey, position: int, result: object) -> None:
+    store.put(CallRecord(key, position, CallResult("f", "d" * 64, CallStatus.SUCCEEDED,
+                                                   result), store.epoch))
+
+
+def fresh(url: str, durability: str = "sync") -> ActionStateStore:
+    store = open_store(url, durability=durability)  # type: ignore[arg-type]
+    store.rebuild(None)
+    store.fence()
+    return store
+
+
+def all_records(store: ActionStateStore) -> list[tuple[tuple[int, int], object]]:
+    start = {b: 0 for b in store.end_offsets()}
+    return [(position, decode_record(data, where)) for position, data, where
+            in store.read(store.namespace, start, store.end_offsets())]
+
+
+KEYS = [f"customer_{i}" for i in range(40)] + ["", "ключ-🔑-键", "x" * 300, "a:b/c d"]
+
+
+def test_buckets_are_computed_as_fluss_does(tables: Tables) -> None:
+    store = fresh(tables.url("buckets=7"))
+    positions = {}
+    for i, key in enumerate(KEYS):
+        record = CallRecord(StateKey(key, 0, "a", "e" * 64), 0,
+                            CallResult("f", "d" * 64, CallStatus.SUCCEEDED, i), store.epoch)
+        positions[key] = store.append(record, encode_record(record), sync=True)
+    placed = {}
+    for (bucket, offset), record in all_records(store):
+        if isinstance(record, CallRecord):
+            placed[record.key.key] = (bucket, offset)
+    store.close()
+    assert set(placed) == set(KEYS)
+    for key, (bucket, offset) in placed.items():
+        assert bucket == bucket_of(key, 7), key
+        assert positions[key] == (bucket, offset), "with one writer, positions are exact"
+    assert len({b for b, _ in placed.values()}) == 7
+
+
+def test_fence_lands_in_every_bucket(tables: Tables) -> None:
+    store = fresh(tables.url("buckets=5"))
+    fences = Counter(position[0] for position, record in all_records(store)
+                     if isinstance(record, FenceRecord))
+    store.close()
+    assert fences == Counter(range(5))
+
+
+def test_multi_bucket_rebuild_restores_only_states_after_the_marker(shared_url: str) -> None:
+    url = shared_url
+    store = fresh(url, durability="group")
+    keys = [f"k{i}" for i in range(24)]
+    assert {bucket_of(k, 4) for k in keys} == {0, 1, 2, 3}
+    done = [StateKey(k, 0, "a", "e" * 64) for k in keys]
+    for sk in done:
+        call(store, sk, 0, "done before the checkpoint")
+        store.put(CompleteRecord(sk, InputEvent(input=sk.key), (), (), store.epoch))
+    in_flight = [StateKey(k, 1, "a", "e" * 64) for k in keys[::3]]
+    for sk in in_flight:
+        call(store, sk, 0, "in flight at the checkpoint")
+    for k in keys:
+        store.prune(k, 0)
+    marker = store.recovery_marker()
+    assert sorted(marker["offsets"]) == ["0", "1", "2", "3"]
+    later = [StateKey(k, 2, "a", "e" * 64) for k in keys[1::2]]
+    for sk in later:
+        call(store, sk, 0, "after the checkpoint")
+    store.flush()
+    restored = open_store(url)
+    count = restored.rebuild(marker)
+    assert {sk for sk, _ in restored.states()} == set(in_flight) | set(later)
+    assert count == len(in_flight) + len(later), "records before the marker are not read"
+    for sk in in_flight:
+        state = restored.get(sk)
+        assert state is not None and state.calls[0].result == "in flight at the checkpoint"
+    restored.close()
+    store.close()
+
+
+def test_read_stops_at_the_given_offsets(shared_url: str) -> None:
+    store = fresh(shared_url)
+    start = store.end_offsets()
+    call(store, StateKey("k", 0, "a", "e" * 64), 0, "before")
+    stop = store.end_offsets()
+    call(store, StateKey("k", 0, "a", "e" * 64), 1, "after")
+    records = [decode_record(data, where)
+               for _, data, where in store.read(store.namespace, start, stop)]
+    store.close()
+    assert [r.position for r in records if isinstance(r, CallRecord)] == [0]
+
+
+def test_group_positions_are_exact_with_one_writer(shared_url: str) -> None:
+    store = fresh(shared_url, durability="group")
+    positions = {}
+    for i in range(30):
+        sk = StateKey(f"k{i % 6}", i, "a", "e" * 64)
+        record = CallRecord(sk, 0, CallResult("f", "d" * 64, CallStatus.SUCCEEDED, i), 0)
+        positions[i] = store.append(record, b"x", sync=False)
+        if i % 10 == 9:
+            store.flush()
+    store.flush()
+    start = {b: 0 for b in range(4)}
+    actual = [p for p, data, _ in store.read(store.namespace, start, store.end_offsets())
+              if data == b"x"]
+    store.close()
+    assert sorted(actual) == sorted(positions.values()), "with one writer, positions are exact"
+
+
+def test_marker_of_a_recreated_table_is_refused(shared_url: str) -> None:
+    url = shared_url
+    store = fresh(url)
+    marker = store.recovery_marker()
+    beyond = dict(marker, offsets={p: o + 100 for p, o in marker["offsets"].items()})
+    with pytest.raises(StoreError, match="dropped or truncated"):
+        open_store(url).rebuild(beyond)
+    more_buckets = dict(marker, offsets={**marker["offsets"], "9": 0})
+    with pytest.raises(StoreError, match="buckets"):
+        open_store(url).rebuild(more_buckets)
+    store.close()
+
+
+def test_options_and_url(fluss_cluster: str, tables: Tables) -> None:
+    url = tables.url("")
+    name = tables.names[-1]
+    store = open_store(url, flussActionStateTable="x", flussActionStateTableBuckets="3",
+                       actionStateStoreBackend="fluss")
+    assert isinstance(store, FlussActionStateStore)
+    assert store.table_name == f"{DATABASE}.{name}" and store.num_buckets == 3
+    store.close()
+    store.close()
+    by_options = open_store(f"fluss://{fluss_cluster}", flussActionStateDatabase=DATABASE,
+                            flussActionStateTable=name)
+    assert isinstance(by_options, FlussActionStateStore)
+    assert by_options.table_name == f"{DATABASE}.{name}" and by_options.num_buckets == 3
+    by_options.close()
+    with pytest.raises(ConfigError, match="unknown Fluss store option 'flussBuckets'"):
+        open_store(url, flussBuckets="4")
+    with pytest.raises(ConfigError, match="not a number"):
+        open_store(f"{url}?buckets=many")
+    with pytest.raises(ConfigError, match="table name"):
+        open_store(f"fluss://{fluss_cluster}/{DATABASE}.bad*name")
+
+
+def test_a_table_with_another_schema_is_refused(fluss_cluster: str, tables: Tables) -> None:
+    url = tables.url("")
+    name = tables.names[-1]
+
+    async def create() -> None:
+        conn = await fluss.FlussConnection.create(fluss.Config(
+            {"bootstrap.servers": fluss_cluster}))
+        try:
+            admin = conn.get_admin()
+            await admin.create_database(DATABASE, ignore_if_exists=True)
+            schema = fluss.Schema(pa.schema([("id", pa.int64()), ("v", pa.string())]))
+            await admin.create_table(fluss.TablePath(DATABASE, name),
+                                     fluss.TableDescriptor(schema, bucket_count=2))
+        finally:
+            await conn.close()
+
+    asyncio.run(create())
+    with pytest.raises(ConfigError, match="not an action state table"):
+        open_store(url)
+
+
+def test_unreachable_cluster_is_a_clear_error() -> None:
+    started = time.monotonic()
+    with pytest.raises(StoreError) as info:
+        open_store("fluss://127.0.0.1:1/x.y")
+    assert time.monotonic() - started < 30
+    assert "127.0.0.1:1" in str(info.value)
+    assert "scripts/services/fluss start" in str(info.value)
+
+
+@pytest.mark.parametrize("credentials", [
+    {"flussSaslUsername": "admin", "flussSaslPassword": "admin-secret",
+     "flussSecurityProtocol": "SASL", "flussSaslMechanism": "PLAIN"},
+    {"flussSaslJaasConfig": 'org.apache.fluss.security.auth.sasl.plain.PlainLoginModule '
+                            'required username="admin" password="admin-secret";'},
+    {},  # credentials in the URL query
+])
+def test_sasl_plain_round_trip(sasl_tables: Tables, credentials: dict[str, str]) -> None:
+    url = sasl_tables.url("buckets=2" if credentials else f"buckets=2&{SASL}")
+    store = open_store(url, **credentials)
+    store.rebuild(None)
+    store.fence()
+    marker = store.recovery_marker()
+    sk = StateKey("k", 0, "a", "e" * 64)
+    call(store, sk, 0, "over SASL")
+    restored = open_store(url, **credentials)
+    restored.rebuild(marker)
+    state = restored.get(sk)
+    assert state is not None and state.calls[0].result == "over SASL"
+    restored.close()
+    store.close()
+
+
+def test_sasl_wrong_password_is_a_clear_error(fluss_sasl_cluster: str) -> None:
+    url = f"fluss://{fluss_sasl_cluster}/{DATABASE}.never_created"
+    with pytest.raises(StoreError, match="authentication failed"):
+        open_store(url, flussSaslUsername="admin", flussSaslPassword="wrong")
+    with pytest.raises(StoreError, match="authentication failed"):
+        open_store(url)  # no credentials at all
