@@ -29,7 +29,7 @@ from actionstate.durable.state import (
 )
 from actionstate.errors import ConfigError, StoreError
 from actionstate.events import InputEvent
-from actionstate.stores import ActionStateStore, open_store
+from actionstate.stores import ActionStateStore, Durability, open_store
 from actionstate.stores.fluss import FlussActionStateStore, bucket_of
 from actionstate.testing.contract import StoreContract
 
@@ -123,8 +123,8 @@ def call(store: ActionStateStore, key: StateKey, position: int, result: object) 
                                                    result), store.epoch))
 
 
-def fresh(url: str, durability: str = "sync") -> ActionStateStore:
-    store = open_store(url, durability=durability)  # type: ignore[arg-type]
+def fresh(url: str, durability: Durability = "sync") -> ActionStateStore:
+    store = open_store(url, durability=durability)
     store.rebuild(None)
     store.fence()
     return store

@@ -46,6 +46,7 @@ fails with a :class:`~actionstate.errors.StoreError`.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import concurrent.futures
 import contextlib
 import functools
@@ -113,6 +114,7 @@ _NODELAY_EVERY_S = 5.0
 _NEW_TABLE_S = 15.0  # a table this store created has bucket leaders within this
 _STALL_S = 2.0  # an unacknowledged write this old makes the store refresh the client's metadata
 _CLOSE_S = 10.0
+_EXIT_GRACE_S = 0.05
 _HINT = "start it (scripts/services/fluss start) or fix flussBootstrapServers"
 
 log = logging.getLogger(__name__)
@@ -755,10 +757,25 @@ def _background_loop() -> asyncio.AbstractEventLoop:
     with _LOOP_LOCK:
         if _LOOP is None or _LOOP_PID != os.getpid():
             loop = asyncio.new_event_loop()
-            threading.Thread(target=loop.run_forever, name="actionstate-fluss",
-                             daemon=True).start()
+            thread = threading.Thread(target=loop.run_forever, name="actionstate-fluss",
+                                      daemon=True)
+            thread.start()
+            atexit.register(_stop_loop, loop, thread)
             _LOOP, _LOOP_PID = loop, os.getpid()
         return _LOOP
+
+
+def _stop_loop(loop: asyncio.AbstractEventLoop, thread: threading.Thread) -> None:
+    """At exit: stop the loop, then give the client's threads a moment to leave Python.
+
+    pyfluss completes a future from one of its own threads, which calls back into
+    Python; if the interpreter is already finalizing when that thread wants the GIL
+    back, CPython ends the thread with ``pthread_exit`` and the process aborts.
+    """
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(loop.stop)
+    thread.join(1.0)
+    time.sleep(_EXIT_GRACE_S)
 
 
 # -- Fluss's bucketing function --------------------------------------------------
