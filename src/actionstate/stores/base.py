@@ -10,6 +10,7 @@ so every backend behaves the same.
 
 from __future__ import annotations
 
+import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from typing import Any, Literal
@@ -131,6 +132,7 @@ class ActionStateStore(ABC):
         """Restore the states after ``marker``; None is a fresh start. Returns records read."""
         self.index = StateIndex()
         if not marker:
+            self.use_namespace(uuid.uuid4().hex)  # a fresh start never writes into an old run
             return 0
         try:
             namespace = str(marker["namespace"])

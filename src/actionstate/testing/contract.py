@@ -155,6 +155,8 @@ class StoreContract:
         again = self.reopen(store_url, old_marker)
         assert again.get(_key("fresh", 0, event="f" * 64)) is None, "runs must not mix"
         assert again.get(sk) is not None
+        again.rebuild(None)
+        assert again.namespace != old_marker["namespace"], "a fresh start is a new run"
         fresh.close()
         again.close()
 
