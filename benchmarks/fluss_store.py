@@ -43,32 +43,15 @@ from pathlib import Path
 from typing import Any
 
 import fluss
+from store_common import KEYS, RECORD_BYTES, call, pct
 
 from actionstate.durable.codec import encode_record
-from actionstate.durable.state import CallRecord, CallResult, CallStatus, StateKey
 from actionstate.stores import open_store
 from actionstate.stores.fluss import AGENT_KEY, STATE_KEY, STATE_PAYLOAD
 from actionstate.stores.memory import MemoryActionStateStore
 
 REPO = Path(__file__).resolve().parent.parent
 DATABASE = "actionstate_bench"
-RESULT = "x" * 1024
-KEYS = 64
-
-
-def call(i: int, epoch: int) -> CallRecord:
-    """Record ``i`` of a stream over 64 keys, 10 calls per state."""
-    key = StateKey(f"agent-{i % KEYS}", i // (KEYS * 10), "act", "e" * 64)
-    return CallRecord(key, (i // KEYS) % 10,
-                      CallResult("llm", "d" * 64, CallStatus.SUCCEEDED, RESULT), epoch)
-
-
-RECORD_BYTES = len(encode_record(call(0, 0)))
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
 
 
 class Tables:

@@ -35,30 +35,13 @@ from typing import Any
 
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
+from store_common import RECORD_BYTES, call, pct
 
 from actionstate.durable.codec import encode_record
-from actionstate.durable.state import CallRecord, CallResult, CallStatus, StateKey
 from actionstate.stores import open_store
 from actionstate.stores.kafka import partition_of
 
 REPO = Path(__file__).resolve().parent.parent
-RESULT = "x" * 1024
-KEYS = 64
-
-
-def call(i: int, epoch: int) -> CallRecord:
-    """Record ``i`` of a stream over 64 keys, 10 calls per state."""
-    key = StateKey(f"agent-{i % KEYS}", i // (KEYS * 10), "act", "e" * 64)
-    return CallRecord(key, (i // KEYS) % 10,
-                      CallResult("llm", "d" * 64, CallStatus.SUCCEEDED, RESULT), epoch)
-
-
-RECORD_BYTES = len(encode_record(call(0, 0)))
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
 
 
 def sync_latency(servers: str, samples: int) -> list[list[str]]:
