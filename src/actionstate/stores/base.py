@@ -58,13 +58,9 @@ class ActionStateStore(ABC):
         self.url = ""
         self.index = StateIndex()
         self.epoch = 0
+        self._namespace = uuid.uuid4().hex
 
     # -- the medium: what a backend implements -------------------------------
-
-    @property
-    @abstractmethod
-    def namespace(self) -> str:
-        """The run namespace new records are written under."""
 
     @abstractmethod
     def append(self, record: Record, data: bytes, sync: bool) -> Position:
@@ -88,10 +84,6 @@ class ActionStateStore(ABC):
         """
 
     @abstractmethod
-    def use_namespace(self, namespace: str) -> None:
-        """Write further records under ``namespace`` (a restored run's)."""
-
-    @abstractmethod
     def close(self) -> None:
         """Flush and release resources. Calling it twice is fine."""
 
@@ -102,6 +94,18 @@ class ActionStateStore(ABC):
         """
 
     # -- the contract, shared by every backend -------------------------------
+
+    @property
+    def namespace(self) -> str:
+        """The run namespace new records are written under (a new one per fresh start)."""
+        return self._namespace
+
+    def use_namespace(self, namespace: str) -> None:
+        """Write further records under ``namespace`` (a restored run's).
+
+        Backends that derive something from the namespace extend this.
+        """
+        self._namespace = namespace
 
     def put(self, record: Record, *, sync: bool | None = None) -> None:
         """Append one record and apply it; ``sync`` overrides the store's durability."""

@@ -164,7 +164,7 @@ class FlussActionStateStore(ActionStateStore):
         self.table_name = f"{database}.{table}"
         self._timeout = timeout
         self._writer_id = uuid.uuid4().hex[:12]
-        self.use_namespace(uuid.uuid4().hex)
+        self.use_namespace(self.namespace)  # derive the state_key head
         self._sequence = 0
         self._lock = threading.RLock()
         self._loop = _background_loop()
@@ -223,12 +223,8 @@ class FlussActionStateStore(ActionStateStore):
 
     # -- the medium ----------------------------------------------------------
 
-    @property
-    def namespace(self) -> str:
-        return self._namespace
-
     def use_namespace(self, namespace: str) -> None:
-        self._namespace = namespace
+        super().use_namespace(namespace)
         self._key_head = f'{{"ns":{_json_str(namespace)},"w":"{self._writer_id}","n":'
 
     def append(self, record: Record, data: bytes, sync: bool) -> Position:

@@ -170,9 +170,8 @@ class KafkaActionStateStore(ActionStateStore):
             "on_delivery": self._on_delivery,
             "error_cb": self._on_error,
         }
-        self._namespace = uuid.uuid4().hex
         self._writer = uuid.uuid4().hex[:16]
-        self._prefix = f"{self._namespace}/{self._writer}/".encode()
+        self._prefix = f"{self.namespace}/{self._writer}/".encode()
         self._counter = 0
         self._next: dict[int, int] = {}
         self._failures: list[tuple[int, KafkaError]] = []
@@ -308,12 +307,8 @@ class KafkaActionStateStore(ActionStateStore):
 
     # -- the medium -----------------------------------------------------------------
 
-    @property
-    def namespace(self) -> str:
-        return self._namespace
-
     def use_namespace(self, namespace: str) -> None:
-        self._namespace = namespace
+        super().use_namespace(namespace)
         self._prefix = f"{namespace}/{self._writer}/".encode()
         self._runs.clear()
         self._tracked.clear()
@@ -365,7 +360,7 @@ class KafkaActionStateStore(ActionStateStore):
                     "restore from a newer checkpoint or start fresh without one"
                 )
         ns = namespace.encode()
-        track = namespace == self._namespace
+        track = namespace == self.namespace
         consumer = _client(Consumer, {**self._common, **self._consumer_conf})
         try:
             consumer.assign([TopicPartition(self.topic, p, first)
@@ -418,7 +413,7 @@ class KafkaActionStateStore(ActionStateStore):
 
     def release(self, marker: Marker) -> None:
         """Tombstone own records below the oldest retained checkpoint's marker."""
-        if marker.get("namespace") != self._namespace or self._closed:
+        if marker.get("namespace") != self.namespace or self._closed:
             return
         self._markers.append({int(p): int(o) for p, o in marker["offsets"].items()})
         while len(self._markers) > self._retain:

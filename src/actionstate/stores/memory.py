@@ -8,7 +8,6 @@ process: use it for tests and for runs that need no durability.
 from __future__ import annotations
 
 import threading
-import uuid
 from collections.abc import Iterator
 
 from actionstate.durable.index import Position
@@ -28,18 +27,10 @@ class MemoryActionStateStore(ActionStateStore):
         super().__init__(durability)
         with _LOCK:
             self._log = _LOGS.setdefault(name, []) if name else []
-        self._namespace = uuid.uuid4().hex
-
-    @property
-    def namespace(self) -> str:
-        return self._namespace
-
-    def use_namespace(self, namespace: str) -> None:
-        self._namespace = namespace
 
     def append(self, record: Record, data: bytes, sync: bool) -> Position:
         with _LOCK:
-            self._log.append((self._namespace, data))
+            self._log.append((self.namespace, data))
             return (0, len(self._log) - 1)
 
     def flush(self) -> None:

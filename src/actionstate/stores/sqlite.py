@@ -10,7 +10,6 @@ across keys.
 from __future__ import annotations
 
 import sqlite3
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -41,7 +40,6 @@ class SqliteActionStateStore(ActionStateStore):
     def __init__(self, path: str | Path, durability: Durability = "sync") -> None:
         super().__init__(durability)
         self.path = Path(path)
-        self._namespace = uuid.uuid4().hex
         self._pending: list[tuple[str, str | None, bytes]] = []
         self._closed = False
         try:
@@ -67,20 +65,13 @@ class SqliteActionStateStore(ActionStateStore):
         # other writers only push them up): the index uses it for recovery markers.
         self._next_id = self.end_offsets()[0]
 
-    @property
-    def namespace(self) -> str:
-        return self._namespace
-
-    def use_namespace(self, namespace: str) -> None:
-        self._namespace = namespace
-
     def append(self, record: Record, data: bytes, sync: bool) -> Position:
         agent_key = (
             None if isinstance(record, FenceRecord)
             else record.key if isinstance(record, DropRecord) else record.key.key
         )
         position = (0, self._next_id)
-        self._pending.append((self._namespace, agent_key, data))
+        self._pending.append((self.namespace, agent_key, data))
         self._next_id += 1
         if sync:
             self.flush()
