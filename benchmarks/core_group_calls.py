@@ -71,7 +71,6 @@ class Outcome:
 
 async def drive(store: ActionStateStore, variant: str, actions: int) -> Outcome:
     store.rebuild(None)
-    store.fence()
     store.flush()
     stats = RunStats()
     outcome = Outcome()
@@ -93,7 +92,7 @@ async def drive(store: ActionStateStore, variant: str, actions: int) -> Outcome:
                 for c in range(CALLS_PER_ACTION):
                     await ctx.durable_execute_async(anoop, k, a, c)
             store.put(CompleteRecord(key, InputEvent(input={"n": a}), tuple(ctx.sent),
-                                     tuple(ctx.memory_updates), store.epoch))
+                                     tuple(ctx.memory_updates)))
             recorded[0] += CALLS_PER_ACTION
             pending_records[0] += CALLS_PER_ACTION + 1
             await asyncio.sleep(0)

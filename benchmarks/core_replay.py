@@ -67,7 +67,6 @@ def state_keys(actions: int) -> list[tuple[StateKey, int, int]]:
 def record(path: Path, keys: list[tuple[StateKey, int, int]]) -> tuple[Marker, float]:
     store = SqliteActionStateStore(path, "group")
     store.rebuild(None)
-    store.fence()
     marker = store.recovery_marker()
     started = time.perf_counter()
     for i, (key, k, seq) in enumerate(keys):

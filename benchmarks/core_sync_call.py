@@ -94,7 +94,6 @@ def raw_sqlite_sampler(path: Path) -> tuple[Sampler, Callable[[], None]]:
 
 def store_sampler(store: ActionStateStore) -> tuple[Sampler, Callable[[], None]]:
     store.rebuild(None)
-    store.fence()
     actions = [0]
 
     def sample(n: int) -> list[int]:

@@ -45,6 +45,7 @@ from typing import Any
 import fluss
 from store_common import KEYS, RECORD_BYTES, call, pct
 
+from actionstate.checkpoint import Marker
 from actionstate.durable.codec import encode_record
 from actionstate.stores import open_store
 from actionstate.stores.fluss import AGENT_KEY, STATE_KEY, STATE_PAYLOAD
@@ -130,12 +131,11 @@ def sync_latency(tables: Tables, samples: int) -> list[list[str]]:
     url = tables.url()
     store = open_store(url)
     store.rebuild(None)
-    store.fence()
-    record = call(0, store.epoch)
+    record = call(0)
     row = {STATE_KEY: json.dumps({"ns": store.namespace, "w": "raw", "n": 0, "t": "call",
                                   "key": record.key.key, "seq": 0, "action": "act",
                                   "event": "e" * 64, "pos": 0}, separators=(",", ":")),
-           STATE_PAYLOAD: encode_record(record), AGENT_KEY: record.key.key}
+           STATE_PAYLOAD: encode_record(record, store.epoch), AGENT_KEY: record.key.key}
     raw = RawClient(tables.address, tables.names[-1])
     clock = time.perf_counter_ns
     store_ns: list[float] = []
@@ -168,7 +168,7 @@ def sync_latency(tables: Tables, samples: int) -> list[list[str]]:
 
 
 def write(url: str, count: int, warm_up: int = 0,
-          flush_every: int = 1000) -> tuple[float, float, dict[str, Any]]:
+          flush_every: int = 1000) -> tuple[float, float, Marker]:
     """``warm_up`` then ``count`` group-mode puts.
 
     Returns the wall and this thread's CPU seconds of the ``count`` puts, and a
@@ -176,14 +176,13 @@ def write(url: str, count: int, warm_up: int = 0,
     """
     store = open_store(url, durability="group")
     store.rebuild(None)
-    store.fence()
     marker = store.recovery_marker()
-    put, flush, epoch = store.put, store.flush, store.epoch
+    put, flush = store.put, store.flush
     for i in range(-warm_up, count):
         if i == 0:
             flush()
             begin, cpu_begin = time.perf_counter(), time.thread_time()
-        put(call(i, epoch))
+        put(call(i))
         if i % flush_every == flush_every - 1:
             flush()
     flush()
@@ -225,7 +224,7 @@ def rebuild_child(url: str, marker: str) -> None:
     page_kib = os.sysconf("SC_PAGE_SIZE") // 1024
     before = int(Path("/proc/self/statm").read_text().split()[1]) * page_kib  # RSS now
     begin = time.perf_counter()
-    count = store.rebuild(json.loads(marker))
+    count = store.rebuild(Marker.from_json(json.loads(marker)))
     seconds = time.perf_counter() - begin
     after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # peak RSS, KiB
     print(seconds, count, after - before, len(store.index))
@@ -238,7 +237,7 @@ def rebuild(tables: Tables, sizes: list[int]) -> list[list[str]]:
         url = tables.url()
         write_seconds, _, marker = write(url, size, flush_every=5000)
         out = subprocess.run(
-            [sys.executable, __file__, "--rebuild-child", url, json.dumps(marker)],
+            [sys.executable, __file__, "--rebuild-child", url, json.dumps(marker.to_json())],
             capture_output=True, text=True, check=True).stdout.split()
         seconds, count, rss_kib, states = float(out[0]), int(out[1]), int(out[2]), int(out[3])
         rows.append([f"{size:,}", f"{count:,}", f"{states:,}", f"{write_seconds:.1f}",

@@ -22,6 +22,8 @@ Usage: .venv/bin/python benchmarks/kafka_store.py [--quick] [--big]
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import os
 import platform
 import resource
@@ -31,12 +33,12 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any
 
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 from store_common import RECORD_BYTES, call, pct
 
+from actionstate.checkpoint import Marker
 from actionstate.durable.codec import encode_record
 from actionstate.stores import open_store
 from actionstate.stores.kafka import partition_of
@@ -48,9 +50,8 @@ def sync_latency(servers: str, samples: int) -> list[list[str]]:
     topic = f"bench-sync-{uuid.uuid4().hex[:8]}"
     store = open_store(f"kafka://{servers}/{topic}")
     store.rebuild(None)
-    store.fence()
-    record = call(0, store.epoch)
-    data = encode_record(record)
+    record = call(0)
+    data = encode_record(record, store.epoch)
     partition = partition_of(record.key.key, len(store.end_offsets()))
     raw = Producer({"bootstrap.servers": servers, "enable.idempotence": True, "acks": "all",
                     "linger.ms": 0, "socket.nagle.disable": True, "batch.num.messages": 10000,
@@ -90,7 +91,7 @@ def sync_latency(servers: str, samples: int) -> list[list[str]]:
 
 
 def write(servers: str, topic: str, count: int, warm_up: int = 0,
-          flush_every: int = 1000) -> tuple[float, float, dict[str, Any]]:
+          flush_every: int = 1000) -> tuple[float, float, Marker]:
     """``warm_up`` then ``count`` group-mode puts.
 
     Returns the wall and this thread's CPU seconds of the ``count`` puts, and a
@@ -101,14 +102,13 @@ def write(servers: str, topic: str, count: int, warm_up: int = 0,
     """
     store = open_store(f"kafka://{servers}/{topic}", durability="group")
     store.rebuild(None)
-    store.fence()
-    marker = dict(store.recovery_marker(), offsets={})
-    put, flush, epoch = store.put, store.flush, store.epoch
+    marker = dataclasses.replace(store.recovery_marker(), offsets={}, fences={})
+    put, flush = store.put, store.flush
     for i in range(-warm_up, count):
         if i == 0:
             flush()
             begin, cpu_begin = time.perf_counter(), time.thread_time()
-        put(call(i, epoch))
+        put(call(i))
         if i % flush_every == flush_every - 1:
             flush()
     flush()
@@ -128,13 +128,11 @@ def group_throughput(servers: str, count: int) -> list[list[str]]:
 
 def rebuild_child(servers: str, topic: str, marker: str) -> None:
     """Run in a fresh process: rebuild and print seconds, records, RSS growth (KiB)."""
-    import json
-
     store = open_store(f"kafka://{servers}/{topic}")
     page_kib = os.sysconf("SC_PAGE_SIZE") // 1024
     before = int(Path("/proc/self/statm").read_text().split()[1]) * page_kib  # RSS now
     begin = time.perf_counter()
-    count = store.rebuild(json.loads(marker))
+    count = store.rebuild(Marker.from_json(json.loads(marker)))
     seconds = time.perf_counter() - begin
     after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # peak RSS, KiB
     print(seconds, count, after - before, len(store.index))
@@ -142,14 +140,13 @@ def rebuild_child(servers: str, topic: str, marker: str) -> None:
 
 
 def rebuild(servers: str, sizes: list[int]) -> list[list[str]]:
-    import json
-
     rows = []
     for size in sizes:
         topic = f"bench-rebuild-{uuid.uuid4().hex[:8]}"
         write_seconds, _, marker = write(servers, topic, size)
         out = subprocess.run(
-            [sys.executable, __file__, "--rebuild-child", servers, topic, json.dumps(marker)],
+            [sys.executable, __file__, "--rebuild-child", servers, topic,
+             json.dumps(marker.to_json())],
             capture_output=True, text=True, check=True).stdout.split()
         seconds, count, rss_kib, states = float(out[0]), int(out[1]), int(out[2]), int(out[3])
         delete_topics(servers, [topic])

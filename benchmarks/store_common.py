@@ -11,14 +11,14 @@ RESULT = "x" * 1024
 KEYS = 64
 
 
-def call(i: int, epoch: int) -> CallRecord:
-    """Record ``i`` of a stream over 64 keys, 10 calls per state."""
+def call(i: int) -> CallRecord:
+    """Record ``i`` of a stream over 64 keys, 10 calls per state (``put`` stamps the epoch)."""
     key = StateKey(f"agent-{i % KEYS}", i // (KEYS * 10), "act", "e" * 64)
     return CallRecord(key, (i // KEYS) % 10,
-                      CallResult("llm", "d" * 64, CallStatus.SUCCEEDED, RESULT), epoch)
+                      CallResult("llm", "d" * 64, CallStatus.SUCCEEDED, RESULT))
 
 
-RECORD_BYTES = len(encode_record(call(0, 0)))
+RECORD_BYTES = len(encode_record(call(0)))
 
 
 def pct(values: list[float], q: float) -> float:

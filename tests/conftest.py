@@ -27,7 +27,6 @@ class Restartable:
         self.url = url
         self.store = open_store(url)
         self.store.rebuild(None)
-        self.store.fence()
         self.marker = self.store.recovery_marker()
         self.short_term: dict[str, dict[str, Any]] = {}
         self.settings = ChainSettings(job="test")
@@ -36,13 +35,12 @@ class Restartable:
         """Open the store again from the last marker, as a restarted runner does."""
         self.store = open_store(self.url)
         self.store.rebuild(self.marker)
-        self.store.fence()
         self.settings = ChainSettings(job="test", policy=policy)  # type: ignore[arg-type]
 
     def run(self, agent: Agent, key: str, seq: int, record: Any) -> list[Any]:
         stm = self.short_term.setdefault(key, {})
         return asyncio.run(process_input(agent, self.store, key, seq, record, stm,
-                                         self.settings))
+                                         self.settings)).outputs
 
 
 @pytest.fixture
@@ -58,7 +56,6 @@ def rs(restartable: Callable[[], Restartable]) -> Restartable:
 def fresh_store() -> ActionStateStore:
     store = open_store(f"memory://{uuid.uuid4().hex}")
     store.rebuild(None)
-    store.fence()
     return store
 
 

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from actionstate.checkpoint import Checkpoint, Marker
 from actionstate.runners.statedir import StateDir
+from actionstate.testing import FakeLLMServer
 
 ROOT = Path(__file__).resolve().parents[1]
 AGENT = str(ROOT / "tests/agents/counter.py:Counter")
@@ -118,13 +121,11 @@ def test_corrupted_store_record_is_named_on_restore(tmp_path: Path) -> None:
     write_lines(tmp_path / "in.jsonl", [good(i) for i in range(3)])
     state = tmp_path / "state"
     StateDir(state)
-    checkpoint = {"job": "counter:Counter", "time": 0.0,
-                  "source": {"path": str((tmp_path / "in.jsonl").resolve()), "offset": 0,
-                             "line": 0},
-                  "sink": {"path": str((tmp_path / "out.jsonl").resolve()), "offset": 0},
-                  "next_seq": {}, "short_term": {}, "pending": [],
-                  "store": f"sqlite://{state / 'state.db'}",
-                  "marker": {"namespace": "ns", "epoch": 0, "offsets": {"0": 0}}, "epoch": 0}
+    checkpoint = Checkpoint(
+        job="counter:Counter", marker=Marker("ns", {0: 0}, {0: 0}),
+        store=f"sqlite://{state / 'state.db'}",
+        source_path=str((tmp_path / "in.jsonl").resolve()),
+        sink_path=str((tmp_path / "out.jsonl").resolve()))
     StateDir(state).save_checkpoint(checkpoint)
     (tmp_path / "out.jsonl").write_text("")
     db = sqlite3.connect(state / "state.db")
@@ -138,3 +139,97 @@ def test_corrupted_store_record_is_named_on_restore(tmp_path: Path) -> None:
     db.close()
     result = actionstate(*run_args(tmp_path))
     assert_clean_error(result, "records.id=1", "not valid JSON")
+
+
+def _triage(tmp: Path, server: FakeLLMServer) -> tuple[list[str], dict[str, str]]:
+    from tests.test_crash import command
+
+    env = dict(os.environ, ACTIONSTATE_MODEL_BASE_URL=server.base_url,
+               ACTIONSTATE_REFUND_LEDGER=str(tmp / "refunds.jsonl"))
+    return command(tmp, None, "sync"), env
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_finishes_the_inputs_in_flight_checkpoints_and_exits_0(
+        tmp_path: Path, sig: signal.Signals) -> None:
+    from tests.test_crash import make_tickets
+
+    make_tickets(tmp_path / "tickets.jsonl", 120, 12)
+    with FakeLLMServer() as server:
+        cmd, env = _triage(tmp_path, server)
+        cmd = [*cmd[:cmd.index("--checkpoint-interval") + 1], "60",
+               *cmd[cmd.index("--checkpoint-interval") + 2:]]  # only the stop checkpoints
+        proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
+        server.on_call = lambda total: proc.send_signal(sig) if total == 30 else None
+        _, stderr = proc.communicate(timeout=120)
+        server.on_call = None
+        assert proc.returncode == 0, stderr
+        assert "Traceback" not in stderr
+        assert f"stopped by {sig.name} after" in stderr and "run the same command" in stderr
+        done = len((tmp_path / "labels.jsonl").read_text().splitlines())
+        assert 30 <= done < 120, "the inputs in flight finished; reading stopped"
+        rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+        assert rerun.returncode == 0, rerun.stderr
+        calls = server.calls
+    ids = [json.loads(line)["id"] for line in (tmp_path / "labels.jsonl").read_text().splitlines()]
+    assert sorted(ids) == sorted(f"T{i}" for i in range(120)), "one output per input"
+    assert set(calls.values()) == {1}, "a graceful stop re-runs no call"
+
+
+@pytest.mark.slow
+def test_a_store_that_fails_mid_run_is_reported_as_the_store_and_the_rerun_resumes(
+        tmp_path: Path) -> None:
+    import sqlite3
+
+    from tests.test_crash import make_tickets
+
+    make_tickets(tmp_path / "tickets.jsonl", 60, 6)
+    holders: list[sqlite3.Connection] = []
+
+    def lock_the_store(total: int) -> None:
+        if total == 20:  # another process takes the database while a call is in flight
+            holders.append(sqlite3.connect(tmp_path / "state" / "state.db",
+                                           isolation_level=None, check_same_thread=False))
+            holders[0].execute("BEGIN EXCLUSIVE")
+
+    with FakeLLMServer() as server:
+        cmd, env = _triage(tmp_path, server)
+        server.on_call = lock_the_store
+        result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+        server.on_call = None
+        holders[0].execute("ROLLBACK")
+        holders[0].close()
+        assert result.returncode == 2, result.stderr
+        assert_clean_error(result, "cannot write to SQLite store", "state.db",
+                           "database is locked", "another process holds the database file",
+                           "run the same command again")
+        assert "action failed" not in result.stderr and "fix the action" not in result.stderr
+        rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+        assert rerun.returncode == 0, rerun.stderr
+        calls = server.calls
+    ids = [json.loads(line)["id"] for line in (tmp_path / "labels.jsonl").read_text().splitlines()]
+    assert sorted(ids) == sorted(f"T{i}" for i in range(60))
+    assert sum(calls.values()) - 60 <= 1, "only the call whose record was refused runs again"
+
+
+def test_a_fresh_start_writes_its_first_checkpoint_before_any_input(tmp_path: Path) -> None:
+    write_lines(tmp_path / "in.jsonl", [])
+    assert actionstate(*run_args(tmp_path)).returncode == 0
+    checkpoint = StateDir(tmp_path / "state").load_checkpoint()
+    assert checkpoint is not None and checkpoint.marker.epoch > 0
+    db = tmp_path / "state" / "state.db"
+    import sqlite3
+
+    conn = sqlite3.connect(db)
+    conn.execute("INSERT INTO records (namespace, agent_key, payload) VALUES ('old', 'k', x'00')")
+    conn.commit()
+    conn.close()
+    (tmp_path / "state" / "checkpoint.json").unlink()  # a fresh start in the same state dir
+    assert actionstate(*run_args(tmp_path)).returncode == 0
+    conn = sqlite3.connect(db)
+    namespaces = {row[0] for row in conn.execute("SELECT namespace FROM records")}
+    conn.close()
+    fresh = StateDir(tmp_path / "state").load_checkpoint()
+    assert fresh is not None and namespaces <= {fresh.marker.namespace}, (
+        "a fresh start deletes the abandoned runs of its own state dir's store")

@@ -29,7 +29,8 @@ def test_the_encoder_still_writes_the_golden_bytes() -> None:
 def test_golden_log_replays_to_the_expected_state() -> None:
     index = StateIndex()
     for offset, line in enumerate(GOLDEN.read_bytes().splitlines()[:-1]):
-        index.apply(decode_record(line, "golden"), (0, offset))
+        record = decode_record(line, "golden")
+        index.apply(record, (0, offset), record.epoch)
     state = index.get(StateKey("customer_ü_1", 3, "classify", "a" * 64))
     assert state is not None and state.completed
     assert sorted(state.calls) == [0, 1]

@@ -314,3 +314,45 @@ def test_unencodable_result_is_a_clear_error(rs: Restartable) -> None:
 
     with pytest.raises(Exception, match="cannot store a value of type builtins.object"):
         rs.run(ReturnsObject(), "k", 0, "x")
+
+
+@pytest.mark.parametrize(("scope", "where"), [("short_term", "sync"), ("sensory", "async")])
+def test_memory_inside_a_durable_call_is_a_clear_error_not_a_recorded_outcome(
+        rs: Restartable, scope: str, where: str) -> None:
+    from actionstate.errors import ActionFailedError, MemoryInCallError
+
+    tools = Counting()
+
+    class Toucher(Agent):
+        def __init__(self, fixed: bool) -> None:
+            self.fixed = fixed
+
+        @action(InputEvent)
+        async def work(self, event: InputEvent, ctx: RunnerContext) -> None:
+            memory = ctx.short_term_memory if scope == "short_term" else ctx.sensory_memory
+
+            def sync_touch(prompt: str) -> str:  # run in a worker thread by the async API
+                if not self.fixed and where == "sync":
+                    memory.set("seen", prompt)
+                return tools.llm(prompt)
+
+            async def async_touch(prompt: str) -> str:
+                if not self.fixed and where == "async":
+                    memory.get("seen")
+                return tools.llm(prompt)
+
+            first = ctx.durable_execute(tools.llm, "first")
+            second = await ctx.durable_execute_async(sync_touch, "second")
+            third = await ctx.durable_execute_async(async_touch, "third")
+            ctx.send_event(OutputEvent(output=[first, second, third]))
+
+    with pytest.raises(ActionFailedError) as info:
+        rs.run(Toucher(fixed=False), "k", 0, "x")
+    assert isinstance(info.value.__cause__, MemoryInCallError)
+    what = "write" if where == "sync" else "read"
+    assert f"{scope} memory {what} of 'seen' inside the durable call" in str(info.value)
+    assert "pass the value in as an argument" in str(info.value)
+    rs.restart()
+    assert rs.run(Toucher(fixed=True), "k", 0, "x") == [["FIRST", "SECOND", "THIRD"]]
+    assert tools.calls == {"first": 1, "second": 1, "third": 1}, (
+        "the refused call was not recorded as failed: fixed, it runs once; the rest replay")

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from actionstate import Agent, InputEvent, OutputEvent, RunnerContext, action
+from actionstate.checkpoint import Checkpoint
 from actionstate.durable.chain import ChainSettings
 from actionstate.durable.execution import RunStats
 from actionstate.runners.files import JsonlSink, JsonlSource
@@ -93,21 +94,22 @@ def test_checkpoint_keeps_inputs_in_flight_and_prunes_only_completed_seqs(
         for i, key in enumerate(["a", "a", "b", "a"]):
             f.write(json.dumps({"id": "hold" if i == 1 else f"x{i}", "k": key}) + "\n")
     agent = Blocking()
-    seen: list[tuple[dict[str, Any], set[tuple[str, int]]]] = []
+    seen: list[tuple[Checkpoint, set[tuple[str, int]]]] = []
 
     def on_checkpoint(stats: RunStats, elapsed: float) -> None:
-        # a restart from this checkpoint, taken while 'hold' is in flight
+        # what a restart from this checkpoint, taken while 'hold' is in flight, reads
         if not agent.checkpointed.is_set():
-            checkpoint = json.loads((tmp_path / "state" / "checkpoint.json").read_text())
-            store = open_store(checkpoint["store"])
-            store.rebuild(checkpoint["marker"])
+            checkpoint = StateDir(tmp_path / "state").load_checkpoint()
+            assert checkpoint is not None
+            store = open_store(checkpoint.store)
+            store.rebuild(checkpoint.marker, read_only=True)  # a claim would fence the run
             seen.append((checkpoint, {(sk.key, sk.seq) for sk, _ in store.states()}))
             store.close()
             agent.checkpointed.set()
 
     run(tmp_path, agent, interval=0.01, progress=on_checkpoint)
     checkpoint, held = seen[0]
-    pending = {(k, s) for k, s, _, _ in checkpoint["pending"]}
+    pending = {(p.key, p.seq) for p in checkpoint.pending}
     assert ("a", 1) in pending and ("a", 2) in pending, "in flight and queued behind it"
     assert ("b", 0) not in pending and ("a", 0) not in pending
     assert ("a", 1) in held, "the in-flight input's recorded call survives the checkpoint"
@@ -119,6 +121,7 @@ def test_group_mode_holds_outputs_until_their_records_are_durable(tmp_path: Path
     write_inputs(tmp_path / "in.jsonl", 300, 64)
     stats = run(tmp_path, Counter(), durability="group", concurrency=64)
     assert stats.outputs == 300
-    checkpoint = json.loads((tmp_path / "state" / "checkpoint.json").read_text())
-    assert checkpoint["pending"] == [] and checkpoint["sink"]["offset"] == (
+    checkpoint = StateDir(tmp_path / "state").load_checkpoint()
+    assert checkpoint is not None
+    assert checkpoint.pending == [] and checkpoint.sink_offset == (
         tmp_path / "out.jsonl").stat().st_size

@@ -103,7 +103,7 @@ def _run(args: argparse.Namespace) -> int:
         settings=settings, concurrency=args.concurrency,
         checkpoint_interval=args.checkpoint_interval, progress=progress)
     try:
-        asyncio.run(runner.run())
+        stats = asyncio.run(runner.run())
     finally:
         event_log.close()
         sink.close()
@@ -111,6 +111,9 @@ def _run(args: argparse.Namespace) -> int:
         state_dir.unlock()
     if progress is not None:
         progress.finish()
+    if runner.stopped_by is not None:
+        print(f"stopped by {runner.stopped_by} after {stats.inputs} inputs; checkpoint "
+              f"written to {state_dir.path}: run the same command to resume", file=sys.stderr)
     return 0
 
 

@@ -9,9 +9,11 @@ The tree::
     ├── InputError                an input record that cannot be processed
     ├── StoreError                a store that cannot be reached or used
     │   ├── CorruptRecordError    a stored record that cannot be decoded
-    │   └── StateLockedError      a state dir held by another live run
+    │   ├── StateLockedError      a state dir held by another live run
+    │   └── FencedError           a newer run took over this run's records (a zombie)
     ├── IncompatibleStateError    state written by an incompatible version
     ├── NonDeterminismError       replay found a different call than recorded
+    ├── MemoryInCallError         agent memory touched inside a durable call
     └── ReplayedCallError         a recorded exception whose type cannot be rebuilt
 
 Every message names the thing at fault and what to do about it.
@@ -25,8 +27,10 @@ __all__ = [
     "AgentDefinitionError",
     "ConfigError",
     "CorruptRecordError",
+    "FencedError",
     "IncompatibleStateError",
     "InputError",
+    "MemoryInCallError",
     "NonDeterminismError",
     "ReplayedCallError",
     "StateLockedError",
@@ -71,6 +75,18 @@ class CorruptRecordError(StoreError):
 
 class StateLockedError(StoreError):
     """Another live run holds the state directory."""
+
+
+class FencedError(StoreError):
+    """A newer run restored this run's records and claimed a higher epoch.
+
+    This process is a zombie: whatever it writes now would be ignored, so the
+    store refuses it. Stop it; the newer run carries on.
+    """
+
+
+class MemoryInCallError(ActionStateError):
+    """Agent memory was read or written inside a function passed to durable_execute."""
 
 
 class IncompatibleStateError(ActionStateError):

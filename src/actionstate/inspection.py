@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from actionstate.checkpoint import Checkpoint
 from actionstate.durable.canonical import to_wire_default
 from actionstate.errors import ConfigError
 from actionstate.runners.statedir import StateDir
@@ -24,33 +25,34 @@ def describe_state(path: Path, key: str | None = None) -> dict[str, Any]:
     if checkpoint is None:
         return report
     report["checkpoint"] = {
-        "time": checkpoint["time"], "store": checkpoint.get("store", ""),
-        "epoch": checkpoint.get("epoch"), "source": checkpoint["source"],
-        "sink": checkpoint["sink"], "inputs_in_flight": len(checkpoint["pending"]),
-        "stats": checkpoint.get("stats", {}),
+        "time": checkpoint.time, "store": checkpoint.store, "epoch": checkpoint.epoch,
+        "source": {"path": checkpoint.source_path, "offset": checkpoint.source_offset,
+                   "line": checkpoint.source_line},
+        "sink": {"path": checkpoint.sink_path, "offset": checkpoint.sink_offset},
+        "inputs_in_flight": len(checkpoint.pending), "stats": checkpoint.stats,
     }
     states = _states(checkpoint)
-    keys = sorted(set(checkpoint["next_seq"]) | {k for k, _ in states})
+    keys = sorted(set(checkpoint.next_seq) | {k for k, _ in states})
     for k in keys:
         if key is not None and k != key:
             continue
         report["keys"].append({
             "key": k,
-            "next_seq": checkpoint["next_seq"].get(k, 0),
-            "short_term_memory": checkpoint["short_term"].get(k, {}),
+            "next_seq": checkpoint.next_seq.get(k, 0),
+            "short_term_memory": checkpoint.short_term.get(k, {}),
             "states": [s for sk, s in states if sk == k],
         })
     return report
 
 
-def _states(checkpoint: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    url = checkpoint.get("store", "")
+def _states(checkpoint: Checkpoint) -> list[tuple[str, dict[str, Any]]]:
+    url = checkpoint.store
     if not url or url.startswith("memory://"):
         return []
     store = open_store(url)
     try:
-        marker = dict(checkpoint["marker"], offsets={})
-        store.rebuild(marker)
+        # Read only: a live run may own these records, and a claim would fence it.
+        store.rebuild(checkpoint.marker, read_only=True)
         out = []
         for sk, state in sorted(store.states(), key=lambda kv: (kv[0].key, kv[0].seq,
                                                                 kv[0].action)):

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from actionstate.durable.current import CURRENT_CALL
 from actionstate.durable.state import MemoryUpdate
+from actionstate.errors import MemoryInCallError
 
 __all__ = ["MemoryObject"]
 
@@ -25,6 +27,8 @@ class MemoryObject:
 
     def get(self, path: str, default: Any = None) -> Any:
         """The value at ``path``, or ``default`` when any part of it is missing."""
+        if CURRENT_CALL.get() is not None:
+            self._refuse("read", path)
         node: Any = self._data
         for part in path.split("."):
             if not isinstance(node, dict):
@@ -36,8 +40,18 @@ class MemoryObject:
 
     def set(self, path: str, value: Any) -> None:
         """Set the value at ``path``, creating intermediate objects."""
+        if CURRENT_CALL.get() is not None:
+            self._refuse("write", path)
         apply_update(self._data, path, value)
         self._updates.append(MemoryUpdate(self._scope, path, value))
+
+    def _refuse(self, what: str, path: str) -> None:
+        fid = getattr(CURRENT_CALL.get(), "fid", "?")
+        raise MemoryInCallError(
+            f"{self._scope} memory {what} of {path!r} inside the durable call {fid}: a "
+            "recorded call is not run again on replay, so memory it touches would differ "
+            "between the first run and the replay; pass the value in as an argument and "
+            "set memory from the action with the call's result (see docs/determinism.md)")
 
     def __contains__(self, path: str) -> bool:
         return self.get(path, _MISSING) is not _MISSING

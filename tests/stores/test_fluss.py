@@ -7,10 +7,11 @@ when running). A cluster that cannot be started fails the tests: never a skip.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import dataclasses
 import subprocess
 import time
 import uuid
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -120,13 +121,12 @@ class TestFlussStore(StoreContract):
 
 def call(store: ActionStateStore, key: StateKey, position: int, result: object) -> None:
     store.put(CallRecord(key, position, CallResult("f", "d" * 64, CallStatus.SUCCEEDED,
-                                                   result), store.epoch))
+                                                   result)))
 
 
 def fresh(url: str, durability: Durability = "sync") -> ActionStateStore:
     store = open_store(url, durability=durability)
     store.rebuild(None)
-    store.fence()
     return store
 
 
@@ -144,8 +144,8 @@ def test_buckets_are_computed_as_fluss_does(tables: Tables) -> None:
     positions = {}
     for i, key in enumerate(KEYS):
         record = CallRecord(StateKey(key, 0, "a", "e" * 64), 0,
-                            CallResult("f", "d" * 64, CallStatus.SUCCEEDED, i), store.epoch)
-        positions[key] = store.append(record, encode_record(record), sync=True)
+                            CallResult("f", "d" * 64, CallStatus.SUCCEEDED, i))
+        positions[key] = store.append(record, encode_record(record, store.epoch), sync=True)
     placed = {}
     for (bucket, offset), record in all_records(store):
         if isinstance(record, CallRecord):
@@ -158,12 +158,88 @@ def test_buckets_are_computed_as_fluss_does(tables: Tables) -> None:
     assert len({b for b, _ in placed.values()}) == 7
 
 
-def test_fence_lands_in_every_bucket(tables: Tables) -> None:
-    store = fresh(tables.url("buckets=5"))
-    fences = Counter(position[0] for position, record in all_records(store)
-                     if isinstance(record, FenceRecord))
+def fences_of(store: ActionStateStore) -> list[tuple[tuple[int, int], FenceRecord]]:
+    return [(p, r) for p, r in all_records(store) if isinstance(r, FenceRecord)]
+
+
+@pytest.mark.parametrize("buckets", [1, 5])
+def test_a_claim_goes_to_bucket_0_and_a_fence_to_every_other_bucket(
+        tables: Tables, buckets: int) -> None:
+    store = fresh(tables.url(f"buckets={buckets}"))
+    assert store.partition_count == buckets
+    fences = fences_of(store)
     store.close()
-    assert fences == Counter(range(5))
+    claims = [(p, r) for p, r in fences if r.claim]
+    assert [p for p, _ in claims] == [(0, 0)] and claims[0][1].epoch == 0
+    assert store.epoch == 1, "the epoch is the claim's offset + 1"
+    copies = sorted(p for p, r in fences if not r.claim)
+    assert copies == [(b, 0) for b in range(1, buckets)], "one fence per other bucket"
+    assert all(r.epoch == store.epoch for _, r in fences if not r.claim)
+
+
+def test_a_claim_behind_a_stale_lower_bound_is_found_and_fenced_everywhere(
+        shared_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Other writers appended to bucket 0 since the claimant last read its end: the
+    claim's epoch is still its exact offset + 1, and every bucket gets that fence."""
+    store = fresh(shared_url)
+    key0 = next(f"b0-{i}" for i in range(1000) if bucket_of(f"b0-{i}", 4) == 0)
+    sk = StateKey(key0, 0, "a", "e" * 64)
+    call(store, sk, 0, "before the checkpoint")
+    marker = store.recovery_marker()
+    successor = open_store(shared_url)  # reads the end offsets now
+    assert isinstance(successor, FlussActionStateStore)
+    for position in range(1, 6):
+        call(store, sk, position, "still before the claim")
+    monkeypatch.setattr(successor, "_refresh_end_offset", lambda bucket: None)
+    successor.rebuild(marker)
+    monkeypatch.undo()
+    fences = fences_of(successor)
+    claim = [(p, r) for p, r in fences if r.claim and p[0] == 0][-1]
+    assert claim[0] == (0, successor.epoch - 1)
+    last = {p[0]: r.epoch for p, r in sorted(fences) if not r.claim}
+    assert last == {1: successor.epoch, 2: successor.epoch, 3: successor.epoch}
+    assert sorted(successor.get(sk).calls) == list(range(6))  # type: ignore[union-attr]
+    for other in range(4):  # the zombie's later writes count nowhere
+        key = next(f"z{other}-{i}" for i in range(1000) if bucket_of(f"z{other}-{i}", 4) == other)
+        call(store, StateKey(key, 0, "a", "e" * 64), 0, "zombie")
+    call(store, sk, 6, "zombie")
+    latest = open_store(shared_url)
+    latest.rebuild(marker, read_only=True)
+    assert {k for k, _ in latest.states()} == {sk}
+    assert sorted(latest.get(sk).calls) == list(range(6))  # type: ignore[union-attr]
+    for s in (store, successor, latest):
+        s.close()
+
+
+def test_concurrent_claims_take_distinct_epochs_and_the_winner_sees_what_counts(
+        shared_url: str) -> None:
+    store = fresh(shared_url)
+    sks = [StateKey(f"c{i}", 0, "a", "e" * 64) for i in range(8)]
+    assert {bucket_of(sk.key, 4) for sk in sks} == {0, 1, 2, 3}
+    for sk in sks:
+        call(store, sk, 0, "recorded")
+    marker = store.recovery_marker()
+    restorers = [open_store(shared_url) for _ in range(6)]
+
+    def restore(i: int) -> None:
+        restorers[i].rebuild(marker)
+        for sk in sks:
+            call(restorers[i], sk, 1 + i, f"restorer {i}")
+
+    with concurrent.futures.ThreadPoolExecutor(len(restorers)) as pool:
+        list(pool.map(restore, range(len(restorers))))
+    epochs = [r.epoch for r in restorers]
+    assert len(set(epochs)) == len(epochs) and min(epochs) > store.epoch
+    winner = restorers[epochs.index(max(epochs))]
+    latest = open_store(shared_url)
+    latest.rebuild(marker, read_only=True)
+    for sk in sks:
+        seen = {p: c.result for p, c in latest.get(sk).calls.items()}  # type: ignore[union-attr]
+        assert seen == {p: c.result for p, c in winner.get(sk).calls.items()}  # type: ignore[union-attr]
+        assert seen[0] == "recorded" and seen[1 + restorers.index(winner)] == (
+            f"restorer {restorers.index(winner)}")
+    for s in (store, *restorers, latest):
+        s.close()
 
 
 def test_multi_bucket_rebuild_restores_only_states_after_the_marker(shared_url: str) -> None:
@@ -174,14 +250,14 @@ def test_multi_bucket_rebuild_restores_only_states_after_the_marker(shared_url: 
     done = [StateKey(k, 0, "a", "e" * 64) for k in keys]
     for sk in done:
         call(store, sk, 0, "done before the checkpoint")
-        store.put(CompleteRecord(sk, InputEvent(input=sk.key), (), (), store.epoch))
+        store.put(CompleteRecord(sk, InputEvent(input=sk.key), (), ()))
     in_flight = [StateKey(k, 1, "a", "e" * 64) for k in keys[::3]]
     for sk in in_flight:
         call(store, sk, 0, "in flight at the checkpoint")
     for k in keys:
         store.prune(k, 0)
     marker = store.recovery_marker()
-    assert sorted(marker["offsets"]) == ["0", "1", "2", "3"]
+    assert sorted(marker.offsets) == [0, 1, 2, 3]
     later = [StateKey(k, 2, "a", "e" * 64) for k in keys[1::2]]
     for sk in later:
         call(store, sk, 0, "after the checkpoint")
@@ -189,7 +265,8 @@ def test_multi_bucket_rebuild_restores_only_states_after_the_marker(shared_url: 
     restored = open_store(url)
     count = restored.rebuild(marker)
     assert {sk for sk, _ in restored.states()} == set(in_flight) | set(later)
-    assert count == len(in_flight) + len(later), "records before the marker are not read"
+    # + its own claim and the fence it put in each other bucket
+    assert count == len(in_flight) + len(later) + 4, "records before the marker are not read"
     for sk in in_flight:
         state = restored.get(sk)
         assert state is not None and state.calls[0].result == "in flight at the checkpoint"
@@ -214,7 +291,7 @@ def test_group_positions_are_exact_with_one_writer(shared_url: str) -> None:
     positions = {}
     for i in range(30):
         sk = StateKey(f"k{i % 6}", i, "a", "e" * 64)
-        record = CallRecord(sk, 0, CallResult("f", "d" * 64, CallStatus.SUCCEEDED, i), 0)
+        record = CallRecord(sk, 0, CallResult("f", "d" * 64, CallStatus.SUCCEEDED, i))
         positions[i] = store.append(record, b"x", sync=False)
         if i % 10 == 9:
             store.flush()
@@ -230,10 +307,10 @@ def test_marker_of_a_recreated_table_is_refused(shared_url: str) -> None:
     url = shared_url
     store = fresh(url)
     marker = store.recovery_marker()
-    beyond = dict(marker, offsets={p: o + 100 for p, o in marker["offsets"].items()})
+    beyond = dataclasses.replace(marker, offsets={p: o + 100 for p, o in marker.offsets.items()})
     with pytest.raises(StoreError, match="dropped or truncated"):
         open_store(url).rebuild(beyond)
-    more_buckets = dict(marker, offsets={**marker["offsets"], "9": 0})
+    more_buckets = dataclasses.replace(marker, offsets={**marker.offsets, 9: 0})
     with pytest.raises(StoreError, match="buckets"):
         open_store(url).rebuild(more_buckets)
     store.close()
@@ -302,7 +379,6 @@ def test_sasl_plain_round_trip(sasl_tables: Tables, credentials: dict[str, str])
     url = sasl_tables.url("buckets=2" if credentials else f"buckets=2&{SASL}")
     store = open_store(url, **credentials)
     store.rebuild(None)
-    store.fence()
     marker = store.recovery_marker()
     sk = StateKey("k", 0, "a", "e" * 64)
     call(store, sk, 0, "over SASL")

@@ -1,5 +1,6 @@
 """The Kafka store: the store contract and Kafka's own concerns, against a real broker."""
 
+import dataclasses
 import logging
 import os
 import re
@@ -9,10 +10,12 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import (
     AdminClient,
     AlterConfigOpType,
@@ -22,6 +25,7 @@ from confluent_kafka.admin import (
 )
 
 from actionstate.durable.codec import decode_record
+from actionstate.durable.index import Position
 from actionstate.durable.state import (
     CallRecord,
     CallResult,
@@ -61,8 +65,13 @@ class TestKafkaStore(StoreContract):
 def _put(store: ActionStateStore, key: str, seq: int, position: int = 0) -> StateKey:
     sk = StateKey(key, seq, "act", "e" * 64)
     store.put(CallRecord(sk, position, CallResult("f", "d" * 64, CallStatus.SUCCEEDED,
-                                                  f"{key}/{seq}/{position}"), store.epoch))
+                                                  f"{key}/{seq}/{position}")))
     return sk
+
+
+def _from_start(marker: Marker) -> Marker:
+    """``marker`` moved to the start of every partition (the whole run is read back)."""
+    return dataclasses.replace(marker, offsets={}, fences={})
 
 
 def _raw(servers: str, topic: str) -> list[tuple[int, int, bytes, bytes | None]]:
@@ -102,7 +111,6 @@ def url(kafka_servers: str, topic: str) -> str:
 def store(url: str) -> Iterator[ActionStateStore]:
     store = open_store(url)
     store.rebuild(None)
-    store.fence()
     yield store
     store.close()
 
@@ -123,15 +131,15 @@ def test_rebuild_across_partitions_starts_at_each_partitions_marker(
         if isinstance(record, CallRecord) and record.key.seq == 1:
             first_live.setdefault(p, offset)
     ends = store.end_offsets()
-    assert marker["offsets"] == {"0": first_live[0], "1": first_live[1],
-                                 "2": ends[2], "3": ends[3]}
+    assert marker.offsets == {0: first_live[0], 1: first_live[1], 2: ends[2], 3: ends[3]}
     for k in keys:
         _put(store, k, 2)
     restored = open_store(url)
-    assert restored.rebuild(marker) == len(live) + len(keys), "only records after the marker"
-    for k in keys:
-        assert restored.get(StateKey(k, 0, "act", "e" * 64)) is None
-        assert restored.get(StateKey(k, 2, "act", "e" * 64)) is not None
+    # Only records after the marker, and the restored store's own claim and 3 fences.
+    assert restored.rebuild(marker) == len(live) + len(keys) + 4
+    # Look at the states without get (a get of the pruned seq 0 would drop seqs 1 and 2).
+    assert {(sk.key, sk.seq) for sk, _ in restored.states()} == {
+        *((k, 1) for k in live), *((k, 2) for k in keys)}
     for k in live:
         state = restored.get(StateKey(k, 1, "act", "e" * 64))
         assert state is not None and state.calls[0].result == f"{k}/1/0"
@@ -145,16 +153,24 @@ def test_each_key_lands_in_one_partition_and_fences_in_all(
     for k in keys:
         for position in range(3):
             _put(store, k, 5, position)
-    fences: dict[int, int] = {}
-    for p, _, record in _records(kafka_servers, topic):
+    fences: dict[int, list[tuple[int, FenceRecord]]] = {}
+    for p, offset, record in _records(kafka_servers, topic):
         if isinstance(record, FenceRecord):
-            fences[p] = record.epoch
+            fences.setdefault(p, []).append((offset, record))
         else:
             assert isinstance(record, CallRecord)
             assert p == partition_of(record.key.key, 4), record.key.key
-    assert fences == {p: store.epoch for p in range(4)}
+    # The claim goes to partition 0 alone and takes its offset + 1 as the epoch;
+    # fences go to every other partition.
+    [(claim_offset, claim)] = fences.pop(0)
+    assert claim.epoch == 0 and claim.claim and store.epoch == claim_offset + 1
+    assert sorted(fences) == [1, 2, 3]
+    for copies in fences.values():  # a pre-fence, and the exact epoch if it differs
+        assert copies[-1][1] == FenceRecord(store.epoch)
+        assert all(not f.claim and 0 < f.epoch <= store.epoch for _, f in copies)
+    assert store.partition_count == 4
     restored = open_store(url)
-    restored.rebuild(dict(store.recovery_marker(), offsets={}))
+    restored.rebuild(_from_start(store.recovery_marker()))
     for k in keys:
         state = restored.get(StateKey(k, 5, "act", "e" * 64))
         assert state is not None and [c.result for c in state.calls.values()] == [
@@ -165,7 +181,6 @@ def test_each_key_lands_in_one_partition_and_fences_in_all(
 def test_group_mode_positions_are_lower_bounds(url: str, kafka_servers: str, topic: str) -> None:
     store = open_store(url, durability="group")
     store.rebuild(None)
-    store.fence()
     keys = [f"g{i}" for i in range(6)]
     for seq in range(30):
         _put(store, keys[seq % 6], seq)
@@ -180,7 +195,7 @@ def test_group_mode_positions_are_lower_bounds(url: str, kafka_servers: str, top
     assert guessed.keys() == real.keys()
     assert all(guessed[p] <= real[p] for p in real), (guessed, real)
     marker = store.recovery_marker()
-    assert {int(p): o for p, o in marker["offsets"].items() if int(p) in real} == guessed
+    assert {p: o for p, o in marker.offsets.items() if p in real} == guessed
     restored = open_store(url)
     restored.rebuild(marker)
     assert {sk.seq for sk, _ in restored.states()} >= set(range(24, 30))
@@ -192,7 +207,6 @@ def test_release_tombstones_records_no_retained_checkpoint_needs(
         url: str, kafka_servers: str, topic: str) -> None:
     store = open_store(url + "&kafkaRetainedCheckpoints=2")
     store.rebuild(None)
-    store.fence()
 
     def checkpoint(seq: int) -> Marker:
         for position in range(3):
@@ -208,7 +222,7 @@ def test_release_tombstones_records_no_retained_checkpoint_needs(
 
     def keys_below(marker: Marker) -> set[bytes]:
         return {key for p, offset, key, value in _raw(kafka_servers, topic)
-                if value is not None and offset < marker["offsets"][str(p)]}
+                if value is not None and offset < marker.offsets[p]}
 
     first = checkpoint(0)
     assert tombstoned() == keys_below(first) and len(keys_below(first)) == 4 + 3
@@ -223,13 +237,11 @@ def test_records_read_by_a_rebuild_are_released_later(url: str, kafka_servers: s
                                                        topic: str) -> None:
     store = open_store(url)
     store.rebuild(None)
-    store.fence()
     _put(store, "k", 0)
     marker = store.recovery_marker()
     store.close()
     restored = open_store(url)
     restored.rebuild(marker)
-    restored.fence()
     restored.prune("k", 0)
     restored.release(restored.recovery_marker())
     restored.flush()
@@ -252,7 +264,8 @@ def test_read_ends_at_stop_offsets_across_gaps(
     producer.commit_transaction(10)
     restored = open_store(url)
     begin = time.monotonic()
-    assert restored.rebuild(dict(store.recovery_marker(), offsets={})) == 4 + 1
+    # The first run's claim and 3 fences, its call, the restored store's claim and fences.
+    assert restored.rebuild(_from_start(store.recovery_marker())) == 4 + 1 + 4
     assert time.monotonic() - begin < 5, "the read waited for records that do not exist"
     assert restored.get(sk) is not None
     restored.close()
@@ -262,7 +275,7 @@ def test_marker_below_the_log_start_is_a_clear_error(
         store: ActionStateStore, url: str, kafka_servers: str, topic: str) -> None:
     for position in range(4):
         _put(store, "lost", 0, position)
-    marker = dict(store.recovery_marker(), offsets={})
+    marker = _from_start(store.recovery_marker())
     p = partition_of("lost", 4)
     admin = AdminClient({"bootstrap.servers": kafka_servers})
     # Kafka deletes records of a compacted topic only if it allows deletion too.
@@ -299,11 +312,179 @@ def test_existing_topic_keeps_its_partition_count(kafka_servers: str, topic: str
     store.close()
 
 
+def test_zombie_writes_racing_a_claim_in_another_partition_count_for_all_or_none(
+        store: ActionStateStore, url: str, kafka_servers: str, topic: str) -> None:
+    """In a partition other than the claim's: a zombie's write before the successor's
+    pre-fence there counts for every rebuild; one after it (before or after the claim)
+    for none."""
+    sk = StateKey("z", 0, "act", "e" * 64)
+    assert partition_of("z", 4) != 0
+    _put(store, "z", 0, 0)
+    marker = store.recovery_marker()
+    successor = open_store(url)
+    real_append = successor.append
+    appended: list[FenceRecord] = []
+
+    def racing_append(record: Record, data: bytes, sync: bool) -> Position:
+        assert isinstance(record, FenceRecord)
+        if not appended:
+            _put(store, "z", 0, 1)  # before the pre-fence: counts
+        position = real_append(record, data, sync)
+        appended.append(record)
+        if len(appended) == 1:
+            _put(store, "z", 0, 2)  # after the pre-fence, before the claim: ignored
+        elif record.claim:
+            _put(store, "z", 0, 3)  # after the claim: ignored
+        return position
+
+    successor.append = racing_append  # type: ignore[method-assign]
+    successor.rebuild(marker)
+    successor.append = real_append  # type: ignore[method-assign]
+    assert [bool(r.claim) for r in appended[:2]] == [False, True], "a pre-fence, then the claim"
+    _put(store, "z", 0, 4)  # after everything: ignored
+    successor.put(CallRecord(sk, 2, CallResult("f", "d" * 64, CallStatus.SUCCEEDED, "new")))
+    readers = [open_store(url), open_store(url)]
+    readers[0].rebuild(marker, read_only=True)
+    readers[1].rebuild(successor.recovery_marker(), read_only=True)
+    for reader in (successor, *readers):
+        state = reader.get(sk)
+        assert state is not None
+        assert {p: c.result for p, c in state.calls.items()} == {0: "z/0/0", 1: "z/0/1",
+                                                                 2: "new"}
+    zombie_calls = [r for p, _, r in _records(kafka_servers, topic)
+                    if isinstance(r, CallRecord) and r.epoch == store.epoch]
+    assert len(zombie_calls) == 5, "the zombie's writes are in the log, ignored"
+    for s in (successor, *readers):
+        s.close()
+
+
+def test_one_partition_takes_a_claim_and_no_fence(kafka_servers: str, topic: str) -> None:
+    url = f"kafka://{kafka_servers}/{topic}?partitions=1"
+    first = open_store(url)
+    first.rebuild(None)
+    assert first.partition_count == 1
+    _put(first, "k", 0, 0)
+    marker = first.recovery_marker()
+    second = open_store(url)
+    second.rebuild(marker)
+    assert second.epoch > first.epoch
+    _put(first, "k", 0, 1)  # a zombie's: ignored
+    _put(second, "k", 0, 2)
+    kinds = [type(r).__name__ for _, _, r in _records(kafka_servers, topic)]
+    assert kinds == ["FenceRecord", "CallRecord", "FenceRecord", "CallRecord", "CallRecord"]
+    latest = open_store(url)
+    latest.rebuild(second.recovery_marker(), read_only=True)
+    state = latest.get(StateKey("k", 0, "act", "e" * 64))
+    assert state is not None and sorted(state.calls) == [0, 2]
+    for s in (first, second, latest):
+        s.close()
+
+
+def _failed(error: int) -> Future[Any]:
+    future: Future[Any] = Future()
+    future.set_exception(KafkaException(KafkaError(error)))
+    return future
+
+
+class _SettlingAdmin:
+    """An AdminClient whose first requests fail the way those on a just-created topic
+    can; ``failures`` maps a method to the error codes its next calls fail with."""
+
+    def __init__(self, config: dict[str, Any], failures: dict[str, list[int]]) -> None:
+        self._admin = AdminClient(config)
+        self._failures = failures
+
+    def __getattr__(self, name: str) -> Any:
+        real = getattr(self._admin, name)
+        codes = self._failures.get(name)
+
+        def call(request: Any, *args: Any, **kwargs: Any) -> Any:
+            if not codes:
+                return real(request, *args, **kwargs)
+            error = codes.pop(0)
+            keys = [getattr(item, "topic", item) if name == "create_topics" else item
+                    for item in request]
+            return {key: _failed(error) for key in keys}
+
+        return call if codes is not None else real
+
+
+def test_errors_of_a_settling_topic_are_retried(
+        kafka_servers: str, topic: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 7: "Leader epoch is newer than broker epoch" and its kin pass; a store
+    opened on a just-created topic waits them out instead of failing."""
+    failures = {
+        "create_topics": [KafkaError.REQUEST_TIMED_OUT, KafkaError.NOT_CONTROLLER],
+        "list_offsets": [KafkaError.UNKNOWN_LEADER_EPOCH, KafkaError.NOT_LEADER_FOR_PARTITION,
+                         KafkaError.FENCED_LEADER_EPOCH, KafkaError.LEADER_NOT_AVAILABLE,
+                         KafkaError.UNKNOWN_TOPIC_OR_PART],
+    }
+    monkeypatch.setattr(kafka_store, "AdminClient",
+                        lambda config: _SettlingAdmin(config, failures))
+    store = open_store(f"kafka://{kafka_servers}/{topic}?partitions=2")
+    assert failures["create_topics"] == []
+    store.rebuild(None)
+    failures["list_offsets"] += [KafkaError.UNKNOWN_LEADER_EPOCH] * 2
+    sk = _put(store, "k", 0)
+    reader = open_store(f"kafka://{kafka_servers}/{topic}")  # exists now: describe_configs
+    failures["list_offsets"] += [KafkaError.UNKNOWN_LEADER_EPOCH]
+    reader.rebuild(_from_start(store.recovery_marker()), read_only=True)
+    assert reader.get(sk) is not None
+    assert failures["list_offsets"] == []
+    store.close()
+    reader.close()
+
+
+def test_a_topic_that_does_not_settle_is_a_clear_error_at_the_timeout(
+        kafka_servers: str, topic: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    failures = {"list_offsets": [KafkaError.UNKNOWN_LEADER_EPOCH] * 1000}
+    monkeypatch.setattr(kafka_store, "AdminClient",
+                        lambda config: _SettlingAdmin(config, failures))
+    begin = time.monotonic()
+    with pytest.raises(StoreError) as info:
+        open_store(f"kafka://{kafka_servers}/{topic}", kafkaConnectTimeoutMs=1000)
+    assert time.monotonic() - begin < 5
+    message = str(info.value)
+    assert topic in message and "Leader epoch is newer than broker epoch" in message
+    assert "after 1s" in message and "kafkaConnectTimeoutMs" in message
+    assert "start a broker" not in message, "the broker is there: do not say start one"
+
+
+def test_just_created_topics_work_at_once(kafka_servers: str) -> None:
+    """Issue 7: 40 topics, each opened right after it is created (by someone else, or by
+    the store itself), four at a time, all take puts and read them back."""
+    names = [f"actionstate-new-{uuid.uuid4().hex[:12]}" for _ in range(40)]
+    admin = AdminClient({"bootstrap.servers": kafka_servers})
+
+    def one(i: int, name: str) -> None:
+        if i % 2:
+            admin.create_topics([NewTopic(name, 8, 1, config={"cleanup.policy": "compact"})])[
+                name].result()
+        store = open_store(f"kafka://{kafka_servers}/{name}?partitions=8")
+        store.rebuild(None)
+        sk = _put(store, f"key{i}", 0)
+        reader = open_store(f"kafka://{kafka_servers}/{name}")
+        reader.rebuild(_from_start(store.recovery_marker()), read_only=True)
+        state = reader.get(sk)
+        assert state is not None and state.calls[0].result == f"key{i}/0/0"
+        store.close()
+        reader.close()
+
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(one, range(len(names)), names))
+    finally:
+        for deleted in admin.delete_topics(names).values():
+            try:
+                deleted.result()
+            except KafkaException:
+                pass
+
+
 @pytest.mark.parametrize("durability", ["sync", "group"])
 def test_a_record_the_broker_refuses_is_an_error(url: str, durability: Durability) -> None:
     store = open_store(url, durability, kafkaActionStateTopicMaxMessageBytes=50_000)
     store.rebuild(None)
-    store.fence()
     sk = StateKey("big", 0, "act", "e" * 64)
     record = CallRecord(sk, 0, CallResult("f", "d" * 64, CallStatus.SUCCEEDED, "x" * 100_000))
     with pytest.raises(StoreError, match="max.message.bytes"):
@@ -392,7 +573,6 @@ def test_sync_put_waits_out_a_broker_restart(
     url = f"kafka://{servers}/outage?partitions=2"
     store = open_store(url)
     store.rebuild(None)
-    store.fence()
     _put(store, "k", 0, 0)
     subprocess.run(service + ["stop"], env=env, capture_output=True, check=True, timeout=60)
     restart = subprocess.Popen(service + ["start"], env=env, stdout=subprocess.DEVNULL,
@@ -403,7 +583,8 @@ def test_sync_put_waits_out_a_broker_restart(
     assert restart.wait(120) == 0
     assert "has not acknowledged 1 record(s) for topic outage" in caplog.text
     restored = open_store(url)
-    assert restored.rebuild(dict(store.recovery_marker(), offsets={})) == 2 + 4
+    # Each run's claim and fence (2 partitions) and the 4 calls.
+    assert restored.rebuild(_from_start(store.recovery_marker())) == 2 + 4 + 2
     state = restored.get(StateKey("k", 0, "act", "e" * 64))
     assert state is not None and [c.result for c in state.calls.values()] == [
         f"k/0/{i}" for i in range(4)]

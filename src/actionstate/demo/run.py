@@ -12,6 +12,8 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
+from actionstate.runners.statedir import StateDir
+
 __all__ = ["run_demo"]
 
 NOTES = ["please refund, it arrived broken", "where is my parcel?", "charged twice, refund",
@@ -45,14 +47,15 @@ def run_demo(directory: str | None, inputs: int) -> int:
     ids = Counter(line["order_id"] for line in lines)
     calls = [json.loads(line) for line in (work / "calls.jsonl").read_text().splitlines()]
     executed = Counter(call["call_id"] for call in calls)
-    checkpoint = json.loads((state / "checkpoint.json").read_text())
+    checkpoint = StateDir(state).load_checkpoint()
+    assert checkpoint is not None, "the resumed run finished, so it wrote a checkpoint"
     rows = [
         ("inputs", inputs),
         ("outputs", len(lines)),
         ("duplicate outputs", sum(n - 1 for n in ids.values())),
         ("missing outputs", inputs - len(ids)),
         ("calls executed (both runs)", len(calls)),
-        ("calls replayed (resumed run)", checkpoint["stats"]["calls_replayed"]),
+        ("calls replayed (resumed run)", checkpoint.stats["calls_replayed"]),
         ("calls executed twice", sum(1 for n in executed.values() if n > 1)),
         ("refunds executed twice", sum(1 for c, n in executed.items() if n > 1 and any(
             x["call_id"] == c and x["kind"] == "refund" for x in calls))),

@@ -14,14 +14,14 @@ from typing import Any
 
 from actionstate.agent import Agent
 from actionstate.durable.execution import ActionContext, DivergencePolicy, RunStats
-from actionstate.durable.state import ActionState, CompleteRecord, StateKey
+from actionstate.durable.state import ActionState, CompleteRecord, MemoryUpdate, StateKey
 from actionstate.errors import ActionFailedError
 from actionstate.eventlog import EventLogger
 from actionstate.events import Event, InputEvent, OutputEvent, event_id
 from actionstate.memory import apply_update
 from actionstate.stores.base import ActionStateStore
 
-__all__ = ["ChainSettings", "process_input"]
+__all__ = ["ChainSettings", "InputResult", "process_input"]
 
 
 @dataclass
@@ -34,13 +34,23 @@ class ChainSettings:
     event_log: EventLogger = field(default_factory=lambda: EventLogger(None))
 
 
+@dataclass
+class InputResult:
+    """What one input produced: its outputs, and its short-term memory writes in order
+    (a runner applies them to the memory it checkpoints once the input is done)."""
+
+    outputs: list[Any] = field(default_factory=list)
+    memory_updates: list[MemoryUpdate] = field(default_factory=list)
+
+
 async def process_input(
     agent: Agent, store: ActionStateStore, key: str, seq: int, record: Any,
     short_term: dict[str, Any], settings: ChainSettings,
-) -> list[Any]:
-    """Run every action the input triggers; returns the outputs, in order sent."""
+) -> InputResult:
+    """Run every action the input triggers, writing into ``short_term`` as they go."""
     sensory: dict[str, Any] = {}
-    outputs: list[Any] = []
+    done = InputResult()
+    outputs, updates = done.outputs, done.memory_updates
     log = settings.event_log
     queue: deque[tuple[Event, str | None, bool]] = deque([(InputEvent(input=record), None, False)])
     while queue:
@@ -54,6 +64,7 @@ async def process_input(
             state = store.get(state_key)
             if state is not None and state.completed:
                 sent = _skip(state, short_term, sensory, settings)
+                updates.extend(u for u in state.memory_updates if u.scope == "short_term")
                 queue.extend((e, action_id, True) for e in sent)
                 log.action_run(key, seq, action_id, True, _calls(state))
                 continue
@@ -64,14 +75,19 @@ async def process_input(
                 if inspect.isawaitable(result):
                     await result
             except Exception as exc:
+                if ctx.store_failure is not None:
+                    raise ctx.store_failure from None
                 raise ActionFailedError(key, seq, action_id, exc) from exc
+            if ctx.store_failure is not None:  # the action caught it: still the store's failure
+                raise ctx.store_failure
             settings.stats.actions_run += 1
             store.put(CompleteRecord(state_key, event, tuple(ctx.sent),
-                                     tuple(ctx.memory_updates), store.epoch))
+                                     tuple(ctx.memory_updates)))
+            updates.extend(u for u in ctx.memory_updates if u.scope == "short_term")
             queue.extend((e, action_id, False) for e in ctx.sent)
             if log.verbose:
                 log.action_run(key, seq, action_id, False, _calls(store.get(state_key)))
-    return outputs
+    return done
 
 
 def _skip(state: ActionState, short_term: dict[str, Any], sensory: dict[str, Any],

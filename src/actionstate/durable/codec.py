@@ -35,13 +35,13 @@ def _k(key: StateKey) -> list[Any]:
     return [key.key, key.seq, key.action, key.event_id]
 
 
-def _encode_call(record: CallRecord) -> bytes:
+def _encode_call(record: CallRecord, epoch: int) -> bytes:
     """A SUCCEEDED or PENDING call's envelope, composed directly: the hot path of a call.
 
     The bytes equal those of the generic path below (tests/test_golden.py checks it).
     """
     call, enc = record.call, STORED.encode
-    text = (f'{{"v":1,"t":"call","k":{enc(_k(record.key))},"e":{int(record.epoch)},'
+    text = (f'{{"v":1,"t":"call","k":{enc(_k(record.key))},"e":{int(epoch)},'
             f'"p":{int(record.position)},"f":{enc(call.function_id)},'
             f'"d":{enc(call.args_digest)},"s":"{call.status.value}"')
     if call.status is CallStatus.SUCCEEDED:
@@ -49,29 +49,34 @@ def _encode_call(record: CallRecord) -> bytes:
     return (text + "}").encode()
 
 
-def encode_record(record: Record) -> bytes:
-    """Encode ``record`` as one versioned JSON envelope."""
+def encode_record(record: Record, epoch: int | None = None) -> bytes:
+    """Encode ``record`` as one versioned JSON envelope, under ``epoch`` if given
+    (a store writes its own epoch), else the record's."""
+    if epoch is None:
+        epoch = record.epoch
     if type(record) is CallRecord and record.call.status is not CallStatus.FAILED:
-        return _encode_call(record)
+        return _encode_call(record, epoch)
     env: dict[str, Any]
     match record:
-        case CallRecord(key=key, position=pos, call=call, epoch=epoch):
+        case CallRecord(key=key, position=pos, call=call):
             env = {"v": 1, "t": "call", "k": _k(key), "e": epoch, "p": pos,
                    "f": call.function_id, "d": call.args_digest, "s": call.status.value}
             if call.status is CallStatus.SUCCEEDED:
                 env["r"] = call.result
             elif call.status is CallStatus.FAILED:
                 env["x"] = call.exception
-        case CompleteRecord(key=key, epoch=epoch):
+        case CompleteRecord(key=key):
             env = {"v": 1, "t": "done", "k": _k(key), "e": epoch, "ev": record.task_event,
                    "out": list(record.output_events),
                    "mem": [[m.scope, m.path, m.value] for m in record.memory_updates]}
-        case TruncateRecord(key=key, position=pos, epoch=epoch):
+        case TruncateRecord(key=key, position=pos):
             env = {"v": 1, "t": "trunc", "k": _k(key), "e": epoch, "p": pos}
-        case DropRecord(key=key, after_seq=after, epoch=epoch):
+        case DropRecord(key=key, after_seq=after):
             env = {"v": 1, "t": "drop", "key": key, "after": after, "e": epoch}
-        case FenceRecord(epoch=epoch):
-            env = {"v": 1, "t": "fence", "e": epoch}
+        case FenceRecord(claim=claim):
+            env = {"v": 1, "t": "fence", "e": record.epoch}
+            if claim:
+                env["w"] = claim
     return STORED.encode(env).encode()
 
 
@@ -106,7 +111,7 @@ def decode_record(data: bytes, where: str) -> Record:
 def _from_envelope(env: dict[str, Any]) -> Record:
     kind = env["t"]
     if kind == "fence":
-        return FenceRecord(int(env["e"]))
+        return FenceRecord(int(env["e"]), str(env.get("w", "")))
     if kind == "drop":
         return DropRecord(str(env["key"]), int(env["after"]), int(env["e"]))
     k = env["k"]

@@ -10,7 +10,6 @@ by the configured :data:`DivergencePolicy`.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import functools
 import hashlib
 import inspect
@@ -26,6 +25,7 @@ from actionstate.durable.canonical import (
     decode_exception,
     encode_exception,
 )
+from actionstate.durable.current import CURRENT_CALL
 from actionstate.durable.state import (
     ActionState,
     CallRecord,
@@ -35,7 +35,12 @@ from actionstate.durable.state import (
     StateKey,
     TruncateRecord,
 )
-from actionstate.errors import ConfigError, NonDeterminismError
+from actionstate.errors import (
+    ActionStateError,
+    ConfigError,
+    MemoryInCallError,
+    NonDeterminismError,
+)
 from actionstate.events import Event
 from actionstate.memory import MemoryObject
 from actionstate.stores.base import ActionStateStore
@@ -46,8 +51,6 @@ log = logging.getLogger("actionstate")
 T = TypeVar("T")
 DivergencePolicy = Literal["reexecute", "warn", "fail"]
 POLICIES = ("reexecute", "warn", "fail")
-_CURRENT_CALL: contextvars.ContextVar[_Step | None] = contextvars.ContextVar(
-    "actionstate_current_call", default=None)
 
 
 @dataclass
@@ -140,6 +143,8 @@ class ActionContext(RunnerContext):
         self._short_term = MemoryObject(short_term, "short_term", self.memory_updates)
         self._sensory = MemoryObject(sensory, "sensory", self.memory_updates)
         self._next_position = 0
+        self.store_failure: ActionStateError | None = None
+        """A store write that failed during the action, even if the action caught it."""
 
     # -- RunnerContext -----------------------------------------------------
 
@@ -166,7 +171,7 @@ class ActionContext(RunnerContext):
 
     @property
     def call_id(self) -> str | None:
-        step = _CURRENT_CALL.get()
+        step = CURRENT_CALL.get()
         return None if step is None else step.call_id
 
     def durable_execute(
@@ -183,14 +188,14 @@ class ActionContext(RunnerContext):
                 "`await ctx.durable_execute_async(...)` for it"
             )
         target, args, kwargs = self._target(step, fn, args, kwargs, reconciler)
-        token = _CURRENT_CALL.set(step)
+        token = CURRENT_CALL.set(step)
         try:
             result = target(*args, **kwargs)
         except Exception as exc:
             self._record_failure(step, exc)
             raise
         finally:
-            _CURRENT_CALL.reset(token)
+            CURRENT_CALL.reset(token)
         self._record(step, CallResult(step.fid, step.digest, CallStatus.SUCCEEDED, result))
         return cast(T, result)
 
@@ -202,7 +207,7 @@ class ActionContext(RunnerContext):
         if step.recorded is not None and step.recorded.status is not CallStatus.PENDING:
             return self._replay(step.recorded)
         target, args, kwargs = self._target(step, fn, args, kwargs, reconciler)
-        token = _CURRENT_CALL.set(step)
+        token = CURRENT_CALL.set(step)
         try:
             if inspect.iscoroutinefunction(target):
                 result = await target(*args, **kwargs)
@@ -214,7 +219,7 @@ class ActionContext(RunnerContext):
             self._record_failure(step, exc)
             raise
         finally:
-            _CURRENT_CALL.reset(token)
+            CURRENT_CALL.reset(token)
         self._record(step, CallResult(step.fid, step.digest, CallStatus.SUCCEEDED, result))
         return result
 
@@ -252,7 +257,7 @@ class ActionContext(RunnerContext):
             log.warning("%s; re-executing from this call", message)
         else:
             log.info("%s; re-executing from this call", message)
-        self._store.put(TruncateRecord(sk, position, self._store.epoch), sync=True)
+        self._put(TruncateRecord(sk, position), sync=True)
         self.stats.calls_truncated += 1
 
     def _target(
@@ -265,8 +270,7 @@ class ActionContext(RunnerContext):
             return reconciler, (), {}
         if reconciler is not None:
             pending = CallResult(step.fid, step.digest, CallStatus.PENDING)
-            self._store.put(CallRecord(self._sk, step.position, pending, self._store.epoch),
-                            sync=True)
+            self._put(CallRecord(self._sk, step.position, pending), sync=True)
         if step.wants_key and "idempotency_key" not in kwargs:
             kwargs = {**kwargs, "idempotency_key": step.call_id}
         self.stats.calls_executed += 1
@@ -280,8 +284,17 @@ class ActionContext(RunnerContext):
         return recorded.result
 
     def _record(self, step: _Step, result: CallResult) -> None:
-        self._store.put(CallRecord(self._sk, step.position, result, self._store.epoch))
+        self._put(CallRecord(self._sk, step.position, result))
+
+    def _put(self, record: CallRecord | TruncateRecord, sync: bool | None = None) -> None:
+        try:
+            self._store.put(record, sync=sync)
+        except ActionStateError as exc:  # reported as the store's, even if the action catches it
+            self.store_failure = exc
+            raise
 
     def _record_failure(self, step: _Step, exc: Exception) -> None:
+        if isinstance(exc, MemoryInCallError):
+            return  # a bug in the action, not the call's outcome: fixed, the call runs
         self._record(step, CallResult(step.fid, step.digest, CallStatus.FAILED,
                                       exception=encode_exception(exc)))

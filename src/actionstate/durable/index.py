@@ -35,28 +35,37 @@ class StateIndex:
         self._seqs: dict[str, dict[int, set[StateKey]]] = {}
         self._max_seq: dict[str, int] = {}
         self._first: dict[StateKey, Position] = {}
-        self._fences: dict[int, int] = {}
-        self.base_fence = 0
-        """Fence in force before any record read (a rebuild's marker epoch)."""
-        self.fence_epoch = 0
-        """The highest fence seen."""
+        self._fence: dict[int, int] = {}
+        self._fence_log: dict[int, list[tuple[int, int]]] = {}
         self.max_epoch = 0
+        """The highest epoch seen in a fence or a record."""
 
-    def apply(self, record: Record, position: Position) -> bool:
-        """Apply one record; False when it was ignored (an older epoch after a fence).
+    def start_at(self, offsets: dict[int, int], fences: dict[int, int]) -> None:
+        """Begin a rebuild at ``offsets`` with ``fences`` in force there (from a marker)."""
+        for partition, epoch in fences.items():
+            self._fence[partition] = epoch
+            self._fence_log[partition] = [(offsets.get(partition, 0) - 1, epoch)]
+            self.max_epoch = max(self.max_epoch, epoch)
 
-        Fences act per partition: a log store writes a fence to every partition,
-        and a record is ignored only if a fence precedes it in its own partition.
+    def apply(self, record: Record, position: Position, epoch: int) -> bool:
+        """Apply one record written under ``epoch``; False when it was ignored (a
+        zombie's: its epoch is below a fence that precedes it in its partition).
+
+        A claim (a fence of epoch 0) takes the epoch ``offset + 1``. Fences act per
+        partition: a log store writes a fence to every partition.
         """
         partition = position[0]
         if isinstance(record, FenceRecord):
-            self._fences[partition] = max(self._fences.get(partition, 0), record.epoch)
-            self.fence_epoch = max(self.fence_epoch, record.epoch)
-            self.max_epoch = max(self.max_epoch, record.epoch)
+            fence = record.epoch or position[1] + 1
+            if fence > self._fence.get(partition, 0):
+                self._fence[partition] = fence
+                self._fence_log.setdefault(partition, []).append((position[1], fence))
+            self.max_epoch = max(self.max_epoch, fence)
             return True
-        if record.epoch < max(self._fences.get(partition, 0), self.base_fence):
+        if epoch < self._fence.get(partition, 0):
             return False
-        self.max_epoch = max(self.max_epoch, record.epoch)
+        if epoch > self.max_epoch:
+            self.max_epoch = epoch
         if isinstance(record, DropRecord):
             self.drop_after(record.key, record.after_seq)
             return True
@@ -79,6 +88,13 @@ class StateIndex:
             for pos in [p for p in state.calls if p >= record.position]:
                 del state.calls[pos]
         return True
+
+    def fence_before(self, partition: int, offset: int) -> int:
+        """The epoch of the fence in force just before ``offset`` of ``partition``."""
+        for at, epoch in reversed(self._fence_log.get(partition, ())):
+            if at < offset:
+                return epoch
+        return 0
 
     def get(self, key: StateKey) -> ActionState | None:
         """The state of ``key``, or None."""

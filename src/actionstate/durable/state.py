@@ -135,9 +135,22 @@ class DropRecord:
 
 @dataclass(frozen=True, slots=True)
 class FenceRecord:
-    """A new runner incarnation: records of older epochs written later are ignored."""
+    """A new writer incarnation: records of older epochs written after it are ignored.
+
+    A *claim* (``epoch == 0``, ``claim`` a unique token) is written to partition 0
+    only, and its epoch is its own offset there plus one: the log orders claims,
+    so two writers can never take the same epoch, and a later claim always wins.
+    The claimant then writes ``FenceRecord(epoch)`` copies to every other partition.
+    A claim must be written exactly once (an idempotent producer, a transaction):
+    a duplicate would carry a higher epoch and fence its own claimant.
+    """
 
     epoch: int
+    claim: str = ""
 
+
+# The ``epoch`` of the other records is the epoch they were written under, as read
+# back from a store; ActionStateStore.put writes the store's own epoch, whatever the
+# field holds, so callers leave it at 0.
 
 Record = CallRecord | TruncateRecord | CompleteRecord | DropRecord | FenceRecord

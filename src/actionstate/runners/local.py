@@ -11,15 +11,20 @@ in flight are run again, and their recorded work is replayed, not redone.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import copy
+import signal
 import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 from actionstate.agent import Agent
+from actionstate.checkpoint import Checkpoint, PendingInput
 from actionstate.durable.chain import ChainSettings, process_input
 from actionstate.durable.execution import RunStats
 from actionstate.errors import ConfigError, InputError
+from actionstate.memory import apply_update
 from actionstate.runners.files import JsonlSink, JsonlSource
 from actionstate.runners.statedir import StateDir
 from actionstate.stores.base import ActionStateStore
@@ -37,6 +42,8 @@ class LocalRunner:
         checkpoint_interval: seconds between checkpoints.
         group_interval: in ``group`` durability, seconds between group commits;
             outputs are held until the commit that covers them.
+        stop_grace: after SIGTERM or Ctrl-C, seconds the inputs in flight get to
+            finish before they are abandoned (they run again on the next start).
     """
 
     def __init__(
@@ -44,6 +51,7 @@ class LocalRunner:
         store: ActionStateStore, state_dir: StateDir, settings: ChainSettings,
         concurrency: int = 64, checkpoint_interval: float = 1.0,
         group_interval: float = 0.005, progress: ProgressFn | None = None,
+        stop_grace: float = 10.0,
     ) -> None:
         if concurrency < 1:
             raise ConfigError(f"concurrency must be at least 1, got {concurrency}")
@@ -57,45 +65,79 @@ class LocalRunner:
         self._tick = (group_interval if store.durability == "group"
                       else min(0.2, checkpoint_interval))
         self._progress = progress
+        self._stop_grace = stop_grace
         self._next_seq: dict[str, int] = {}
         self._done_seq: dict[str, int] = {}
         self._pruned: set[str] = set()
-        self._short_term: dict[str, dict[str, Any]] = {}
+        # Short-term memory per key: the live one actions write into, and the one a
+        # checkpoint saves, as of the key's last completed input (never half an input).
+        self._working: dict[str, dict[str, Any]] = {}
+        self._committed: dict[str, dict[str, Any]] = {}
         self._pending: dict[tuple[str, int], tuple[Any, int]] = {}
         self._queues: dict[str, deque[tuple[int, Any]]] = {}
         self._workers: dict[str, asyncio.Task[None]] = {}
+        self._reader: asyncio.Task[InputError | None] | None = None
+        self._grace: asyncio.TimerHandle | None = None
         self._held: list[Any] = []
         self._offset = 0
         self._line = 0
+        self._failed = False
+        self.stopped_by: str | None = None
+        """The signal that stopped the run early (``"SIGTERM"``, ``"SIGINT"``), or None."""
 
     async def run(self) -> RunStats:
         """Restore, process every input, checkpoint at the end; returns the counters."""
         started = time.monotonic()
         self._restore()
-        self.store.fence()
         self._slots = asyncio.Semaphore(self._concurrency)
         self._space = asyncio.Semaphore(self._concurrency * 4)
         self._done = asyncio.Event()
+        signals = _install_signals(self.stop)
         try:
             async with asyncio.TaskGroup() as group:
                 self._group = group
-                group.create_task(self._ticker(started))
+                ticker = group.create_task(self._ticker(started))
                 for (key, seq), (record, _line) in sorted(self._pending.items(),
                                                            key=lambda kv: kv[0][1]):
                     await self._space.acquire()
                     self._enqueue(key, seq, record)
-                bad_input = await self._read()
+                reader = self._reader = group.create_task(self._read())
+                if self.stopped_by is not None:
+                    reader.cancel()
+                await asyncio.wait([reader])
+                bad_input = None if reader.cancelled() else reader.result()
                 while self._workers:
-                    await asyncio.gather(*self._workers.values())
+                    await asyncio.wait(list(self._workers.values()))
                 self._done.set()
+                ticker.cancel()
         except BaseExceptionGroup as group_error:
             raise _first(group_error) from None
+        finally:
+            _remove_signals(signals)
+            if self._grace is not None:
+                self._grace.cancel()
         self._checkpoint()
         if bad_input is not None:
             raise bad_input
         if self._progress:
             self._progress(self.stats, time.monotonic() - started)
         return self.stats
+
+    def stop(self, reason: str = "stop") -> None:
+        """Stop reading; let the inputs in flight finish for ``stop_grace`` seconds (a
+        second call abandons them at once), then checkpoint and return."""
+        if self.stopped_by is not None:
+            self._abandon()
+            return
+        self.stopped_by = reason
+        if self._reader is not None:
+            self._reader.cancel()
+        self._grace = asyncio.get_running_loop().call_later(self._stop_grace, self._abandon)
+
+    def _abandon(self) -> None:
+        """Cancel the inputs in flight: they stay pending and run again on restart."""
+        for worker in list(self._workers.values()):
+            worker.cancel()
 
     async def _read(self) -> InputError | None:
         """Admit inputs until the end of the source or a bad line (returned, not raised,
@@ -124,21 +166,34 @@ class LocalRunner:
         queue.append((seq, record))
 
     async def _work(self, key: str, queue: deque[tuple[int, Any]]) -> None:
-        short_term = self._short_term.setdefault(key, {})
-        while queue:
-            seq, record = queue[0]
-            async with self._slots:
-                outputs = await process_input(self.agent, self.store, key, seq, record,
-                                              short_term, self.settings)
-            queue.popleft()
-            del self._pending[(key, seq)]
-            self._done_seq[key] = seq
-            self._pruned.discard(key)
-            self.stats.inputs += 1
-            self._emit(outputs)
-            self._space.release()
-        del self._queues[key]
-        del self._workers[key]
+        working = self._working.get(key)
+        if working is None:
+            working = self._working[key] = copy.deepcopy(self._committed.get(key, {}))
+        committed = self._committed.setdefault(key, {})
+        try:
+            while queue and self.stopped_by is None:
+                seq, record = queue[0]
+                async with self._slots:
+                    if self._failed:  # another input failed: start no new paid call
+                        return
+                    try:
+                        done = await process_input(self.agent, self.store, key, seq, record,
+                                                   working, self.settings)
+                    except BaseException:
+                        self._failed = True
+                        raise
+                for update in done.memory_updates:
+                    apply_update(committed, update.path, update.value)
+                queue.popleft()
+                del self._pending[(key, seq)]
+                self._done_seq[key] = seq
+                self._pruned.discard(key)
+                self.stats.inputs += 1
+                self._emit(done.outputs)
+                self._space.release()
+        finally:
+            del self._queues[key]
+            del self._workers[key]
 
     def _emit(self, outputs: list[Any]) -> None:
         if self.store.durability == "group":
@@ -177,49 +232,47 @@ class LocalRunner:
                 self.store.prune(key, seq)
                 self._pruned.add(key)
         marker = self.store.recovery_marker()
-        self.state_dir.save_checkpoint({
-            "job": self.settings.job,
-            "time": time.time(),
-            "source": {"path": str(self.source.path.resolve()), "offset": self._offset,
-                       "line": self._line},
-            "sink": {"path": str(self.sink.path.resolve()), "offset": self.sink.position()},
-            "next_seq": self._next_seq,
-            "short_term": self._short_term,
-            "pending": [[k, s, r, line] for (k, s), (r, line) in self._pending.items()],
-            "store": self.store.url,
-            "marker": marker,
-            "epoch": self.store.epoch,
-            "stats": vars(self.stats),
-        })
+        self.state_dir.save_checkpoint(Checkpoint(
+            job=self.settings.job, marker=marker, store=self.store.url,
+            source_path=str(self.source.path.resolve()), source_offset=self._offset,
+            source_line=self._line, sink_path=str(self.sink.path.resolve()),
+            sink_offset=self.sink.position(), next_seq=self._next_seq,
+            short_term=self._committed,
+            pending=[PendingInput(k, s, r, line) for (k, s), (r, line) in self._pending.items()],
+            epoch=self.store.epoch, stats=vars(self.stats),
+        ))
         self.store.release(marker)
 
     def _restore(self) -> None:
         checkpoint = self.state_dir.load_checkpoint()
         if checkpoint is None:
             self.store.rebuild(None)
+            if self.store.url == self.state_dir.default_store_url:
+                self.store.discard_other_runs()  # this state dir's own file: no one else's
             self.sink.truncate(0)
+            # The first checkpoint, before any input: from here on a crash resumes,
+            # with every call this run records.
+            self._checkpoint()
             return
-        if checkpoint["job"] != self.settings.job:
+        if checkpoint.job != self.settings.job:
             raise ConfigError(
-                f"state dir {self.state_dir.path} belongs to job {checkpoint['job']!r}, not "
+                f"state dir {self.state_dir.path} belongs to job {checkpoint.job!r}, not "
                 f"{self.settings.job!r}: use a new --state for a different agent"
             )
-        for role, path in (("input", self.source.path), ("output", self.sink.path)):
-            recorded = checkpoint["source" if role == "input" else "sink"]["path"]
+        for role, path, recorded in (("input", self.source.path, checkpoint.source_path),
+                                     ("output", self.sink.path, checkpoint.sink_path)):
             if recorded != str(path.resolve()):
                 raise ConfigError(
                     f"state dir {self.state_dir.path} was run with --{role} {recorded}, "
                     f"not {path}: use the same file, or a new --state"
                 )
-        self.store.rebuild(checkpoint["marker"])
-        self.store.epoch = max(self.store.epoch, int(checkpoint.get("epoch", 0)))
-        self._offset = checkpoint["source"]["offset"]
-        self._line = checkpoint["source"]["line"]
-        self.sink.truncate(checkpoint["sink"]["offset"])
-        self._next_seq = checkpoint["next_seq"]
-        self._short_term = checkpoint["short_term"]
-        for key, seq, record, line in checkpoint["pending"]:
-            self._pending[(key, seq)] = (record, line)
+        self.store.rebuild(checkpoint.marker)
+        self._offset, self._line = checkpoint.source_offset, checkpoint.source_line
+        self.sink.truncate(checkpoint.sink_offset)
+        self._next_seq = checkpoint.next_seq
+        self._committed = checkpoint.short_term
+        for pending in checkpoint.pending:
+            self._pending[(pending.key, pending.seq)] = (pending.record, pending.line)
         # The rebuild may bring back states of inputs that completed before the
         # checkpoint (recorded after the oldest in-flight input began): prune them.
         first_pending: dict[str, int] = {}
@@ -231,6 +284,26 @@ class LocalRunner:
                 self.store.prune(key, done)
                 self._done_seq[key] = done
                 self._pruned.add(key)
+
+
+def _install_signals(stop: Callable[[str], None]) -> list[signal.Signals]:
+    """SIGTERM and Ctrl-C stop the run gracefully (when running in the main thread)."""
+    loop = asyncio.get_running_loop()
+    installed = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, stop, sig.name)
+        except (ValueError, RuntimeError, NotImplementedError):
+            continue  # not the main thread: the caller stops the run with stop()
+        installed.append(sig)
+    return installed
+
+
+def _remove_signals(signals: list[signal.Signals]) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in signals:
+        with contextlib.suppress(ValueError, RuntimeError):
+            loop.remove_signal_handler(sig)
 
 
 def _first(group_error: BaseExceptionGroup[Any]) -> BaseException:

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 from typing import IO, Any
 
+from actionstate.checkpoint import Checkpoint
 from actionstate.durable.canonical import to_wire_default, untag
 from actionstate.errors import ConfigError, IncompatibleStateError, StateLockedError
 
@@ -72,7 +73,7 @@ class StateDir:
             self._lock.close()
             self._lock = None
 
-    def load_checkpoint(self) -> dict[str, Any] | None:
+    def load_checkpoint(self) -> Checkpoint | None:
         """The last committed checkpoint, or None."""
         path = self.checkpoint_path
         if not path.exists():
@@ -90,12 +91,11 @@ class StateDir:
                 f"checkpoint {path} has format {found!r}, "
                 f"this actionstate uses {STATE_FORMAT}: use the version that wrote it"
             )
-        checkpoint: dict[str, Any] = data
-        return checkpoint
+        return Checkpoint.from_json(data, str(path))
 
-    def save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+    def save_checkpoint(self, checkpoint: Checkpoint) -> None:
         """Commit ``checkpoint`` atomically (write, fsync, rename, fsync dir)."""
-        write_atomic(self.checkpoint_path, {"format": STATE_FORMAT, **checkpoint})
+        write_atomic(self.checkpoint_path, {"format": STATE_FORMAT, **checkpoint.to_json()})
 
 
 def write_atomic(path: Path, data: dict[str, Any]) -> None:

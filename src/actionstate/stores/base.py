@@ -13,21 +13,17 @@ from __future__ import annotations
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
-from typing import Any, Literal
+from typing import ClassVar, Literal
 
+from actionstate.checkpoint import Marker
 from actionstate.durable.codec import decode_record, encode_record
 from actionstate.durable.index import Position, StateIndex
 from actionstate.durable.state import ActionState, DropRecord, FenceRecord, Record, StateKey
-from actionstate.errors import ConfigError
+from actionstate.errors import ConfigError, StoreError
 
 __all__ = ["ActionStateStore", "Durability", "Marker"]
 
 Durability = Literal["sync", "group"]
-Marker = dict[str, Any]
-"""A JSON-able recovery marker.
-
-``{"namespace": str, "epoch": int, "offsets": {partition: offset}}``
-"""
 
 
 class ActionStateStore(ABC):
@@ -45,11 +41,27 @@ class ActionStateStore(ABC):
       those states (reading up to the end captured when the rebuild starts);
       ``rebuild(None)`` is a fresh start in a new namespace, so records of
       earlier runs are never reused.
+    * Every rebuild first *claims* a new epoch through the log (see
+      :class:`~actionstate.durable.state.FenceRecord`), then reads up to the end
+      it captures after the claim. A writer with an older epoch (a zombie) is
+      either refused by the medium (SQLite, memory: a conditional write) or its
+      records after the claim are ignored by every later rebuild (Kafka, Fluss),
+      and whatever it wrote before the claim is read by this rebuild and every
+      later one alike. The store stamps its epoch on every record it puts.
     * :meth:`prune` forgets states in memory; :meth:`release` deletes records
       no retained checkpoint needs.
-    * :meth:`fence` starts a new epoch: records of older epochs written after
-      the fence are ignored by every later rebuild.
     """
+
+    refuses_zombies: ClassVar[bool] = False
+    """The medium refuses a fenced-off writer's puts (:class:`FencedError`); else its
+    later records are written and ignored by every rebuild."""
+
+    claim_prefences: ClassVar[bool] = False
+    """The backend's claim append also fences every other partition (see ``_claim``)."""
+
+    exact_positions: ClassVar[bool] = True
+    """A ``sync`` append returns the exact position (False: a lower bound, and the
+    store finds its claim by reading it back)."""
 
     def __init__(self, durability: Durability = "sync") -> None:
         if durability not in ("sync", "group"):
@@ -58,6 +70,7 @@ class ActionStateStore(ABC):
         self.url = ""
         self.index = StateIndex()
         self.epoch = 0
+        self._read_only = False
         self._namespace = uuid.uuid4().hex
 
     # -- the medium: what a backend implements -------------------------------
@@ -93,6 +106,18 @@ class ActionStateStore(ABC):
         The default keeps them; backends with cheap deletes override this.
         """
 
+    def discard_other_runs(self) -> None:  # noqa: B027 - optional hook
+        """Delete the records of every namespace but this one.
+
+        A runner calls it on a fresh start only for a store that belongs to its
+        state dir alone (the default SQLite file), never for a shared one.
+        """
+
+    @property
+    def partition_count(self) -> int:
+        """How many partitions the log has (fences go to each)."""
+        return 1
+
     # -- the contract, shared by every backend -------------------------------
 
     @property
@@ -108,16 +133,20 @@ class ActionStateStore(ABC):
         self._namespace = namespace
 
     def put(self, record: Record, *, sync: bool | None = None) -> None:
-        """Append one record and apply it; ``sync`` overrides the store's durability."""
-        data = encode_record(record)
+        """Append one record under the store's epoch and apply it; ``sync``
+        overrides the store's durability."""
+        if self._read_only:
+            raise StoreError(f"store {self.url} was opened to read only: open it again to write")
+        epoch = self.epoch
+        data = encode_record(record, epoch)
         position = self.append(record, data, self.durability == "sync" if sync is None else sync)
-        self.index.apply(record, position)
+        self.index.apply(record, position, epoch)
 
     def get(self, key: StateKey) -> ActionState | None:
         """The state of ``key``; on divergence drops later seqs of ``key.key``."""
         state = self.index.get(key)
         if state is None and self.index.has_later(key.key, key.seq):
-            self.put(DropRecord(key.key, key.seq, self.epoch), sync=True)
+            self.put(DropRecord(key.key, key.seq), sync=True)
         return state
 
     def prune(self, key: str, seq: int) -> None:
@@ -129,41 +158,74 @@ class ActionStateStore(ABC):
         self.flush()
         offsets = self.end_offsets()
         offsets.update(self.index.first_positions())
-        return {"namespace": self.namespace, "epoch": self.index.fence_epoch,
-                "offsets": {str(p): o for p, o in sorted(offsets.items())}}
+        fences = {p: self.index.fence_before(p, o) for p, o in offsets.items()}
+        return Marker(self.namespace, dict(sorted(offsets.items())), fences, self.epoch)
 
-    def rebuild(self, marker: Marker | None) -> int:
-        """Restore the states after ``marker``; None is a fresh start. Returns records read."""
+    def rebuild(self, marker: Marker | None, *, read_only: bool = False) -> int:
+        """Claim a new epoch and restore the states after ``marker``.
+
+        ``None`` is a fresh start in a new namespace. ``read_only`` reads without
+        claiming (to look at a run another process may still own; puts are refused
+        afterwards). Returns the records read.
+        """
         self.index = StateIndex()
-        if not marker:
+        self._read_only = read_only
+        if marker is None:
             self.use_namespace(uuid.uuid4().hex)  # a fresh start never writes into an old run
-            return 0
-        try:
-            namespace = str(marker["namespace"])
-            start = {int(p): int(o) for p, o in marker["offsets"].items()}
-            self.index.base_fence = self.index.fence_epoch = int(marker["epoch"])
-        except (KeyError, TypeError, ValueError, AttributeError):
-            raise ConfigError(
-                f"recovery marker {marker!r} is not one this store wrote: restore from "
-                "the checkpoint that came with it, or start fresh with no marker"
-            ) from None
-        self.use_namespace(namespace)
-        stop = self.end_offsets()
+            start = self.end_offsets()
+        else:
+            self.use_namespace(marker.namespace)
+            start = marker.offsets
+            self.index.start_at(marker.offsets, marker.fences)
+        if not read_only:
+            self._claim()
+        stop = self.end_offsets()  # after the claim: whatever precedes it is read now
         count = 0
-        for position, data, where in self.read(namespace, start, stop):
-            self.index.apply(decode_record(data, where), position)
+        for position, data, where in self.read(self.namespace, start, stop):
+            record = decode_record(data, where)
+            self.index.apply(record, position, record.epoch)
             count += 1
         return count
 
-    def fence(self) -> int:
-        """Start a new epoch above every epoch seen, durably; returns it.
+    def _claim(self) -> None:
+        """Take the next epoch: a claim in partition 0 (epoch = its offset + 1), with a
+        fence in every other partition before it and after it, each durable.
 
-        Backends with several partitions override :meth:`append` so that a
-        :class:`FenceRecord` lands in every partition.
+        The fence before (a *pre-fence*, epoch = partition 0's end offset + 1, a lower
+        bound of the claim's epoch and above every earlier claim's) shuts out older
+        writers in every partition by the time the claim is acknowledged; the fence
+        after carries the exact epoch, and is skipped when it equals the pre-fence.
+        A backend whose claim append writes the pre-fences itself sets
+        ``claim_prefences`` (and may skip a fence copy that repeats them).
         """
-        self.epoch = max(self.epoch, self.index.max_epoch, self.index.fence_epoch) + 1
-        self.put(FenceRecord(self.epoch), sync=True)
-        return self.epoch
+        partitioned = self.partition_count > 1
+        prefence = 0
+        if partitioned and not self.claim_prefences:
+            prefence = self.end_offsets().get(0, 0) + 1
+            self._fence_others(prefence)
+        token = uuid.uuid4().hex
+        claim = FenceRecord(0, token)
+        position = self.append(claim, encode_record(claim), True)
+        if not self.exact_positions:
+            position = self._find_claim(token, position)
+        self.epoch = position[1] + 1
+        if partitioned and self.epoch != prefence:
+            self._fence_others(self.epoch)
+
+    def _fence_others(self, epoch: int) -> None:
+        """A fence of ``epoch`` to every partition but 0 (the backend routes it)."""
+        fence = FenceRecord(epoch)
+        self.append(fence, encode_record(fence), True)
+
+    def _find_claim(self, token: str, lower_bound: Position) -> Position:
+        stop = self.end_offsets()
+        for position, data, where in self.read(self.namespace, {0: lower_bound[1]},
+                                               {0: stop.get(0, 0)}):
+            record = decode_record(data, where)
+            if isinstance(record, FenceRecord) and record.claim == token:
+                return position
+        raise StoreError(f"store {self.url or type(self).__name__}: the claim just written "
+                         "is not in partition 0; the store lost an acknowledged record")
 
     def states(self) -> Iterable[tuple[StateKey, ActionState]]:
         """Every live state (for inspection)."""

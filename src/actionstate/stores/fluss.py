@@ -10,7 +10,8 @@ column             type     content
                             writer id, writer sequence number, record kind
                             (``call``/``done``/``trunc``/``drop``/``fence``),
                             then the kind's key fields (``key``, ``seq``,
-                            ``action``, ``event``, ``pos``; ``after``; ``epoch``)
+                            ``action``, ``event``, ``pos``; ``after``; ``epoch``
+                            and, for a claim, ``claim``)
 ``state_payload``  BYTES    the record, encoded by :mod:`actionstate.durable.codec`
 ``agent_key``      STRING   the input key: the bucket key, so every record of one
                             input key lands in one bucket, in put order
@@ -28,6 +29,18 @@ records in send order; other writers only push offsets up). With one writer
 the bound is the exact offset. The bucket is computed here with Fluss's own
 bucketing function (see :func:`bucket_of`), so the recovery marker of a
 bucket is never above any live state's first record.
+
+Claims (see :class:`~actionstate.durable.state.FenceRecord`): the client does not
+say at which offset an acknowledged record landed, so the store's claim positions
+are lower bounds (``exact_positions = False``) and the base class reads bucket 0
+back to find its claim. The claim is written in one batch with a *pre-fence* in
+every other bucket: ``FenceRecord(b + 1)`` where ``b`` is bucket 0's end offset
+read just before, a lower bound of the claim's offset. Every writer that claimed
+before ``b`` has an epoch of at most ``b``, so once the claim is acknowledged its
+records in any bucket are ignored, as in bucket 0, and the claimant's own epoch
+(its claim's offset + 1) is at least ``b + 1``. When no other claim landed in
+between (the claim is at ``b``), the pre-fences already carry the claimant's epoch
+and the fence copies the base class then appends are not written again.
 
 Options (keyword arguments or URL query parameters; the URL wins):
 ``flussBootstrapServers`` (``localhost:9123``; the URL's host:port wins),
@@ -65,6 +78,7 @@ from urllib.parse import SplitResult, parse_qsl
 import fluss
 import pyarrow as pa  # type: ignore[import-untyped]
 
+from actionstate.durable.codec import encode_record
 from actionstate.durable.index import Position
 from actionstate.durable.state import (
     CallRecord,
@@ -134,11 +148,16 @@ class FlussActionStateStore(ActionStateStore):
       for every bucket's acknowledgement, raising :class:`StoreError` on any
       failure. A failed group commit leaves the store unusable: restart from the
       last checkpoint.
-    * A :class:`FenceRecord` is written to every bucket; a :class:`DropRecord`
-      to its input key's bucket.
+    * A claim (:class:`FenceRecord` of epoch 0) goes to bucket 0, with a pre-fence
+      in every other bucket (see the module doc); a :class:`FenceRecord` with an
+      epoch goes to every bucket but 0; a :class:`DropRecord` to its input key's
+      bucket.
     * :meth:`rebuild` reads each bucket from the marker's offset up to the end
-      offset read when the rebuild starts.
+      offset read after its claim.
     """
+
+    exact_positions = False  # the client does not return an appended record's offset
+    claim_prefences = True  # a claim is written with a pre-fence in every other bucket
 
     def __init__(
         self,
@@ -166,6 +185,7 @@ class FlussActionStateStore(ActionStateStore):
         self._writer_id = uuid.uuid4().hex[:12]
         self.use_namespace(self.namespace)  # derive the state_key head
         self._sequence = 0
+        self._prefence = 0  # the epoch of the pre-fences written with the last claim
         self._lock = threading.RLock()
         self._loop = _background_loop()
         self._closed = False
@@ -227,31 +247,61 @@ class FlussActionStateStore(ActionStateStore):
         super().use_namespace(namespace)
         self._key_head = f'{{"ns":{_json_str(namespace)},"w":"{self._writer_id}","n":'
 
+    @property
+    def partition_count(self) -> int:
+        return self.num_buckets
+
     def append(self, record: Record, data: bytes, sync: bool) -> Position:
         with self._lock:
             if self._closed or self._failure is not None:
                 self._check_usable()
             if isinstance(record, FenceRecord):
-                agent_keys = self._fence_keys()
-            else:
-                agent_keys = [record.key if isinstance(record, DropRecord) else record.key.key]
-            cache, buffered = self._bucket_cache, self._buffered
-            bucket = cache.get(agent_keys[0])
+                return self._append_fence(record, data, sync)
+            agent_key = record.key if isinstance(record, DropRecord) else record.key.key
+            bucket = self._bucket_cache.get(agent_key)
             if bucket is None:
-                bucket = self._bucket(agent_keys[0])
+                bucket = self._bucket(agent_key)
+            buffered = self._buffered
             position = (bucket, self._base[bucket] + self._acked[bucket] + buffered[bucket])
-            for agent_key in agent_keys:
-                self._sequence += 1
-                self._keys.append(self._state_key(record))
-                self._payloads.append(data)
-                self._agent_keys.append(agent_key)
-                bucket = cache.get(agent_key)
-                if bucket is None:
-                    bucket = self._bucket(agent_key)
-                buffered[bucket] += 1
+            self._sequence += 1
+            self._keys.append(self._state_key(record))
+            self._payloads.append(data)
+            self._agent_keys.append(agent_key)
+            buffered[bucket] += 1
             if sync:
                 self._write_buffer(single=len(self._keys) == 1)
             return position
+
+    def _append_fence(self, record: FenceRecord, data: bytes, sync: bool) -> Position:
+        """A claim to bucket 0 with a pre-fence in every other bucket, or a fence with
+        an epoch to every other bucket (unless the pre-fences already carry it)."""
+        keys = self._fence_keys()
+        rows: list[tuple[Record, bytes, str]] = []
+        if record.claim:
+            self._refresh_end_offset(0)
+            lower = self._base[0] + self._acked[0] + self._buffered[0]
+            self._prefence = lower + 1
+            prefence = FenceRecord(self._prefence)
+            prefence_data = encode_record(prefence)
+            rows.append((record, data, keys[0]))
+            rows += [(prefence, prefence_data, key) for key in keys[1:]]
+            position = (0, lower)
+        else:
+            if record.epoch != self._prefence:
+                rows += [(record, data, key) for key in keys[1:]]
+            # else every other bucket already has this epoch's fence, from the claim's batch
+            self._prefence = 0
+            bucket = 1 if rows else 0
+            position = (bucket, self._base[bucket] + self._acked[bucket] + self._buffered[bucket])
+        for fence, fence_data, agent_key in rows:
+            self._sequence += 1
+            self._keys.append(self._state_key(fence))
+            self._payloads.append(fence_data)
+            self._agent_keys.append(agent_key)
+            self._buffered[self._bucket(agent_key)] += 1
+        if sync and self._keys:
+            self._write_buffer(single=len(self._keys) == 1)
+        return position
 
     def flush(self) -> None:
         with self._lock:
@@ -270,6 +320,13 @@ class FlussActionStateStore(ActionStateStore):
             self._base = [latest[b] for b in range(self.num_buckets)]
             self._acked = [0] * self.num_buckets
             return latest
+
+    def _refresh_end_offset(self, bucket: int) -> None:
+        """Read one bucket's end offset again (a tighter lower bound of its next record)."""
+        latest = self._list_offsets(fluss.OffsetSpec.latest(), "read the end offset",
+                                    buckets=[bucket])
+        self._base[bucket] = latest[bucket]
+        self._acked[bucket] = 0
 
     def read(
         self, namespace: str, start: dict[int, int], stop: dict[int, int]
@@ -577,7 +634,9 @@ class FlussActionStateStore(ActionStateStore):
                         f'"action":{_json_str(sk.action)},"event":{_json_str(sk.event_id)}}}')
             case DropRecord(key=key, after_seq=after):
                 return f'{head}"t":"drop","key":{_json_str(key)},"after":{after}}}'
-            case FenceRecord(epoch=epoch):
+            case FenceRecord(epoch=epoch, claim=claim):
+                if claim:
+                    return f'{head}"t":"fence","epoch":{epoch},"claim":{_json_str(claim)}}}'
                 return f'{head}"t":"fence","epoch":{epoch}}}'
         raise TypeError(f"not a record: {record!r}")
 
@@ -610,9 +669,10 @@ class FlussActionStateStore(ActionStateStore):
                 "another bucketing, so recovery markers would be wrong; use a table only "
                 "this store writes")
 
-    def _list_offsets(self, spec: Any, what: str, timeout: float | None = None) -> dict[int, int]:
-        buckets = list(range(self.num_buckets))
-        return self._call(lambda: self._admin.list_offsets(self._path, buckets, spec), what,
+    def _list_offsets(self, spec: Any, what: str, timeout: float | None = None, *,
+                      buckets: list[int] | None = None) -> dict[int, int]:
+        wanted = list(range(self.num_buckets)) if buckets is None else buckets
+        return self._call(lambda: self._admin.list_offsets(self._path, wanted, spec), what,
                           timeout=timeout)
 
     def _read_ranges(self, start: dict[int, int],
@@ -635,7 +695,7 @@ class FlussActionStateStore(ActionStateStore):
         ranges = {b: r for b, r in ranges.items() if r[0] < r[1]}
         if ranges:
             earliest = self._list_offsets(fluss.OffsetSpec.earliest(),
-                                          "read the earliest offsets")
+                                          "read the earliest offsets", buckets=sorted(ranges))
             lost = {b: (lo, earliest[b]) for b, (lo, _) in ranges.items() if lo < earliest[b]}
             if lost:
                 raise StoreError(

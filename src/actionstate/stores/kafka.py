@@ -14,7 +14,8 @@ option                                      default     meaning
                                                         (alias ``replicationFactor``)
 ``kafkaActionStateTopicMaxMessageBytes``    16 MiB      largest record (topic ``max.message.bytes``)
 ``kafkaRetainedCheckpoints``                1           checkpoints whose records are kept
-``kafkaConnectTimeoutMs``                   10000       how long to wait for the broker at open
+``kafkaConnectTimeoutMs``                   10000       how long to wait for the broker, and for
+                                                        a just-created topic to settle
 a librdkafka property                       --          passed to the clients, e.g.
                                                         ``security.protocol``, ``sasl.*``,
                                                         ``ssl.*``, ``compression.type``,
@@ -32,9 +33,9 @@ import uuid
 from array import array
 from bisect import bisect_left
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import SplitResult, parse_qsl
 
 from confluent_kafka import (
@@ -59,6 +60,8 @@ from actionstate.stores.base import ActionStateStore, Durability, Marker
 
 __all__ = ["KafkaActionStateStore", "partition_of"]
 
+_T = TypeVar("_T")
+
 log = logging.getLogger("actionstate")
 _client_log = logging.getLogger("actionstate.kafka")
 
@@ -80,9 +83,22 @@ _CONSUMER_ONLY_PREFIXES = ("fetch.", "queued.", "max.partition.fetch.bytes", "is
                            "auto.offset.reset", "enable.partition.eof", "check.crcs", "group.")
 _LATEST = OffsetSpec.latest()  # type: ignore[no-untyped-call]
 _EARLIEST = OffsetSpec.earliest()  # type: ignore[no-untyped-call]
-_SETTLING = frozenset({KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
-                       KafkaError.UNKNOWN_TOPIC_OR_PART})
-"""Errors of a topic whose partitions are still getting leaders (just created)."""
+_SETTLING = frozenset({
+    KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError.FENCED_LEADER_EPOCH,
+    KafkaError.UNKNOWN_LEADER_EPOCH, KafkaError.REQUEST_TIMED_OUT, KafkaError.NOT_CONTROLLER,
+    KafkaError.OFFSET_NOT_AVAILABLE, KafkaError.REPLICA_NOT_AVAILABLE,
+    KafkaError.BROKER_NOT_AVAILABLE, KafkaError.NOT_ENOUGH_REPLICAS,
+    KafkaError._UNKNOWN_PARTITION, KafkaError._UNKNOWN_TOPIC, KafkaError._TIMED_OUT,
+    KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN,
+})
+"""Errors that pass: a topic whose partitions are still getting leaders (just created;
+e.g. "Leader epoch is newer than broker epoch" while the broker catches up with the
+new leader epoch), a busy controller, a broker connection being re-established.
+They are retried until the connect timeout."""
+_UNREACHABLE = frozenset({KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN,
+                          KafkaError._RESOLVE, KafkaError._TIMED_OUT})
+"""Errors that, still there at the timeout, mean the broker is not reachable at all."""
 _FIXED = {"enable.idempotence": ("true",), "acks": ("all", "-1"),
           "request.required.acks": ("all", "-1")}
 
@@ -109,9 +125,18 @@ class KafkaActionStateStore(ActionStateStore):
 
     * The topic is created on first use (``cleanup.policy=compact``, the configured
       partitions and replication factor); an existing topic is reused and must be
-      compacted without ``delete``, else opening fails.
+      compacted without ``delete``, else opening fails. Errors of a topic that is
+      still settling (just created: partitions without a leader, leader epochs the
+      broker has not caught up with) are retried for ``kafkaConnectTimeoutMs``.
     * Every record of one agent key goes to partition ``sha256(key) mod partitions``
-      (the client's partitioner is not used); a fence goes to every partition.
+      (the client's partitioner is not used). A claim (:class:`FenceRecord` of epoch 0)
+      goes to partition 0 only, and the epoch it takes is its offset there plus one
+      (the ``sync`` append returns that exact offset); a fence with an epoch (the
+      pre-fence written before the claim, the exact epoch's after it) goes to every
+      other partition.
+    * Zombies are not refused: a fenced-off writer's records are written, and every
+      rebuild ignores them (the index drops a record whose epoch is below a fence
+      that precedes it in its partition).
     * Message key ``<namespace>/<writer>/<counter hex>`` is unique per record, so
       compaction never removes a delta; the value is the codec's bytes; a tombstone
       (value None) deletes a record once compaction runs.
@@ -179,6 +204,7 @@ class KafkaActionStateStore(ActionStateStore):
         self._runs: dict[int, deque[_Run]] = {}
         self._tracked: dict[int, int] = {}
         self._markers: deque[dict[int, int]] = deque()
+        self._rebuilding = False
         self._closed = False
         # The producer first: it gets its idempotence producer id while the topic is
         # checked (created later, its first record waited ~0.5 s for the id).
@@ -251,12 +277,17 @@ class KafkaActionStateStore(ActionStateStore):
         """Create the topic; False when another client created it first."""
         topic = NewTopic(self.topic, num_partitions=partitions, replication_factor=replication,
                          config={"cleanup.policy": "compact", "max.message.bytes": str(max_bytes)})
-        try:
-            futures = self._admin.create_topics([topic], request_timeout=self._timeout,
-                                                operation_timeout=self._timeout)
+
+        def create(timeout: float) -> None:
+            futures = self._admin.create_topics([topic], request_timeout=timeout,
+                                                operation_timeout=timeout)
             futures[self.topic].result()
+
+        try:
+            # A retry after a timed-out attempt that did create it finds it existing.
+            self._retrying(f"create Kafka topic {self.topic}", create)
         except KafkaException as exc:
-            error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+            error = _error_of(exc)
             if error is not None and error.code() == KafkaError.TOPIC_ALREADY_EXISTS:
                 return False
             raise StoreError(
@@ -272,29 +303,40 @@ class KafkaActionStateStore(ActionStateStore):
     def _wait_for_leaders(self) -> int:
         """Wait until every partition of the topic has a leader; returns how many there are."""
         deadline = time.monotonic() + self._timeout
+        problem = "has partitions without a leader"
         while True:
             try:
                 found = self._admin.list_topics(self.topic, timeout=self._timeout).topics.get(
                     self.topic)
-            except KafkaException:
+            except KafkaException as exc:
                 found = None
+                problem = f"gets no answer from the broker ({_reason(exc)})"
+            else:
+                if found is None or found.error is not None:
+                    why = "not listed" if found is None else found.error.str()
+                    problem = f"is not ready on the broker ({why})"
             if (found is not None and found.error is None and found.partitions
                     and all(p.leader >= 0 for p in found.partitions.values())):
                 return len(found.partitions)
             if time.monotonic() > deadline:
-                raise StoreError(f"Kafka topic {self.topic} on {self.servers} has partitions "
-                                 f"without a leader after {self._timeout:g}s: check the "
-                                 "broker's log")
+                raise StoreError(
+                    f"Kafka topic {self.topic} on {self.servers} still {problem} after "
+                    f"{self._timeout:g}s (a new topic normally settles within seconds): check "
+                    "that the broker runs and its log (scripts/services/kafka status for the "
+                    "local one), or raise kafkaConnectTimeoutMs")
             time.sleep(0.05)
 
     def _check_compacted(self) -> None:
         resource = ConfigResource("topic", self.topic)
         try:
-            entries = self._admin.describe_configs(
-                [resource], request_timeout=self._timeout)[resource].result()
+            entries = self._retrying(
+                f"read the configuration of Kafka topic {self.topic}",
+                lambda timeout: self._admin.describe_configs(
+                    [resource], request_timeout=timeout)[resource].result())
         except KafkaException as exc:
             raise StoreError(f"cannot read the configuration of Kafka topic {self.topic} on "
-                             f"{self.servers} ({_reason(exc)})") from None
+                             f"{self.servers} ({_reason(exc)}): check that this client may "
+                             "describe the topic's configuration (DescribeConfigs ACL)") from None
         entry = entries.get("cleanup.policy")
         policy = {p.strip() for p in (entry.value if entry else "delete").split(",")}
         if policy != {"compact"}:
@@ -306,6 +348,16 @@ class KafkaActionStateStore(ActionStateStore):
             )
 
     # -- the medium -----------------------------------------------------------------
+
+    def rebuild(self, marker: Marker | None, *, read_only: bool = False) -> int:
+        # The claim and fences are written before the read, which tracks them for
+        # release in log order with the records before them: deliveries are not
+        # tracked meanwhile (release needs each partition's runs in offset order).
+        self._rebuilding = True
+        try:
+            return super().rebuild(marker, read_only=read_only)
+        finally:
+            self._rebuilding = False
 
     def use_namespace(self, namespace: str) -> None:
         super().use_namespace(namespace)
@@ -322,7 +374,11 @@ class KafkaActionStateStore(ActionStateStore):
                              f"({self._fatal.str()}): restart the run; it resumes from its "
                              "last checkpoint")
         if isinstance(record, FenceRecord):
-            targets = range(self.partitions)
+            # A claim: partition 0 alone (the epoch is its offset there + 1). A fence
+            # with an epoch (pre-fence or the claimed epoch's): every other partition.
+            targets = range(1) if record.epoch == 0 else range(1, self.partitions)
+            if not targets:
+                return (0, self._next.get(0, 0))  # one partition: the claim fenced it
         else:
             agent_key = record.key if isinstance(record, DropRecord) else record.key.key
             targets = range(p := partition_of(agent_key, self.partitions), p + 1)
@@ -340,6 +396,10 @@ class KafkaActionStateStore(ActionStateStore):
     def flush(self) -> None:
         if not self._closed:
             self._drain()
+
+    @property
+    def partition_count(self) -> int:
+        return self.partitions
 
     def end_offsets(self) -> dict[int, int]:
         return self._list_offsets(_LATEST, range(self.partitions))
@@ -366,14 +426,14 @@ class KafkaActionStateStore(ActionStateStore):
             consumer.assign([TopicPartition(self.topic, p, first)
                              for p, (first, _) in ranges.items()])
             last_event = time.monotonic()
+            settling: float | None = None  # since when only passing errors came
             while ranges:
                 # Block for one message, then take what is already queued, without waiting.
                 polled = consumer.poll(0.5)
                 messages: list[Any] = [] if polled is None else [
                     polled, *consumer.consume(num_messages=10000, timeout=0)]
-                if messages:
-                    last_event = time.monotonic()
-                elif time.monotonic() - last_event > _READ_STALL:
+                now = time.monotonic()
+                if now - last_event > _READ_STALL:
                     raise StoreError(
                         f"reading Kafka topic {self.topic} from {self.servers} stalled for "
                         f"{_READ_STALL:g}s with partitions {sorted(ranges)} unfinished: check "
@@ -385,12 +445,30 @@ class KafkaActionStateStore(ActionStateStore):
                         continue
                     error = message.error()
                     if error is not None:
-                        if error.code() != KafkaError._PARTITION_EOF:
-                            raise StoreError(f"cannot read Kafka topic {self.topic} partition "
-                                             f"{p} ({error.str()}): check the broker and retry")
+                        code = error.code()
+                        if code in (KafkaError._AUTO_OFFSET_RESET, KafkaError.OFFSET_OUT_OF_RANGE):
+                            raise StoreError(
+                                f"Kafka topic {self.topic} partition {p} no longer has the "
+                                f"records from offset {bounds[0]} a rebuild needs ({error.str()})"
+                                ": they were deleted (retention or delete-records), so the states "
+                                "they held are lost; restore from a newer checkpoint or start "
+                                "fresh without one")
+                        if code != KafkaError._PARTITION_EOF:
+                            if not _passes(error):
+                                raise StoreError(
+                                    f"cannot read Kafka topic {self.topic} partition {p} from "
+                                    f"{self.servers} ({error.str()}): check the broker and retry")
+                            # The consumer retries by itself (a topic still settling).
+                            settling = now if settling is None else settling
+                            if now - settling > self._timeout:
+                                raise self._settle_error(
+                                    f"read Kafka topic {self.topic} partition {p}", error)
+                            continue
+                        last_event, settling = now, None
                         if offset >= bounds[1]:
                             self._finish(consumer, ranges, p)
                         continue
+                    last_event, settling = now, None
                     if offset + 1 >= bounds[1]:
                         self._finish(consumer, ranges, p)
                         if offset >= bounds[1]:
@@ -413,9 +491,9 @@ class KafkaActionStateStore(ActionStateStore):
 
     def release(self, marker: Marker) -> None:
         """Tombstone own records below the oldest retained checkpoint's marker."""
-        if marker.get("namespace") != self.namespace or self._closed:
+        if marker.namespace != self.namespace or self._closed:
             return
-        self._markers.append({int(p): int(o) for p, o in marker["offsets"].items()})
+        self._markers.append(dict(marker.offsets))
         while len(self._markers) > self._retain:
             self._markers.popleft()
         oldest = self._markers[0]
@@ -447,6 +525,7 @@ class KafkaActionStateStore(ActionStateStore):
 
     def _produce(self, partition: int, key: bytes, value: bytes | None, on_delivery: Any) -> None:
         """Enqueue one message (``on_delivery`` None: the store's delivery callback)."""
+        deadline: float | None = None
         while True:
             try:
                 if on_delivery is None:
@@ -457,8 +536,19 @@ class KafkaActionStateStore(ActionStateStore):
             except BufferError:  # the local queue is full: serve deliveries, then retry
                 self._producer.poll(0.1)
             except KafkaException as exc:
+                error = _error_of(exc)
+                if error is not None and _passes(error):  # its metadata is still coming
+                    deadline = deadline or time.monotonic() + self._timeout
+                    if time.monotonic() < deadline:
+                        self._producer.poll(0.05)
+                        continue
+                    raise self._settle_error(
+                        f"send a record to Kafka topic {self.topic} partition {partition}",
+                        error) from None
                 raise StoreError(f"cannot send a record to Kafka topic {self.topic} partition "
-                                 f"{partition} ({_reason(exc)}){_hint(exc)}") from None
+                                 f"{partition} ({_reason(exc)}){_hint(exc)}: check the topic "
+                                 f"and the broker at {self.servers}, then restart the run (it "
+                                 "resumes from its last checkpoint)") from None
 
     def _drain(self) -> None:
         started = time.monotonic()
@@ -487,7 +577,7 @@ class KafkaActionStateStore(ActionStateStore):
         if offset >= self._next.get(partition, 0):
             self._next[partition] = offset + 1
         key = message.key()
-        if key.startswith(self._prefix):
+        if not self._rebuilding and key.startswith(self._prefix):
             self._track(partition, offset, self._prefix, key[len(self._prefix):])
 
     def _on_tombstone(self, error: KafkaError | None, message: Any) -> None:
@@ -521,23 +611,52 @@ class KafkaActionStateStore(ActionStateStore):
     def _list_offsets(self, spec: Any, partitions: Any) -> dict[int, int]:
         """Per partition, the offset ``spec`` names; retries while leadership settles."""
         request = {TopicPartition(self.topic, p): spec for p in partitions}
+
+        def list_offsets(timeout: float) -> dict[int, int]:
+            futures = self._admin.list_offsets(
+                request, isolation_level=IsolationLevel.READ_UNCOMMITTED,
+                request_timeout=timeout)
+            return {tp.partition: future.result().offset for tp, future in futures.items()}
+
+        try:
+            return self._retrying(f"read the offsets of Kafka topic {self.topic}", list_offsets)
+        except KafkaException as exc:
+            raise StoreError(
+                f"cannot read the offsets of Kafka topic {self.topic} from {self.servers} "
+                f"({_reason(exc)}): check the topic exists and this client may describe it"
+            ) from None
+
+    def _retrying(self, what: str, attempt: Callable[[float], _T]) -> _T:
+        """``attempt(timeout)``, again while it fails with an error that passes (see
+        ``_SETTLING``), until the connect timeout; then a :class:`StoreError` saying
+        ``what`` failed and why. An error that does not pass is raised as it is."""
         deadline = time.monotonic() + self._timeout
+        pause = 0.05
         while True:
             try:
-                futures = self._admin.list_offsets(
-                    request, isolation_level=IsolationLevel.READ_UNCOMMITTED,
-                    request_timeout=self._timeout)
-                return {tp.partition: future.result().offset for tp, future in futures.items()}
+                return attempt(max(deadline - time.monotonic(), 1.0))
             except KafkaException as exc:
-                error = exc.args[0] if exc.args else None
-                if (isinstance(error, KafkaError) and time.monotonic() < deadline
-                        and (error.retriable() or error.code() in _SETTLING)):
-                    time.sleep(0.05)
-                    continue
-                raise StoreError(
-                    f"cannot read the offsets of Kafka topic {self.topic} from {self.servers} "
-                    f"({_reason(exc)}): {_FIX_BROKER}"
-                ) from None
+                error = _error_of(exc)
+                if error is None or not _passes(error):
+                    raise
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise self._settle_error(what, error) from None
+                log.debug("%s: %s; retrying", what, error.str())
+                time.sleep(min(pause, left))
+                pause = min(pause * 2, 0.5)
+
+    def _settle_error(self, what: str, error: KafkaError) -> StoreError:
+        """The error for an operation that still failed with ``error`` at the timeout."""
+        if error.code() in _UNREACHABLE:
+            return StoreError(
+                f"cannot {what}: Kafka at {self.servers} did not answer within "
+                f"{self._timeout:g}s ({error.str()}): {_FIX_BROKER}")
+        return StoreError(
+            f"cannot {what} on {self.servers}: still failing with {error.str()!r} after "
+            f"{self._timeout:g}s of retries (a just-created topic settles within "
+            "seconds): check the broker's log (scripts/services/kafka status for the local "
+            "one), or raise kafkaConnectTimeoutMs")
 
 
 def _split_config(servers: str, config: dict[str, str]) -> tuple[
@@ -597,6 +716,16 @@ def _integer(name: str, value: Any) -> int:
         return int(value)
     except (TypeError, ValueError):
         raise ConfigError(f"Kafka store option {name}={value!r} must be an integer") from None
+
+
+def _error_of(exc: KafkaException) -> KafkaError | None:
+    error = exc.args[0] if exc.args else None
+    return error if isinstance(error, KafkaError) else None
+
+
+def _passes(error: KafkaError) -> bool:
+    """True for an error that goes away by itself (retried until the connect timeout)."""
+    return bool(error.retriable()) or error.code() in _SETTLING
 
 
 def _reason(exc: KafkaException) -> str:

@@ -11,17 +11,22 @@ import threading
 from collections.abc import Iterator
 
 from actionstate.durable.index import Position
-from actionstate.durable.state import Record
+from actionstate.durable.state import FenceRecord, Record
+from actionstate.errors import FencedError
 from actionstate.stores.base import ActionStateStore, Durability
 
 __all__ = ["MemoryActionStateStore"]
 
 _LOGS: dict[str, list[tuple[str, bytes]]] = {}
+_FENCES: dict[tuple[int, str], int] = {}
+"""(id of a log, namespace) -> the epoch of its latest claim: writes of older epochs are refused."""
 _LOCK = threading.Lock()
 
 
 class MemoryActionStateStore(ActionStateStore):
     """An in-memory log of (namespace, record) shared by stores of the same name."""
+
+    refuses_zombies = True
 
     def __init__(self, name: str = "", durability: Durability = "sync") -> None:
         super().__init__(durability)
@@ -30,8 +35,15 @@ class MemoryActionStateStore(ActionStateStore):
 
     def append(self, record: Record, data: bytes, sync: bool) -> Position:
         with _LOCK:
-            self._log.append((self.namespace, data))
-            return (0, len(self._log) - 1)
+            log, fence = self._log, (id(self._log), self.namespace)
+            if isinstance(record, FenceRecord):
+                _FENCES[fence] = max(_FENCES.get(fence, 0), len(log) + 1)
+            elif _FENCES.get(fence, 0) > self.epoch:
+                raise FencedError(
+                    f"memory store: a newer run took epoch {_FENCES[fence]} of namespace "
+                    f"{self.namespace} (this store has {self.epoch}): this one is a zombie")
+            log.append((self.namespace, data))
+            return (0, len(log) - 1)
 
     def flush(self) -> None:
         pass

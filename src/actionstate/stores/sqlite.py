@@ -5,17 +5,22 @@ log offset (reads and deletes are ``id`` ranges, so no other index is kept).
 ``sync`` durability commits (and fsyncs the WAL) per record; ``group``
 durability buffers records and commits them together in :meth:`flush`,
 across keys.
+
+Fencing is done by SQLite: a claim and the ``fences`` row of its namespace are
+written in one transaction, and every write is conditional on that row still
+holding the writer's epoch, so a zombie's write is refused (:class:`FencedError`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
 from actionstate.durable.index import Position
 from actionstate.durable.state import DropRecord, FenceRecord, Record
-from actionstate.errors import IncompatibleStateError, StoreError
+from actionstate.errors import FencedError, IncompatibleStateError, StoreError
 from actionstate.stores.base import ActionStateStore, Durability, Marker
 
 __all__ = ["SCHEMA_VERSION", "SqliteActionStateStore"]
@@ -30,12 +35,21 @@ CREATE TABLE IF NOT EXISTS records (
     agent_key TEXT,
     payload BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS fences (namespace TEXT PRIMARY KEY, epoch INTEGER NOT NULL);
 """
 _INSERT = "INSERT INTO records (namespace, agent_key, payload) VALUES (?,?,?)"
+_INSERT_IF_CURRENT = (
+    "INSERT INTO records (namespace, agent_key, payload) SELECT ?,?,? "
+    "WHERE coalesce((SELECT epoch FROM fences WHERE namespace=?), 0) <= ?")
+_FENCE = ("INSERT INTO fences VALUES (?,?) ON CONFLICT (namespace) "
+          "DO UPDATE SET epoch=max(epoch, excluded.epoch)")
+_CURRENT = "SELECT coalesce((SELECT epoch FROM fences WHERE namespace=?), 0)"
 
 
 class SqliteActionStateStore(ActionStateStore):
     """Action states in one SQLite file in WAL mode."""
+
+    refuses_zombies = True
 
     def __init__(self, path: str | Path, durability: Durability = "sync") -> None:
         super().__init__(durability)
@@ -66,33 +80,72 @@ class SqliteActionStateStore(ActionStateStore):
         self._next_id = self.end_offsets()[0]
 
     def append(self, record: Record, data: bytes, sync: bool) -> Position:
-        agent_key = (
-            None if isinstance(record, FenceRecord)
-            else record.key if isinstance(record, DropRecord) else record.key.key
-        )
-        position = (0, self._next_id)
+        if isinstance(record, FenceRecord):
+            return self._claim_row(data)
+        agent_key = record.key if isinstance(record, DropRecord) else record.key.key
         self._pending.append((self.namespace, agent_key, data))
-        self._next_id += 1
-        if sync:
-            self.flush()
-        return position
+        if not sync:
+            position = (0, self._next_id)
+            self._next_id += 1
+            return position
+        return (0, self._write())
 
     def flush(self) -> None:
-        if not self._pending:
-            return
+        if self._pending:
+            self._write()
+
+    def _write(self) -> int:
+        """Commit the buffered rows if this writer still holds the namespace's
+        epoch; returns the id of the last one."""
         rows, self._pending = self._pending, []
         db = self._db
-        try:
+        with self._errors():
             if len(rows) == 1:
-                db.execute(_INSERT, rows[0])
+                cursor = db.execute(_INSERT_IF_CURRENT, (*rows[0], self.namespace, self.epoch))
+                if cursor.rowcount != 1:
+                    self._fenced()
+                last = int(cursor.lastrowid or 0)
             else:
-                db.execute("BEGIN")
+                db.execute("BEGIN IMMEDIATE")
+                if db.execute(_CURRENT, (self.namespace,)).fetchone()[0] > self.epoch:
+                    db.execute("ROLLBACK")
+                    self._fenced()
                 db.executemany(_INSERT, rows)
+                last = int(db.execute("SELECT last_insert_rowid()").fetchone()[0])
                 db.execute("COMMIT")
+        self._next_id = max(self._next_id, last + 1)
+        return last
+
+    def _claim_row(self, data: bytes) -> Position:
+        """Write a fence row and, in the same transaction, raise the namespace's epoch."""
+        db = self._db
+        self.flush()
+        with self._errors():
+            db.execute("BEGIN IMMEDIATE")
+            row_id = int(db.execute(_INSERT, (self.namespace, None, data)).lastrowid or 0)
+            db.execute(_FENCE, (self.namespace, row_id + 1))
+            db.execute("COMMIT")
+        self._next_id = max(self._next_id, row_id + 1)
+        return (0, row_id)
+
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        """SQLite's errors as a StoreError naming the file and the fix (nothing half-done)."""
+        try:
+            yield
         except sqlite3.Error as exc:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise StoreError(f"cannot write to SQLite store {self.path}: {exc}") from None
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise StoreError(f"cannot write to SQLite store {self.path}: {exc}; "
+                             f"{_fix(exc)}, then run the same command again (it resumes from "
+                             "the last checkpoint)") from None
+
+    def _fenced(self) -> None:
+        current = self._db.execute(_CURRENT, (self.namespace,)).fetchone()[0]
+        raise FencedError(
+            f"SQLite store {self.path}: a newer run restored this run's records and took "
+            f"epoch {current} (this process has {self.epoch}); this process is a zombie and "
+            "its writes are refused: stop it, the newer run carries on")
 
     def end_offsets(self) -> dict[int, int]:
         # sqlite_sequence holds the highest id ever used, even if deleted since.
@@ -111,10 +164,16 @@ class SqliteActionStateStore(ActionStateStore):
 
     def release(self, marker: Marker) -> None:
         """Delete this namespace's records below the marker's offset."""
-        below = int(marker["offsets"].get("0", 0))
         self.flush()
-        self._db.execute("DELETE FROM records WHERE namespace=? AND id<?",
-                         (marker["namespace"], below))
+        with self._errors():
+            self._db.execute("DELETE FROM records WHERE namespace=? AND id<?",
+                             (marker.namespace, marker.offsets.get(0, 0)))
+
+    def discard_other_runs(self) -> None:
+        self.flush()
+        with self._errors():
+            self._db.execute("DELETE FROM records WHERE namespace<>?", (self.namespace,))
+            self._db.execute("DELETE FROM fences WHERE namespace<>?", (self.namespace,))
 
     def close(self) -> None:
         if self._closed:
@@ -124,3 +183,15 @@ class SqliteActionStateStore(ActionStateStore):
         finally:
             self._closed = True
             self._db.close()
+
+
+def _fix(exc: sqlite3.Error) -> str:
+    """What to do about a failed write, by SQLite's reason."""
+    reason = str(exc).lower()
+    if "locked" in reason or "busy" in reason:
+        return "another process holds the database file: stop it"
+    if "full" in reason:
+        return "free disk space"
+    if "readonly" in reason or "permission" in reason:
+        return "make the file and its directory writable"
+    return "check the disk and the file"

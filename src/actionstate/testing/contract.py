@@ -13,23 +13,30 @@ the URL again is how a test simulates a restarted runner.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from actionstate.checkpoint import Marker
 from actionstate.durable.codec import decode_record
+from actionstate.durable.index import Position
 from actionstate.durable.state import (
     CallRecord,
     CallResult,
     CallStatus,
     CompleteRecord,
+    DropRecord,
+    FenceRecord,
     MemoryUpdate,
+    Record,
     StateKey,
     TruncateRecord,
 )
-from actionstate.errors import CorruptRecordError
+from actionstate.errors import CorruptRecordError, FencedError
 from actionstate.events import Event, InputEvent, OutputEvent
 from actionstate.stores import ActionStateStore, open_store
 
@@ -48,16 +55,35 @@ def _key(key: str, seq: int, action: str = "act", event: str = "e" * 64) -> Stat
     return StateKey(key, seq, action, event)
 
 
+def _call(sk: StateKey, position: int, result: Any) -> CallRecord:
+    return CallRecord(sk, position, CallResult("f", "d" * 64, CallStatus.SUCCEEDED, result))
+
+
 def _ok(store: ActionStateStore, sk: StateKey, position: int, result: Any) -> None:
-    store.put(CallRecord(sk, position, CallResult("f", "d" * 64, CallStatus.SUCCEEDED, result),
-                         store.epoch))
+    store.put(_call(sk, position, result))
+
+
+def _done(sk: StateKey) -> CompleteRecord:
+    return CompleteRecord(
+        sk, InputEvent(input={"k": sk.key}), (ContractEvent(name="x", n=sk.seq),
+                                              OutputEvent(output=[1, 2])),
+        (MemoryUpdate("short_term", "a.b", sk.seq),))
 
 
 def _complete(store: ActionStateStore, sk: StateKey) -> None:
-    store.put(CompleteRecord(
-        sk, InputEvent(input={"k": sk.key}), (ContractEvent(name="x", n=sk.seq),
-                                              OutputEvent(output=[1, 2])),
-        (MemoryUpdate("short_term", "a.b", sk.seq),), store.epoch))
+    store.put(_done(sk))
+
+
+def _recorded(store: ActionStateStore, name: str) -> tuple[StateKey, Marker]:
+    """One call recorded for key ``name``, and the marker a checkpoint would take then."""
+    sk = _key(name, 0)
+    _ok(store, sk, 0, "recorded")
+    return sk, store.recovery_marker()
+
+
+def _results(store: ActionStateStore, sk: StateKey) -> dict[int, Any] | None:
+    state = store.get(sk)
+    return None if state is None else {p: c.result for p, c in sorted(state.calls.items())}
 
 
 class StoreContract:
@@ -71,22 +97,35 @@ class StoreContract:
     def store(self, store_url: str) -> Iterator[ActionStateStore]:
         store = open_store(store_url)
         store.rebuild(None)
-        store.fence()
         yield store
         store.close()
 
-    def reopen(self, url: str, marker: dict[str, Any] | None) -> ActionStateStore:
+    def reopen(self, url: str, marker: Marker | None, *,
+               read_only: bool = False) -> ActionStateStore:
+        """A restarted runner's store (it claims a new epoch), or a read-only look."""
         store = open_store(url)
-        store.rebuild(marker)
+        store.rebuild(marker, read_only=read_only)
         return store
+
+    def zombie_put(self, zombie: ActionStateStore, record: Record) -> None:
+        """A write by an instance a successor took over: refused where the medium
+        fences (``refuses_zombies``), else written and ignored by every rebuild."""
+        if zombie.refuses_zombies:
+            with pytest.raises(FencedError):
+                zombie.put(record)
+                zombie.flush()
+        else:
+            zombie.put(record)
+            zombie.flush()
 
     def test_put_get_round_trip(self, store: ActionStateStore, store_url: str) -> None:
         sk = _key("k", 0)
         _ok(store, sk, 0, {"text": "hi", "n": [1, 2.5, None, True]})
         store.put(CallRecord(sk, 1, CallResult("g", "0" * 64, CallStatus.FAILED, exception={
-            "type": "builtins.ValueError", "message": "bad", "args": ["bad"]}), store.epoch))
+            "type": "builtins.ValueError", "message": "bad", "args": ["bad"]})))
         _complete(store, sk)
-        for candidate in (store, self.reopen(store_url, self._start_marker(store))):
+        for candidate in (store, self.reopen(store_url, self._start_marker(store),
+                                             read_only=True)):
             state = candidate.get(sk)
             assert state is not None and state.completed
             assert state.calls[0].result == {"text": "hi", "n": [1, 2.5, None, True]}
@@ -98,9 +137,11 @@ class StoreContract:
             assert state.memory_updates == [MemoryUpdate("short_term", "a.b", 0)]
             assert state.task_event == InputEvent(input={"k": "k"})
 
-    def _start_marker(self, store: ActionStateStore) -> dict[str, Any]:
+    def _start_marker(self, store: ActionStateStore) -> Marker:
+        """A marker at the start of every partition (reads the whole run back)."""
         marker = store.recovery_marker()
-        return dict(marker, offsets={p: 0 for p in marker["offsets"]})
+        return dataclasses.replace(marker, offsets=dict.fromkeys(marker.offsets, 0),
+                                   fences=dict.fromkeys(marker.offsets, 0))
 
     def test_each_put_appends_one_small_record(self, store: ActionStateStore) -> None:
         sk = _key("delta", 0)
@@ -112,7 +153,7 @@ class StoreContract:
         marker = self._start_marker(store)
         # A partitioned store may yield its partitions in any order: pick this key's out.
         sizes = [len(data) for _, data, where in store.read(
-            store.namespace, {int(p): o for p, o in marker["offsets"].items()},
+            store.namespace, marker.offsets,
             store.end_offsets()) if getattr(decode_record(data, where), "key", None) == sk]
         assert len(sizes) == 200
         assert max(sizes) - min(sizes) <= 4, "a put must not rewrite earlier calls"
@@ -121,7 +162,7 @@ class StoreContract:
         sk = _key("t", 0)
         for position in range(5):
             _ok(store, sk, position, position)
-        store.put(TruncateRecord(sk, 2, store.epoch))
+        store.put(TruncateRecord(sk, 2))
         state = store.get(sk)
         assert state is not None and sorted(state.calls) == [0, 1]
 
@@ -133,12 +174,13 @@ class StoreContract:
         _ok(store, in_flight, 0, "in flight at the checkpoint")
         store.prune("a", 0)
         marker = store.recovery_marker()
-        json.dumps(marker)
+        json.dumps(marker.to_json())
+        assert Marker.from_json(json.loads(json.dumps(marker.to_json()))) == marker
         _ok(store, later, 0, "after the checkpoint")
         store.flush()
         restored = self.reopen(store_url, marker)
-        assert restored.get(done) is None
-        assert restored.get(later) is not None
+        held = {(sk.key, sk.seq) for sk, _ in restored.states()}
+        assert held == {("b", 0), ("a", 1)}, "the completed, pruned state is not read back"
         state = restored.get(in_flight)
         assert state is not None and state.calls[0].result == "in flight at the checkpoint"
         restored.close()
@@ -149,14 +191,13 @@ class StoreContract:
         old_marker = self._start_marker(store)
         fresh = self.reopen(store_url, None)
         assert fresh.get(sk) is None and len(fresh.index) == 0
-        fresh.fence()
         _ok(fresh, _key("fresh", 0, event="f" * 64), 0, "new run")
         fresh.flush()
         again = self.reopen(store_url, old_marker)
         assert again.get(_key("fresh", 0, event="f" * 64)) is None, "runs must not mix"
         assert again.get(sk) is not None
         again.rebuild(None)
-        assert again.namespace != old_marker["namespace"], "a fresh start is a new run"
+        assert again.namespace != old_marker.namespace, "a fresh start is a new run"
         fresh.close()
         again.close()
 
@@ -168,7 +209,7 @@ class StoreContract:
         _ok(store, _key("a", 1, action="other"), 0, "second action at seq 1")
         _ok(store, _key("b", 5), 0, "other key")
         assert store.get(_key("a", 1, event="9" * 64)) is None
-        for candidate in (store, self.reopen(store_url, marker)):
+        for candidate in (store, self.reopen(store_url, marker, read_only=True)):
             assert candidate.get(_key("a", 2)) is None
             assert candidate.get(_key("a", 3)) is None
             assert candidate.get(_key("a", 1)) is not None
@@ -196,7 +237,7 @@ class StoreContract:
         sk = StateKey(key, 7, "act_with_underscore", "e" * 64)
         _ok(store, sk, 0, key)
         store.flush()
-        state = self.reopen(store_url, marker).get(sk)
+        state = self.reopen(store_url, marker, read_only=True).get(sk)
         assert state is not None and state.calls[0].result == key
 
     def test_one_megabyte_payload_round_trips(
@@ -205,7 +246,7 @@ class StoreContract:
         big = "x" * (1 << 20)
         _ok(store, _key("big", 0), 0, {"blob": big, "bytes": b"\x00\xff" * 10})
         store.flush()
-        state = self.reopen(store_url, marker).get(_key("big", 0))
+        state = self.reopen(store_url, marker, read_only=True).get(_key("big", 0))
         assert state is not None
         assert state.calls[0].result == {"blob": big, "bytes": b"\x00\xff" * 10}
 
@@ -213,30 +254,29 @@ class StoreContract:
             self, store: ActionStateStore, store_url: str) -> None:
         marker = self._start_marker(store)
         _ok(store, _key("c", 0), 0, 1)
-        store.append(CompleteRecord(_key("c", 0), InputEvent(input=1), (), (), 0),
+        store.append(CompleteRecord(_key("c", 0), InputEvent(input=1), (), ()),
                      b"{not json", sync=True)
         with pytest.raises(CorruptRecordError) as info:
-            self.reopen(store_url, marker)
+            self.reopen(store_url, marker, read_only=True)
         where = str(info.value)
         assert "record at" in where and "not valid JSON" in where
 
     def test_unknown_format_version_is_refused(
             self, store: ActionStateStore, store_url: str) -> None:
         marker = self._start_marker(store)
-        store.append(CompleteRecord(_key("v", 0), InputEvent(input=1), (), (), 0),
+        store.append(CompleteRecord(_key("v", 0), InputEvent(input=1), (), ()),
                      b'{"v":99,"t":"fence","e":1}', sync=True)
         with pytest.raises(CorruptRecordError, match="format version 99"):
-            self.reopen(store_url, marker)
+            self.reopen(store_url, marker, read_only=True)
 
     def test_group_durability_is_durable_after_flush(self, store_url: str) -> None:
         store = open_store(store_url, durability="group")
         store.rebuild(None)
-        store.fence()
         marker = self._start_marker(store)
         for seq in range(50):
             _ok(store, _key(f"g{seq % 7}", seq), 0, seq)
         store.flush()
-        other = self.reopen(store_url, marker)
+        other = self.reopen(store_url, marker, read_only=True)
         assert all(other.get(_key(f"g{seq % 7}", seq)) is not None for seq in range(50))
         store.close()
         other.close()
@@ -245,27 +285,111 @@ class StoreContract:
             self, store: ActionStateStore, store_url: str) -> None:
         marker = self._start_marker(store)
         _ok(store, _key("s", 0), 0, "durable")
-        other = self.reopen(store_url, marker)
+        other = self.reopen(store_url, marker, read_only=True)
         assert other.get(_key("s", 0)) is not None
         other.close()
 
-    def test_zombie_records_after_a_fence_are_ignored(
+    # -- recovery: several crashes, and zombies ----------------------------------
+
+    def test_a_call_survives_two_restarts_while_its_action_is_in_flight(
             self, store: ActionStateStore, store_url: str) -> None:
-        marker = self._start_marker(store)
-        _ok(store, _key("z", 0), 0, "before takeover")
+        sk = _key("slow", 0)
+        _ok(store, sk, 0, "first call, before checkpoint 1")
+        first = self.reopen(store_url, store.recovery_marker())  # crash 1, restart
+        assert _results(first, sk) == {0: "first call, before checkpoint 1"}
+        _ok(first, sk, 1, "second call, by the restarted run")
+        second = self.reopen(store_url, first.recovery_marker())  # crash 2, restart
+        assert _results(second, sk) == {0: "first call, before checkpoint 1",
+                                        1: "second call, by the restarted run"}
+        _ok(second, sk, 2, "third")
+        third = self.reopen(store_url, second.recovery_marker(), read_only=True)
+        assert _results(third, sk) == {0: "first call, before checkpoint 1",
+                                       1: "second call, by the restarted run", 2: "third"}
+        for s in (first, second, third):
+            s.close()
+
+    def test_zombie_writes_after_the_successor_restored_never_count(
+            self, store: ActionStateStore, store_url: str) -> None:
+        sk, other = _key("z", 0), _key("z2", 0)
+        _ok(store, sk, 0, "before takeover")
+        marker = store.recovery_marker()
         successor = self.reopen(store_url, marker)
-        successor.fence()
-        _ok(store, _key("z", 0), 1, "zombie write")
-        _ok(successor, _key("z", 0), 1, "successor write")
+        assert successor.epoch > store.epoch
+        for record in (_call(sk, 0, "zombie overwrite"), _call(sk, 1, "zombie new call"),
+                       _done(sk), TruncateRecord(sk, 0), _call(other, 0, "zombie, other key"),
+                       DropRecord("z", -1)):
+            self.zombie_put(store, record)
+        _ok(successor, sk, 1, "successor write")
         successor.flush()
-        store.flush()
-        latest = self.reopen(store_url, marker)
-        state = latest.get(_key("z", 0))
-        assert state is not None
-        assert state.calls[0].result == "before takeover"
-        assert state.calls[1].result == "successor write"
+        for latest in (self.reopen(store_url, marker, read_only=True),
+                       self.reopen(store_url, successor.recovery_marker(), read_only=True)):
+            assert _results(latest, sk) == {0: "before takeover", 1: "successor write"}
+            state = latest.get(sk)
+            assert state is not None and not state.completed
+            assert latest.get(other) is None
+            latest.close()
+        successor.close()
+
+    def test_two_restorers_from_one_marker_the_later_claim_wins(
+            self, store: ActionStateStore, store_url: str) -> None:
+        sk, marker = _recorded(store, "twin")
+        loser = self.reopen(store_url, marker)
+        winner = self.reopen(store_url, marker)
+        assert store.epoch < loser.epoch < winner.epoch, "claims never share an epoch"
+        assert _results(loser, sk) == _results(winner, sk) == {0: "recorded"}
+        self.zombie_put(loser, _call(sk, 1, "loser"))
+        self.zombie_put(loser, _done(sk))
+        _ok(winner, sk, 1, "winner")
+        winner.flush()
+        latest = self.reopen(store_url, marker, read_only=True)
+        assert _results(latest, sk) == {0: "recorded", 1: "winner"}
+        assert not latest.get(sk).completed  # type: ignore[union-attr]
+        for s in (loser, winner, latest):
+            s.close()
+
+    def test_a_write_racing_the_successor_claim_is_seen_by_all_or_none(
+            self, store: ActionStateStore, store_url: str) -> None:
+        sk, marker = _recorded(store, "race")
+        successor = open_store(store_url)
+        real_append = successor.append
+
+        def racing_append(record: Record, data: bytes, sync: bool) -> Position:
+            if not (isinstance(record, FenceRecord) and record.claim):
+                return real_append(record, data, sync)
+            _ok(store, sk, 1, "just before the claim")  # not fenced yet: a legal write
+            position = real_append(record, data, sync)
+            self.zombie_put(store, _call(sk, 2, "just after the claim"))
+            return position
+
+        successor.append = racing_append  # type: ignore[method-assign]
+        successor.rebuild(marker)
+        successor.append = real_append  # type: ignore[method-assign]
+        seen = {0: "recorded", 1: "just before the claim"}
+        assert _results(successor, sk) == seen
+        _ok(successor, sk, 2, "successor")
+        latest = self.reopen(store_url, successor.recovery_marker(), read_only=True)
+        assert _results(latest, sk) == {**seen, 2: "successor"}
         successor.close()
         latest.close()
+
+    def test_sequential_restorers_each_fence_all_before_them(
+            self, store: ActionStateStore, store_url: str) -> None:
+        sk = _key("seq", 0)
+        _ok(store, sk, 0, "run 0")
+        marker = store.recovery_marker()
+        runs = [store]
+        for n in range(1, 4):
+            runs.append(self.reopen(store_url, marker))
+            assert runs[-1].epoch > runs[-2].epoch
+            _ok(runs[-1], sk, n, f"run {n}")
+            for zombie in runs[:-1]:
+                self.zombie_put(zombie, _call(sk, n, f"zombie of run {n}"))
+            marker = runs[-1].recovery_marker()
+        latest = self.reopen(store_url, marker, read_only=True)
+        assert _results(latest, sk) == {n: f"run {n}" for n in range(4)}
+        for s in (*runs[1:], latest):
+            with contextlib.suppress(FencedError):
+                s.close()
 
     def test_close_twice_is_fine(self, store_url: str) -> None:
         store = open_store(store_url)

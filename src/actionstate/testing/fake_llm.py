@@ -2,24 +2,64 @@
 
 It is not a model: it answers like :class:`~actionstate.llm.OfflineModel` and
 records each request, so tests can assert how many paid calls an agent made.
+It can also behave like a slow model (``latency``) and hold the answer to a
+given prompt until the test releases it (:meth:`FakeLLMServer.hold`), so a
+test can stop a client at a chosen call.
 """
 
 from __future__ import annotations
 
 import json
+import random
+import sys
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from actionstate.llm import OfflineModel
 
-__all__ = ["FakeLLMServer"]
+__all__ = ["FakeLLMServer", "Request"]
+
+Latency = float | tuple[float, float] | Callable[[str], float]
+
+
+@dataclass
+class Request:
+    """One request the server received.
+
+    Attributes:
+        prompt: the last user message.
+        model: the request's ``model`` field (a test can tag each client with it).
+        received: ``time.monotonic()`` when the request was counted.
+        answered: ``time.monotonic()`` when the server started to send the reply;
+            None while it is held or slowed down.
+    """
+
+    prompt: str
+    model: str
+    received: float
+    answered: float | None = None
+
+
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return  # the client is gone (a test killed it mid-call): nothing to report
+        super().handle_error(request, client_address)
 
 
 class FakeLLMServer:
     """``with FakeLLMServer() as server:`` then point a client at ``server.base_url``.
+
+    Args:
+        latency: seconds each request takes before it is answered: a number,
+            a ``(low, high)`` range drawn uniformly per request, or a function of
+            the prompt.
+        hold_timeout: the longest a held request waits for :meth:`release`.
 
     Attributes:
         calls: Counter of the last user message of every request received.
@@ -28,11 +68,17 @@ class FakeLLMServer:
             before it is answered (a test can kill the client there, mid-call).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, latency: Latency = 0.0, hold_timeout: float = 120.0) -> None:
         self.calls: Counter[str] = Counter()
         self.idempotency_keys: Counter[str] = Counter()
+        self._requests: list[Request] = []
+        self._holds: dict[str, threading.Event] = {}
+        self._closing = threading.Event()
         self._lock = threading.Lock()
         self._model = OfflineModel()
+        self._latency = latency
+        self._random = random.Random()
+        self._hold_timeout = hold_timeout
         self.on_call: Callable[[int], None] | None = None
         fake = self
 
@@ -41,16 +87,24 @@ class FakeLLMServer:
                 body: dict[str, Any] = json.loads(self.rfile.read(
                     int(self.headers.get("Content-Length", "0"))))
                 messages = body["messages"]
+                prompt = messages[-1]["content"]
+                request = Request(prompt, str(body.get("model", "")), time.monotonic())
                 with fake._lock:
-                    fake.calls[messages[-1]["content"]] += 1
+                    fake.calls[prompt] += 1
+                    fake._requests.append(request)
                     key = self.headers.get("Idempotency-Key")
                     if key:
                         fake.idempotency_keys[key] += 1
                     total = sum(fake.calls.values())
+                    held = fake._holds.get(prompt)
                 if fake.on_call is not None:
                     fake.on_call(total)
+                if held is not None:
+                    held.wait(fake._hold_timeout)
+                fake._closing.wait(fake._delay(prompt))  # the model "thinking"
                 reply = json.dumps({"choices": [{"message": {
                     "role": "assistant", "content": fake._model.chat(messages)}}]}).encode()
+                request.answered = time.monotonic()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(reply)))
@@ -60,7 +114,7 @@ class FakeLLMServer:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = _Server(("127.0.0.1", 0), Handler)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     @property
@@ -73,10 +127,42 @@ class FakeLLMServer:
         with self._lock:
             return sum(self.calls.values())
 
+    @property
+    def requests(self) -> list[Request]:
+        """Every request received so far, in the order they were counted."""
+        with self._lock:
+            return list(self._requests)
+
+    def hold(self, prompt: str) -> None:
+        """Keep the requests for ``prompt`` that arrive from now on unanswered until
+        :meth:`release` (they are counted when they arrive)."""
+        with self._lock:
+            self._holds.setdefault(prompt, threading.Event())
+
+    def release(self, prompt: str | None = None) -> None:
+        """Answer the held requests for ``prompt`` (every prompt if None), and later ones."""
+        with self._lock:
+            prompts = list(self._holds) if prompt is None else [prompt]
+            events = [self._holds.pop(p) for p in prompts if p in self._holds]
+        for event in events:
+            event.set()
+
+    def _delay(self, prompt: str) -> float:
+        latency = self._latency
+        if callable(latency):
+            return latency(prompt)
+        if isinstance(latency, tuple):
+            low, high = latency
+            with self._lock:
+                return self._random.uniform(low, high)
+        return latency
+
     def __enter__(self) -> FakeLLMServer:
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._closing.set()
+        self.release()
         self._server.shutdown()
         self._server.server_close()
