@@ -37,9 +37,10 @@ from core_common import (
     table,
 )
 
-from actionstate.durable.execution import ActionContext, RunStats
-from actionstate.durable.state import CompleteRecord, StateKey
+from actionstate.durable.execution import ActionContext
+from actionstate.durable.stats import RunStats
 from actionstate.events import InputEvent
+from actionstate.records.state import CompleteRecord, StateKey
 from actionstate.stores.base import ActionStateStore
 from actionstate.stores.memory import MemoryActionStateStore
 from actionstate.stores.sqlite import SqliteActionStateStore

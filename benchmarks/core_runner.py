@@ -119,8 +119,8 @@ def main() -> None:
              "sqlite-sync": "sqlite:// sync"}
     rows = []
     for kind in kinds:
-        r = median(rate[kind])
-        rows.append([names[kind], fmt_rate(r), fmt_rate(r * CALLS),
+        mid = float(median(rate[kind]))
+        rows.append([names[kind], fmt_rate(mid), fmt_rate(mid * CALLS),
                      f"{median(seconds[kind]):.2f}", fmt_ratio(median(ratio[kind])),
                      fmt_rate(median(cpu_rate[kind]))])
     print(table(["store", "inputs/s", "calls/s", "s per run", "vs memory://",

@@ -34,7 +34,7 @@ from core_common import (
 )
 
 from actionstate.durable.execution import ActionContext
-from actionstate.durable.state import StateKey
+from actionstate.records.state import StateKey
 from actionstate.stores.base import ActionStateStore
 from actionstate.stores.memory import MemoryActionStateStore
 from actionstate.stores.sqlite import SqliteActionStateStore
@@ -126,7 +126,7 @@ def wal_frames_per_commit(tmp: Path) -> float:
     sample(calls)
     after = wal.stat().st_size
     close()
-    page_size = sqlite3.connect(path).execute("PRAGMA page_size").fetchone()[0]
+    page_size: int = sqlite3.connect(path).execute("PRAGMA page_size").fetchone()[0]
     return (after - before) / (page_size + 24) / calls
 
 

@@ -38,7 +38,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -46,36 +45,15 @@ import fluss
 from store_common import KEYS, RECORD_BYTES, call, pct
 
 from actionstate.checkpoint import Marker
-from actionstate.durable.codec import encode_record
+from actionstate.records.codec import encode_record
 from actionstate.stores import open_store
 from actionstate.stores.fluss import AGENT_KEY, STATE_KEY, STATE_PAYLOAD
+from actionstate.stores.fluss.config import client_properties
 from actionstate.stores.memory import MemoryActionStateStore
+from actionstate.testing.services import Tables, start_service
 
 REPO = Path(__file__).resolve().parent.parent
 DATABASE = "actionstate_bench"
-
-
-class Tables:
-    """Names new tables of ``DATABASE``; :meth:`drop` drops them."""
-
-    def __init__(self, address: str) -> None:
-        self.address = address
-        self.names: list[str] = []
-
-    def url(self) -> str:
-        self.names.append(f"b{uuid.uuid4().hex[:12]}")
-        return f"fluss://{self.address}/{DATABASE}.{self.names[-1]}"
-
-    def drop(self) -> None:
-        async def drop_all() -> None:
-            conn = await fluss.FlussConnection.create(
-                fluss.Config({"bootstrap.servers": self.address}))
-            admin = conn.get_admin()
-            for name in self.names:
-                await admin.drop_table(fluss.TablePath(DATABASE, name), ignore_if_not_exists=True)
-            await conn.close()
-
-        asyncio.run(asyncio.wait_for(drop_all(), 120))
 
 
 class RawClient:
@@ -86,8 +64,7 @@ class RawClient:
 
         async def connect() -> Any:
             self.conn = await fluss.FlussConnection.create(fluss.Config(
-                {"bootstrap.servers": address, "writer.batch-timeout-ms": "0",
-                 "writer.enable-idempotence": "true"}))
+                client_properties(address, 60.0, None)))
             return await self.conn.get_table(fluss.TablePath(DATABASE, table))
 
         self.writer = self.loop.run_until_complete(connect()).new_append().create_writer()
@@ -97,7 +74,7 @@ class RawClient:
     def block(self, row: dict[str, Any], n: int) -> list[float]:
         """``n`` appends, each awaited in this loop; their latencies (ns)."""
         async def run() -> list[float]:
-            out = []
+            out: list[float] = []
             for _ in range(n):
                 begin = time.perf_counter_ns()
                 await self.writer.append(row).wait()
@@ -111,7 +88,7 @@ class RawClient:
         async def one() -> None:
             await self.writer.append(row).wait()
 
-        out = []
+        out: list[float] = []
         for _ in range(n):
             begin = time.perf_counter_ns()
             asyncio.run_coroutine_threadsafe(one(), self.thread_loop).result()
@@ -128,7 +105,7 @@ class RawClient:
 
 
 def sync_latency(tables: Tables, samples: int) -> list[list[str]]:
-    url = tables.url()
+    url = tables.url("")
     store = open_store(url)
     store.rebuild(None)
     record = call(0)
@@ -194,7 +171,7 @@ def write(url: str, count: int, warm_up: int = 0,
 def group_throughput(tables: Tables, count: int, actions: int) -> list[list[str]]:
     from core_group_calls import CALLS_PER_ACTION, drive
 
-    seconds, cpu_seconds, _ = write(tables.url(), count, warm_up=5_000)
+    seconds, cpu_seconds, _ = write(tables.url(""), count, warm_up=5_000)
     rows = [["group put, 64 keys round robin, flush every 1,000", f"{count:,}",
              f"{seconds:.2f}", f"{count / seconds:,.0f}",
              f"{count * RECORD_BYTES / seconds / 1e6:.1f}",
@@ -203,7 +180,7 @@ def group_throughput(tables: Tables, count: int, actions: int) -> list[list[str]
     cpus: dict[str, list[float]] = {"fluss": [], "memory": []}
     for _ in range(3):
         for kind in ("fluss", "memory"):
-            store = (open_store(tables.url(), durability="group") if kind == "fluss"
+            store = (open_store(tables.url(""), durability="group") if kind == "fluss"
                      else MemoryActionStateStore(durability="group"))
             cpu_begin = time.thread_time()
             out = asyncio.run(drive(store, "sync", actions))
@@ -234,7 +211,7 @@ def rebuild_child(url: str, marker: str) -> None:
 def rebuild(tables: Tables, sizes: list[int]) -> list[list[str]]:
     rows = []
     for size in sizes:
-        url = tables.url()
+        url = tables.url("")
         write_seconds, _, marker = write(url, size, flush_every=5000)
         out = subprocess.run(
             [sys.executable, __file__, "--rebuild-child", url, json.dumps(marker.to_json())],
@@ -277,12 +254,10 @@ def main() -> None:
     if args.rebuild_child:
         rebuild_child(*args.rebuild_child)
         return
-    address = subprocess.run([str(REPO / "scripts/services/fluss"), "start"],
-                             capture_output=True, text=True,
-                             check=True).stdout.strip().splitlines()[-1]
+    address = start_service("fluss")
     samples, count, actions = (200, 10_000, 5) if args.quick else (2_000, 200_000, 40)
     sizes = [10_000] if args.quick else [10_000, 100_000] + ([1_000_000] if args.big else [])
-    tables = Tables(address)
+    tables = Tables(address, DATABASE)
     started = time.monotonic()
     try:
         print("## fluss_store: the Fluss store against the pyfluss client\n")

@@ -39,7 +39,7 @@ from confluent_kafka.admin import AdminClient
 from store_common import RECORD_BYTES, call, pct
 
 from actionstate.checkpoint import Marker
-from actionstate.durable.codec import encode_record
+from actionstate.records.codec import encode_record
 from actionstate.stores import open_store
 from actionstate.stores.kafka import partition_of
 

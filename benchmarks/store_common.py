@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from core_common import pct as sorted_pct
 
-from actionstate.durable.codec import encode_record
-from actionstate.durable.state import CallRecord, CallResult, CallStatus, StateKey
+from actionstate.records.codec import encode_record
+from actionstate.records.state import CallRecord, CallResult, CallStatus, StateKey
 
 RESULT = "x" * 1024
 KEYS = 64

@@ -1,78 +1,27 @@
-"""Shared fixtures: a named in-memory store that a test can reopen like a restarted runner."""
+"""Shared fixtures: a named in-memory store a test can reopen like a restarted runner,
+and the local Kafka broker."""
 
 from __future__ import annotations
 
-import asyncio
-import subprocess
 import uuid
-from collections.abc import Callable
-from pathlib import Path
-from typing import Any
+from collections.abc import Iterator
 
 import pytest
 
-from actionstate import Agent
-from actionstate.durable.chain import ChainSettings, process_input
-from actionstate.stores import ActionStateStore, open_store
+# Detailed assertion messages from the shipped helpers (the contract suite, the
+# harnesses) too: they must be registered before they are imported.
+pytest.register_assert_rewrite("actionstate.testing")
 
-
-class Crash(BaseException):
-    """Stands for the process dying: no `except Exception` catches it, nothing is recorded."""
-
-
-class Restartable:
-    """A store plus what a restart needs: the marker of the last checkpoint."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.store = open_store(url)
-        self.store.rebuild(None)
-        self.marker = self.store.recovery_marker()
-        self.short_term: dict[str, dict[str, Any]] = {}
-        self.settings = ChainSettings(job="test")
-
-    def restart(self, policy: str = "reexecute") -> None:
-        """Open the store again from the last marker, as a restarted runner does."""
-        self.store = open_store(self.url)
-        self.store.rebuild(self.marker)
-        self.settings = ChainSettings(job="test", policy=policy)  # type: ignore[arg-type]
-
-    def run(self, agent: Agent, key: str, seq: int, record: Any) -> list[Any]:
-        stm = self.short_term.setdefault(key, {})
-        return asyncio.run(process_input(agent, self.store, key, seq, record, stm,
-                                         self.settings)).outputs
+from actionstate.testing.restart import Restartable  # noqa: E402
+from actionstate.testing.services import start_service  # noqa: E402
 
 
 @pytest.fixture
-def restartable() -> Callable[[], Restartable]:
-    return lambda: Restartable(f"memory://{uuid.uuid4().hex}")
-
-
-@pytest.fixture
-def rs(restartable: Callable[[], Restartable]) -> Restartable:
-    return restartable()
-
-
-def fresh_store() -> ActionStateStore:
-    store = open_store(f"memory://{uuid.uuid4().hex}")
-    store.rebuild(None)
-    return store
-
-
-SERVICES = Path(__file__).resolve().parents[1] / "scripts" / "services"
-
-
-def start_service(name: str, *args: str) -> str:
-    """Start (or reuse) a real local service with scripts/services; returns its address.
-
-    A service that cannot start fails the test: CI must not hide a missing service.
-    """
-    done = subprocess.run([str(SERVICES / name), "start", *args], capture_output=True,
-                          text=True, timeout=600, check=False)
-    if done.returncode != 0:
-        pytest.fail(f"scripts/services/{name} start {' '.join(args)} failed:\n"
-                    f"{done.stderr[-3000:]}")
-    return done.stdout.strip().splitlines()[-1]
+def rs() -> Iterator[Restartable]:
+    """A :class:`Restartable` on a new in-memory store, closed after the test."""
+    restartable = Restartable(f"memory://{uuid.uuid4().hex}")
+    yield restartable
+    restartable.close()
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,7 @@ import enum
 import pytest
 
 from actionstate import ConfigError, ReplayedCallError
-from actionstate.durable.canonical import (
+from actionstate.records.canonical import (
     canonical_bytes,
     decode_exception,
     digest,
@@ -73,6 +73,6 @@ def test_exception_that_cannot_be_rebuilt_falls_back_to_replayed_call_error() ->
 ])
 def test_args_digest_fast_path_equals_the_canonical_digest(
         args: tuple[object, ...], kwargs: dict[str, object]) -> None:
-    from actionstate.durable.canonical import args_digest
+    from actionstate.records.canonical import args_digest
 
     assert args_digest(args, kwargs) == digest([list(args), kwargs])

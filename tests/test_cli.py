@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,50 +14,24 @@ import pytest
 from actionstate.checkpoint import Checkpoint, Marker
 from actionstate.runners.statedir import StateDir
 from actionstate.testing import FakeLLMServer
-
-ROOT = Path(__file__).resolve().parents[1]
-AGENT = str(ROOT / "tests/agents/counter.py:Counter")
-
-
-def actionstate(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "actionstate", *args], capture_output=True,
-                          text=True, env={**os.environ, **(env or {})}, timeout=120,
-                          check=False)
-
-
-def run_args(tmp: Path, *extra: str) -> list[str]:
-    return ["run", AGENT, "--input", str(tmp / "in.jsonl"), "--key", "k", "--state",
-            str(tmp / "state"), "--output", str(tmp / "out.jsonl"), *extra]
-
-
-def write_lines(path: Path, lines: list[str]) -> None:
-    path.write_text("".join(line + "\n" for line in lines))
-
-
-def good(i: int) -> str:
-    return json.dumps({"id": i, "k": f"k{i % 3}", "n": i})
-
-
-def assert_clean_error(result: subprocess.CompletedProcess[str], *phrases: str) -> None:
-    assert result.returncode != 0
-    assert "Traceback" not in result.stderr
-    for phrase in phrases:
-        assert phrase in result.stderr, result.stderr
+from actionstate.testing.cli import actionstate, assert_clean_error, run_args, write_lines
+from actionstate.testing.crash import command, make_tickets
+from tests.agents.counter import AGENT, input_line
 
 
 def test_malformed_line_is_named_and_a_rerun_after_the_fix_repeats_nothing(
         tmp_path: Path) -> None:
-    lines = [good(i) for i in range(10)]
+    lines = [input_line(i) for i in range(10)]
     lines[6] = '{"id": 6, "k": "k0", "n": 6'
     write_lines(tmp_path / "in.jsonl", lines)
     calls = tmp_path / "calls.log"
     env = {"COUNTER_CALL_LOG": str(calls)}
-    result = actionstate(*run_args(tmp_path), env=env)
+    result = actionstate(*run_args(tmp_path, AGENT), env=env)
     assert_clean_error(result, f"{tmp_path / 'in.jsonl'}:7", "not a JSON object")
     assert len(calls.read_text().splitlines()) == 6
-    lines[6] = good(6)
+    lines[6] = input_line(6)
     write_lines(tmp_path / "in.jsonl", lines)
-    result = actionstate(*run_args(tmp_path), env=env)
+    result = actionstate(*run_args(tmp_path, AGENT), env=env)
     assert result.returncode == 0, result.stderr
     assert sorted(json.loads(x) for x in calls.read_text().splitlines()) == list(range(10))
     outputs = [json.loads(x)["id"] for x in (tmp_path / "out.jsonl").read_text().splitlines()]
@@ -65,13 +39,13 @@ def test_malformed_line_is_named_and_a_rerun_after_the_fix_repeats_nothing(
 
 
 def test_record_without_the_key_field_is_named(tmp_path: Path) -> None:
-    write_lines(tmp_path / "in.jsonl", [good(0), json.dumps({"id": 1})])
-    assert_clean_error(actionstate(*run_args(tmp_path)), ":2", "no key field 'k'", "--key")
+    write_lines(tmp_path / "in.jsonl", [input_line(0), json.dumps({"id": 1})])
+    assert_clean_error(actionstate(*run_args(tmp_path, AGENT)), ":2", "no key field 'k'", "--key")
 
 
 def test_unknown_store_url(tmp_path: Path) -> None:
-    write_lines(tmp_path / "in.jsonl", [good(0)])
-    result = actionstate(*run_args(tmp_path, "--store", "postgres://db/x"))
+    write_lines(tmp_path / "in.jsonl", [input_line(0)])
+    result = actionstate(*run_args(tmp_path, AGENT, "--store", "postgres://db/x"))
     assert_clean_error(result, "unknown store URL 'postgres://db/x'", "sqlite:///")
 
 
@@ -81,15 +55,15 @@ def test_unknown_store_url(tmp_path: Path) -> None:
 ])
 def test_agent_that_does_not_import(tmp_path: Path, source: str, phrase: str) -> None:
     (tmp_path / "bad_agent.py").write_text(source)
-    write_lines(tmp_path / "in.jsonl", [good(0)])
-    args = run_args(tmp_path)
+    write_lines(tmp_path / "in.jsonl", [input_line(0)])
+    args = run_args(tmp_path, AGENT)
     args[1] = f"{tmp_path / 'bad_agent.py'}:Agent"
     assert_clean_error(actionstate(*args), "cannot import agent module", phrase)
 
 
 def test_agent_spec_without_class_and_missing_file(tmp_path: Path) -> None:
-    write_lines(tmp_path / "in.jsonl", [good(0)])
-    args = run_args(tmp_path)
+    write_lines(tmp_path / "in.jsonl", [input_line(0)])
+    args = run_args(tmp_path, AGENT)
     args[1] = "tests/agents/counter.py"
     assert_clean_error(actionstate(*args), "path/to/file.py:ClassName")
     args[1] = f"{tmp_path}/nope.py:Agent"
@@ -97,28 +71,26 @@ def test_agent_spec_without_class_and_missing_file(tmp_path: Path) -> None:
 
 
 def test_state_dir_from_an_incompatible_version(tmp_path: Path) -> None:
-    write_lines(tmp_path / "in.jsonl", [good(0)])
+    write_lines(tmp_path / "in.jsonl", [input_line(0)])
     (tmp_path / "state").mkdir()
     (tmp_path / "state" / "actionstate.json").write_text('{"format": 999}')
-    assert_clean_error(actionstate(*run_args(tmp_path)), "format 999", "new --state")
+    assert_clean_error(actionstate(*run_args(tmp_path, AGENT)), "format 999", "new --state")
 
 
 def test_second_run_on_a_state_dir_held_by_a_live_run(tmp_path: Path) -> None:
-    write_lines(tmp_path / "in.jsonl", [good(0)])
+    write_lines(tmp_path / "in.jsonl", [input_line(0)])
     holder = StateDir(tmp_path / "state")
     holder.lock()
     try:
-        result = actionstate(*run_args(tmp_path))
+        result = actionstate(*run_args(tmp_path, AGENT))
     finally:
         holder.unlock()
     assert_clean_error(result, "in use by a live run", f"pid {os.getpid()}")
-    assert actionstate(*run_args(tmp_path)).returncode == 0
+    assert actionstate(*run_args(tmp_path, AGENT)).returncode == 0
 
 
 def test_corrupted_store_record_is_named_on_restore(tmp_path: Path) -> None:
-    import sqlite3
-
-    write_lines(tmp_path / "in.jsonl", [good(i) for i in range(3)])
+    write_lines(tmp_path / "in.jsonl", [input_line(i) for i in range(3)])
     state = tmp_path / "state"
     StateDir(state)
     checkpoint = Checkpoint(
@@ -137,13 +109,11 @@ def test_corrupted_store_record_is_named_on_restore(tmp_path: Path) -> None:
                      "VALUES ('ns', 'k0', x'00ff');")
     db.commit()
     db.close()
-    result = actionstate(*run_args(tmp_path))
+    result = actionstate(*run_args(tmp_path, AGENT))
     assert_clean_error(result, "records.id=1", "not valid JSON")
 
 
 def _triage(tmp: Path, server: FakeLLMServer) -> tuple[list[str], dict[str, str]]:
-    from tests.test_crash import command
-
     env = dict(os.environ, ACTIONSTATE_MODEL_BASE_URL=server.base_url,
                ACTIONSTATE_REFUND_LEDGER=str(tmp / "refunds.jsonl"))
     return command(tmp, None, "sync"), env
@@ -153,8 +123,6 @@ def _triage(tmp: Path, server: FakeLLMServer) -> tuple[list[str], dict[str, str]
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_stop_signal_finishes_the_inputs_in_flight_checkpoints_and_exits_0(
         tmp_path: Path, sig: signal.Signals) -> None:
-    from tests.test_crash import make_tickets
-
     make_tickets(tmp_path / "tickets.jsonl", 120, 12)
     with FakeLLMServer() as server:
         cmd, env = _triage(tmp_path, server)
@@ -180,10 +148,6 @@ def test_a_stop_signal_finishes_the_inputs_in_flight_checkpoints_and_exits_0(
 @pytest.mark.slow
 def test_a_store_that_fails_mid_run_is_reported_as_the_store_and_the_rerun_resumes(
         tmp_path: Path) -> None:
-    import sqlite3
-
-    from tests.test_crash import make_tickets
-
     make_tickets(tmp_path / "tickets.jsonl", 60, 6)
     holders: list[sqlite3.Connection] = []
 
@@ -215,18 +179,16 @@ def test_a_store_that_fails_mid_run_is_reported_as_the_store_and_the_rerun_resum
 
 def test_a_fresh_start_writes_its_first_checkpoint_before_any_input(tmp_path: Path) -> None:
     write_lines(tmp_path / "in.jsonl", [])
-    assert actionstate(*run_args(tmp_path)).returncode == 0
+    assert actionstate(*run_args(tmp_path, AGENT)).returncode == 0
     checkpoint = StateDir(tmp_path / "state").load_checkpoint()
     assert checkpoint is not None and checkpoint.marker.epoch > 0
     db = tmp_path / "state" / "state.db"
-    import sqlite3
-
     conn = sqlite3.connect(db)
     conn.execute("INSERT INTO records (namespace, agent_key, payload) VALUES ('old', 'k', x'00')")
     conn.commit()
     conn.close()
     (tmp_path / "state" / "checkpoint.json").unlink()  # a fresh start in the same state dir
-    assert actionstate(*run_args(tmp_path)).returncode == 0
+    assert actionstate(*run_args(tmp_path, AGENT)).returncode == 0
     conn = sqlite3.connect(db)
     namespaces = {row[0] for row in conn.execute("SELECT namespace FROM records")}
     conn.close()

@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 
 from actionstate.testing import FakeLLMServer
-from tests.stores.test_fluss import SERVICE, Tables, start_fluss
-from tests.test_crash import command, crash_check, labels, ledger, make_tickets, run_to_end
+from actionstate.testing.crash import command, crash_check, labels, ledger, make_tickets, run_to_end
+from actionstate.testing.services import SERVICES, Tables, start_service
 
 
 @pytest.fixture
 def tables() -> Iterator[Tables]:
-    made = Tables(start_fluss(), database="flink_agents")
+    made = Tables(start_service("fluss"), database="flink_agents")
     yield made
     made.drop()
 
@@ -52,8 +52,8 @@ def test_tablet_server_restart_mid_run(tmp_path: Path, tables: Tables) -> None:
                     assert proc.poll() is None, "the run ended before the restart"
                     assert time.monotonic() < deadline, "no outputs within 60 s"
                     time.sleep(0.05)
-                restart = subprocess.run([str(SERVICE), "restart-tablet"], capture_output=True,
-                                         text=True, timeout=180)
+                restart = subprocess.run([str(SERVICES / "fluss"), "restart-tablet"],
+                                         capture_output=True, text=True, timeout=180)
                 assert restart.returncode == 0, restart.stderr
                 assert proc.poll() is None, "the run finished before the TabletServer was back"
                 proc.wait(timeout=120)

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
+
+import pytest
 
 from actionstate import Agent, Event, InputEvent, OutputEvent, RunnerContext, action
 from actionstate.eventlog import EventLogger, read_event_log
 from actionstate.inspection import describe_state, render_text
-from tests.conftest import Crash, Restartable
-
-ROOT = Path(__file__).resolve().parents[1]
+from actionstate.testing.cli import actionstate, run_args, write_lines
+from actionstate.testing.restart import Crash, Restartable
+from tests.agents.counter import AGENT, input_line
 
 
 class Noted(Event):
@@ -38,10 +38,8 @@ def test_event_log_records_read_back_into_their_classes_with_replayed_flags(
         rs: Restartable, tmp_path: Path) -> None:
     path = tmp_path / "events.jsonl"
     rs.settings.event_log = EventLogger(path, "verbose")
-    try:
+    with pytest.raises(Crash, match="before the output"):
         rs.run(Noter(crash=True), "k_1", 0, "hi")
-    except Crash:
-        pass
     rs.settings.event_log.close()
     rs.restart()
     rs.settings.event_log = EventLogger(path, "standard")
@@ -65,10 +63,8 @@ def test_event_log_off_writes_nothing(tmp_path: Path) -> None:
 
 
 def test_inspect_shows_keys_states_and_calls_of_an_interrupted_run(tmp_path: Path) -> None:
-    from tests.test_cli import actionstate, good, run_args, write_lines
-
-    write_lines(tmp_path / "in.jsonl", [good(i) for i in range(5)])
-    assert actionstate(*run_args(tmp_path)).returncode == 0
+    write_lines(tmp_path / "in.jsonl", [input_line(i) for i in range(5)])
+    assert actionstate(*run_args(tmp_path, AGENT)).returncode == 0
     report = describe_state(tmp_path / "state")
     assert report["checkpoint"]["stats"]["calls_executed"] == 5
     assert {k["key"]: k["next_seq"] for k in report["keys"]} == {"k0": 2, "k1": 2, "k2": 1}
@@ -80,13 +76,25 @@ def test_inspect_shows_keys_states_and_calls_of_an_interrupted_run(tmp_path: Pat
     assert [k["key"] for k in json.loads(one.stdout)["keys"]] == ["k1"]
 
 
-def test_demo_resumes_after_its_own_kill_with_no_duplicates(tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "actionstate", "demo", "--dir",
-                             str(tmp_path), "--inputs", "150"], capture_output=True, text=True,
-                            timeout=120, check=False)
+def test_demo_kills_its_first_run_and_resumes_with_no_duplicates(tmp_path: Path) -> None:
+    inputs, customers = 150, 20  # the demo spreads its orders over 20 customers
+    result = actionstate("demo", "--dir", str(tmp_path), "--inputs", str(inputs))
     assert result.returncode == 0, result.stderr
-    rows = dict(line.rsplit(None, 1) for line in result.stdout.splitlines()
-                if line.startswith("  ") and line.strip())
-    assert rows["  inputs"].strip() and int(rows["  outputs"]) == 150
-    assert int(rows["  duplicate outputs"]) == 0 and int(rows["  missing outputs"]) == 0
-    assert int(rows["  refunds executed twice"]) == 0
+    assert "first run: killed with SIGKILL mid-run" in result.stdout, (
+        f"the demo must kill its first run, else it shows nothing:\n{result.stdout}")
+    rows = {name.strip(): int(value) for name, value in (
+        line.rsplit(None, 1) for line in result.stdout.splitlines()
+        if line.startswith("  ") and line.strip())}
+    assert rows["inputs"] == inputs and rows["outputs"] == inputs
+    assert rows["duplicate outputs"] == 0 and rows["missing outputs"] == 0
+    assert rows["refunds executed twice"] == 0
+    assert rows["calls executed twice"] <= customers, "only calls in flight at the kill"
+    # The report agrees with the files the demo left behind.
+    outcomes = [json.loads(line) for line in (tmp_path / "outcomes.jsonl").read_text().splitlines()]
+    orders = [json.loads(line) for line in (tmp_path / "orders.jsonl").read_text().splitlines()]
+    assert sorted(o["order_id"] for o in outcomes) == sorted(o["order_id"] for o in orders)
+    calls = [json.loads(line) for line in (tmp_path / "calls.jsonl").read_text().splitlines()]
+    refunds = sum("refund" in outcome for outcome in outcomes)
+    assert len({c["call_id"] for c in calls}) == inputs + refunds, "every call ran"
+    assert len(calls) == rows["calls executed (both runs)"]
+    assert len(calls) - (inputs + refunds) <= customers, "at most one call per key ran again"

@@ -4,8 +4,8 @@ import json
 import pytest
 
 from actionstate import AgentDefinitionError, Event, InputEvent, OutputEvent
-from actionstate.durable.canonical import canonical_bytes
-from actionstate.events import event_class, event_id
+from actionstate.events import event_class
+from actionstate.records.canonical import canonical_bytes, event_id
 
 
 class Checked(Event):

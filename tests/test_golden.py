@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from actionstate import ReplayedCallError
-from actionstate.durable.canonical import decode_exception
-from actionstate.durable.codec import decode_record, encode_record
-from actionstate.durable.index import StateIndex
-from actionstate.durable.state import CallStatus, StateKey
 from actionstate.events import OutputEvent
+from actionstate.records.canonical import decode_exception
+from actionstate.records.codec import decode_record, encode_record
+from actionstate.records.index import StateIndex
+from actionstate.records.state import CallStatus, StateKey
 from actionstate.testing.contract import ContractEvent
 from tests.golden.make_golden import RECORDS
 
@@ -47,8 +47,8 @@ def test_golden_log_replays_to_the_expected_state() -> None:
 def test_the_call_fast_path_writes_the_generic_envelope() -> None:
     import json
 
-    from actionstate.durable.canonical import STORED
-    from actionstate.durable.state import CallRecord, CallResult
+    from actionstate.records.canonical import STORED
+    from actionstate.records.state import CallRecord, CallResult
 
     for result in ["ключ \"q\" \n", 1.5, float("inf"), None, {"b": [1, b"\x00"]}, True]:
         record = CallRecord(StateKey("k_ü", 2, "a", "e" * 64), 3,

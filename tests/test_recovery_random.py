@@ -1,7 +1,7 @@
 """Issue 7: SIGKILL at random moments, several times per job, with inputs in flight
 across checkpoints (a slow model, several keys and calls per input), on SQLite,
-Kafka and Fluss; once with ``--durability group``. The harness is in
-tests/test_recovery.py.
+Kafka and Fluss; once with ``--durability group``. The harness is
+:mod:`actionstate.testing.recovery`.
 
 What is checked, from the fake server's log of every request and the test's
 record of every kill (both on ``time.monotonic()`` of this process):
@@ -32,7 +32,7 @@ import pytest
 
 from actionstate.testing import FakeLLMServer
 from actionstate.testing.fake_llm import Request
-from tests.test_recovery import (
+from actionstate.testing.recovery import (
     STORES,
     Item,
     Job,
@@ -44,6 +44,7 @@ from tests.test_recovery import (
     run_of,
     store_url,
 )
+from tests.agents.recovery import TALLY
 
 KEYS, CONCURRENCY = 6, 4
 ITEMS: list[Item] = [{"id": f"r{i:02d}", "key": f"k{i % KEYS}", "calls": 2 + i % 2}
@@ -67,7 +68,7 @@ def test_sigkill_at_random_moments_group_durability(
 
 def random_kills(tmp: Path, factory: pytest.TempPathFactory, store: str | None,
                  durability: str, seed: int) -> None:
-    expected = reference(factory, "Tally", ITEMS)
+    expected = reference(factory, TALLY, ITEMS)
     rng = random.Random(seed)
     # Seconds after each start: early in the first run (before or about its first
     # checkpoint), mid-run, then early in a restarted run (after its first checkpoint,
@@ -76,7 +77,7 @@ def random_kills(tmp: Path, factory: pytest.TempPathFactory, store: str | None,
                (rng.uniform(0.0, 0.3), True), (rng.uniform(1.0, 2.5), False),
                (rng.uniform(0.0, 0.3), True)]
     with FakeLLMServer(latency=LATENCY) as server:
-        job = Job(tmp, "Tally", server, ITEMS, store, durability=durability,
+        job = Job(tmp, TALLY, server, ITEMS, store, durability=durability,
                   concurrency=CONCURRENCY)
         if all(job.run_for(seconds, after_checkpoint=early) for seconds, early in moments):
             job.finish()

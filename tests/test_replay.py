@@ -18,8 +18,9 @@ from actionstate import (
     RunnerContext,
     action,
 )
-from actionstate.durable.state import CallStatus
-from tests.conftest import Crash, Restartable
+from actionstate.errors import ActionFailedError, ConfigError, MemoryInCallError
+from actionstate.records.state import CallStatus
+from actionstate.testing.restart import Crash, Restartable
 
 
 class Counting:
@@ -154,7 +155,8 @@ def test_divergence_policy_fail_names_key_seq_action_position_and_both_calls(
     tools = Counting()
     _crash_after_three(rs, tools)
     rs.restart(policy="fail")
-    with pytest.raises(Exception) as info:
+    with pytest.raises(ActionFailedError, match="action 'work' failed on key 'k' seq 0: "
+                       "NonDeterminismError") as info:
         rs.run(Switchable(tools, ["p1", "other"]), "k", 0, "x")
     cause = info.value.__cause__
     assert isinstance(cause, NonDeterminismError)
@@ -186,7 +188,7 @@ class Refunder(Agent):
 
 def test_reconciler_writes_pending_first_and_runs_instead_of_fn_on_recovery(
         rs: Restartable) -> None:
-    tools, reconciled = Counting(), []
+    tools, reconciled = Counting(), list[str]()
     tools.crash_on = "charge"
     with pytest.raises(Crash):
         rs.run(Refunder(tools, reconciled, False), "k", 0, "x")
@@ -205,7 +207,7 @@ def test_reconciler_writes_pending_first_and_runs_instead_of_fn_on_recovery(
 
 
 def test_reconciler_failure_is_recorded_and_replayed(rs: Restartable) -> None:
-    tools, reconciled = Counting(), []
+    tools, reconciled = Counting(), list[str]()
     tools.crash_on = "charge"
     with pytest.raises(Crash):
         rs.run(Refunder(tools, reconciled, True), "k", 0, "x")
@@ -220,7 +222,7 @@ def test_reconciler_failure_is_recorded_and_replayed(rs: Restartable) -> None:
 
 
 def test_reconciler_is_not_used_when_the_call_completed(rs: Restartable) -> None:
-    tools, reconciled = Counting(), []
+    tools, reconciled = Counting(), list[str]()
     assert rs.run(Refunder(tools, reconciled, False), "k", 0, "x") == ["charged 5"]
     assert reconciled == [] and tools.calls["charge"] == 1
 
@@ -312,15 +314,14 @@ def test_unencodable_result_is_a_clear_error(rs: Restartable) -> None:
         def work(self, event: InputEvent, ctx: RunnerContext) -> Any:
             return ctx.durable_execute(object)
 
-    with pytest.raises(Exception, match="cannot store a value of type builtins.object"):
+    with pytest.raises(ConfigError, match="cannot store a value of type builtins.object: "
+                       "durable results, memory values and event fields must be JSON-able"):
         rs.run(ReturnsObject(), "k", 0, "x")
 
 
 @pytest.mark.parametrize(("scope", "where"), [("short_term", "sync"), ("sensory", "async")])
 def test_memory_inside_a_durable_call_is_a_clear_error_not_a_recorded_outcome(
         rs: Restartable, scope: str, where: str) -> None:
-    from actionstate.errors import ActionFailedError, MemoryInCallError
-
     tools = Counting()
 
     class Toucher(Agent):

@@ -12,11 +12,11 @@ import pytest
 from actionstate import Agent, InputEvent, OutputEvent, RunnerContext, action
 from actionstate.checkpoint import Checkpoint
 from actionstate.durable.chain import ChainSettings
-from actionstate.durable.execution import RunStats
+from actionstate.durable.stats import RunStats
 from actionstate.runners.files import JsonlSink, JsonlSource
 from actionstate.runners.local import LocalRunner
 from actionstate.runners.statedir import StateDir
-from actionstate.stores import open_store
+from actionstate.stores import Durability, open_store
 from tests.agents.counter import Counter
 
 
@@ -26,10 +26,10 @@ def write_inputs(path: Path, n: int, keys: int) -> None:
             f.write(json.dumps({"id": i, "k": f"key_{i % keys}", "n": i}) + "\n")
 
 
-def run(tmp: Path, agent: Agent, *, durability: str = "sync", interval: float = 1.0,
+def run(tmp: Path, agent: Agent, *, durability: Durability = "sync", interval: float = 1.0,
         concurrency: int = 8, progress: Any = None) -> RunStats:
     state = StateDir(tmp / "state")
-    store = open_store(state.default_store_url, durability=durability)  # type: ignore[arg-type]
+    store = open_store(state.default_store_url, durability=durability)
     sink = JsonlSink(tmp / "out.jsonl")
     runner = LocalRunner(agent, source=JsonlSource(tmp / "in.jsonl", "k"), sink=sink,
                          store=store, state_dir=state, settings=ChainSettings(job="t"),
@@ -42,12 +42,13 @@ def run(tmp: Path, agent: Agent, *, durability: str = "sync", interval: float = 
         store.close()
 
 
-def outputs(tmp: Path) -> list[dict[str, Any]]:
+def outputs(tmp: Path) -> list[Any]:
     return [json.loads(line) for line in (tmp / "out.jsonl").read_text().splitlines()]
 
 
 @pytest.mark.parametrize("durability", ["sync", "group"])
-def test_every_input_gives_one_output_in_per_key_order(tmp_path: Path, durability: str) -> None:
+def test_every_input_gives_one_output_in_per_key_order(
+        tmp_path: Path, durability: Durability) -> None:
     write_inputs(tmp_path / "in.jsonl", 200, 7)
     stats = run(tmp_path, Counter(), durability=durability)
     out = outputs(tmp_path)

@@ -8,7 +8,8 @@ happened.
 
 from actionstate.agent import Agent, action
 from actionstate.context import RunnerContext
-from actionstate.durable.execution import RunStats, function_id
+from actionstate.durable.execution import function_id
+from actionstate.durable.stats import RunStats
 from actionstate.errors import (
     ActionFailedError,
     ActionStateError,

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import TextIO
 
 from actionstate.durable.chain import ChainSettings
-from actionstate.durable.execution import POLICIES, RunStats
+from actionstate.durable.execution import POLICIES
+from actionstate.durable.stats import RunStats
 from actionstate.errors import ActionFailedError, ActionStateError, ConfigError
 from actionstate.eventlog import LEVELS, EventLogger
 from actionstate.loader import load_agent_class
@@ -19,6 +20,7 @@ from actionstate.runners.files import JsonlSink, JsonlSource
 from actionstate.runners.local import LocalRunner
 from actionstate.runners.statedir import StateDir
 from actionstate.stores import open_store, url_from_options
+from actionstate.stores.base import DURABILITIES
 
 __all__ = ["main"]
 
@@ -60,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",
                      help="store option, e.g. kafkaActionStateTopicNumPartitions=8; Flink "
                      "Agents' names are accepted (actionStateStoreBackend=kafka, ...)")
-    run.add_argument("--durability", choices=("sync", "group"), default="sync")
+    run.add_argument("--durability", choices=DURABILITIES, default="sync")
     run.add_argument("--checkpoint-interval", type=float, default=1.0, metavar="SECONDS")
     run.add_argument("--concurrency", type=int, default=64, help="inputs in flight (distinct keys)")
     run.add_argument("--event-log", metavar="PATH", help="write the event log here (JSONL)")

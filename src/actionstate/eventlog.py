@@ -14,16 +14,16 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, Any, Literal, get_args
 
-from actionstate.durable.canonical import to_wire_default, untag
 from actionstate.errors import ConfigError
 from actionstate.events import Event, event_type_name
+from actionstate.records.canonical import to_wire_default, untag
 
 __all__ = ["EventLogLevel", "EventLogRecord", "EventLogger", "read_event_log"]
 
 EventLogLevel = Literal["off", "standard", "verbose"]
-LEVELS = ("off", "standard", "verbose")
+LEVELS: tuple[EventLogLevel, ...] = get_args(EventLogLevel)
 
 
 @dataclass(frozen=True)

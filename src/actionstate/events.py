@@ -14,12 +14,11 @@ back from JSON into the same class::
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from typing import Any, ClassVar, TypeVar, dataclass_transform
 
 from actionstate.errors import AgentDefinitionError
 
-__all__ = ["Event", "InputEvent", "OutputEvent", "event_class", "event_id", "event_type_name"]
+__all__ = ["Event", "InputEvent", "OutputEvent", "event_class", "event_type_name"]
 
 _REGISTRY: dict[str, type[Event]] = {}
 E = TypeVar("E", bound="Event")
@@ -28,13 +27,6 @@ E = TypeVar("E", bound="Event")
 def event_type_name(cls: type[Event]) -> str:
     """The stable name an event class is stored under (``module.QualName``)."""
     return cls.__dict__.get("event_type") or f"{cls.__module__}.{cls.__qualname__}"
-
-
-def event_id(event: Event) -> str:
-    """Full SHA-256 hex digest of the event's type and canonical content."""
-    from actionstate.durable.canonical import canonical_bytes
-
-    return hashlib.sha256(canonical_bytes(event.to_json())).hexdigest()
 
 
 def event_class(name: str) -> type[Event]:

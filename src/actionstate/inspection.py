@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from actionstate.checkpoint import Checkpoint
-from actionstate.durable.canonical import to_wire_default
 from actionstate.errors import ConfigError
+from actionstate.records.canonical import to_wire_default
 from actionstate.runners.statedir import StateDir
 from actionstate.stores import open_store
 

@@ -13,6 +13,7 @@ import json
 import os
 import urllib.error
 import urllib.request
+from abc import ABC, abstractmethod
 from typing import Any
 
 from actionstate.errors import ConfigError
@@ -22,11 +23,12 @@ __all__ = ["ChatModel", "OfflineModel", "OpenAICompatibleModel", "model_from_env
 Messages = list[dict[str, str]]
 
 
-class ChatModel:
+class ChatModel(ABC):
     """A chat model: messages in, reply text out."""
 
+    @abstractmethod
     def chat(self, messages: Messages, idempotency_key: str | None = None) -> str:
-        raise NotImplementedError
+        """The reply to ``messages``; ``idempotency_key`` lets a server deduplicate."""
 
 
 class OpenAICompatibleModel(ChatModel):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from actionstate.durable.current import CURRENT_CALL
-from actionstate.durable.state import MemoryUpdate
 from actionstate.errors import MemoryInCallError
+from actionstate.records.current import CURRENT_CALL
+from actionstate.records.state import MemoryScope, MemoryUpdate
 
 __all__ = ["MemoryObject"]
 
@@ -20,7 +20,8 @@ class MemoryObject:
     replay its writes are applied again. Values must be JSON-able.
     """
 
-    def __init__(self, data: dict[str, Any], scope: str, updates: list[MemoryUpdate]) -> None:
+    def __init__(self, data: dict[str, Any], scope: MemoryScope,
+                 updates: list[MemoryUpdate]) -> None:
         self._data = data
         self._scope = scope
         self._updates = updates

@@ -4,8 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 from actionstate import Agent, InputEvent, OutputEvent, RunnerContext, action
+
+AGENT = f"{Path(__file__).resolve()}:Counter"
+"""The agent spec of :class:`Counter` for ``actionstate run``."""
+
+
+def input_line(i: int) -> str:
+    """Input ``i`` for the counter (key field ``k``, three keys), as a JSONL line."""
+    return json.dumps({"id": i, "k": f"k{i % 3}", "n": i})
 
 
 def double(n: int) -> int:

@@ -9,6 +9,7 @@ asks for ``calls`` sequential calls.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 from actionstate import Agent, InputEvent, OutputEvent, RunnerContext, action
@@ -17,6 +18,9 @@ from actionstate.llm import model_from_env
 MODEL = model_from_env()
 FAIL_ON = "RECOVERY_FAIL_ON"
 """Environment variable: the id of an input whose action raises after its calls."""
+STEPS = f"{Path(__file__).resolve()}:Steps"
+TALLY = f"{Path(__file__).resolve()}:Tally"
+"""The agent specs of :class:`Steps` and :class:`Tally` for ``actionstate run``."""
 
 
 async def ask(ctx: RunnerContext, item: dict[str, Any], tag: str) -> list[str]:

@@ -4,21 +4,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from actionstate.durable.canonical import encode_exception
-from actionstate.durable.codec import encode_record
-from actionstate.durable.state import (
+from actionstate.events import InputEvent, OutputEvent
+from actionstate.records.canonical import encode_exception
+from actionstate.records.codec import encode_record
+from actionstate.records.state import (
     CallRecord,
     CallResult,
     CallStatus,
     CompleteRecord,
     DropRecord,
     FenceRecord,
+    MemoryScope,
     MemoryUpdate,
     Record,
     StateKey,
     TruncateRecord,
 )
-from actionstate.events import InputEvent, OutputEvent
 from actionstate.testing.contract import ContractEvent
 
 KEY = StateKey("customer_ü_1", 3, "classify", "a" * 64)
@@ -33,7 +34,7 @@ RECORDS: list[Record] = [
     TruncateRecord(KEY, 2, 1),
     CompleteRecord(KEY, InputEvent(input={"id": "T1"}),
                    (ContractEvent(name="labelled", n=1), OutputEvent(output={"id": "T1"})),
-                   (MemoryUpdate("short_term", "last.label", "refund"),), 1),
+                   (MemoryUpdate(MemoryScope.SHORT_TERM, "last.label", "refund"),), 1),
     DropRecord("customer_ü_1", 3, 1),
 ]
 

@@ -9,80 +9,45 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
-import subprocess
+import socket
 import time
-import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import fluss
-import pyarrow as pa
+import pyarrow as pa  # type: ignore[import-untyped]
 import pytest
 
-from actionstate.durable.codec import decode_record, encode_record
-from actionstate.durable.state import (
+from actionstate.errors import ConfigError, StoreError
+from actionstate.events import InputEvent
+from actionstate.records.codec import decode_record, encode_record
+from actionstate.records.index import Position
+from actionstate.records.state import (
     CallRecord,
     CallResult,
     CallStatus,
     CompleteRecord,
     FenceRecord,
+    Record,
     StateKey,
 )
-from actionstate.errors import ConfigError, StoreError
-from actionstate.events import InputEvent
 from actionstate.stores import ActionStateStore, Durability, open_store
 from actionstate.stores.fluss import FlussActionStateStore, bucket_of
+from actionstate.stores.fluss.config import parse_url
 from actionstate.testing.contract import StoreContract
+from actionstate.testing.services import Tables, start_service
 
-SERVICE = Path(__file__).resolve().parents[2] / "scripts/services/fluss"
 DATABASE = "actionstate_test"
 SASL = "flussSaslUsername=admin&flussSaslPassword=admin-secret"
 
 
-def start_fluss(*flags: str) -> str:
-    """Start (or reuse) the local Fluss cluster; its bootstrap address."""
-    proc = subprocess.run([str(SERVICE), "start", *flags], capture_output=True, text=True,
-                          timeout=600)
-    assert proc.returncode == 0, f"{SERVICE} start {' '.join(flags)} failed:\n{proc.stderr}"
-    return proc.stdout.strip().splitlines()[-1]
-
-
 @pytest.fixture(scope="session")
 def fluss_cluster() -> str:
-    return start_fluss()
+    return start_service("fluss")
 
 
 @pytest.fixture(scope="session")
 def fluss_sasl_cluster() -> str:
-    return start_fluss("--sasl")
-
-
-class Tables:
-    """URLs of new tables on one cluster; :meth:`drop` drops them (a lean cluster
-    restarts its tablet server quickly)."""
-
-    def __init__(self, address: str, database: str = DATABASE, **props: str) -> None:
-        self.address, self.database, self.props = address, database, props
-        self.names: list[str] = []
-
-    def url(self, query: str = "buckets=4") -> str:
-        self.names.append(f"t{uuid.uuid4().hex[:16]}")
-        url = f"fluss://{self.address}/{self.database}.{self.names[-1]}"
-        return f"{url}?{query}" if query else url
-
-    def drop(self) -> None:
-        async def drop_all() -> None:
-            conn = await fluss.FlussConnection.create(fluss.Config(
-                {"bootstrap.servers": self.address, **self.props}))
-            try:
-                admin = conn.get_admin()
-                for name in self.names:
-                    await admin.drop_table(fluss.TablePath(self.database, name),
-                                           ignore_if_not_exists=True)
-            finally:
-                await conn.close()
-
-        asyncio.run(asyncio.wait_for(drop_all(), 120))
+    return start_service("fluss", "--sasl")
 
 
 @pytest.fixture
@@ -130,7 +95,7 @@ def fresh(url: str, durability: Durability = "sync") -> ActionStateStore:
     return store
 
 
-def all_records(store: ActionStateStore) -> list[tuple[tuple[int, int], object]]:
+def all_records(store: ActionStateStore) -> list[tuple[Position, Record]]:
     start = {b: 0 for b in store.end_offsets()}
     return [(position, decode_record(data, where)) for position, data, where
             in store.read(store.namespace, start, store.end_offsets())]
@@ -147,9 +112,9 @@ def test_buckets_are_computed_as_fluss_does(tables: Tables) -> None:
                             CallResult("f", "d" * 64, CallStatus.SUCCEEDED, i))
         positions[key] = store.append(record, encode_record(record, store.epoch), sync=True)
     placed = {}
-    for (bucket, offset), record in all_records(store):
-        if isinstance(record, CallRecord):
-            placed[record.key.key] = (bucket, offset)
+    for (bucket, offset), stored in all_records(store):
+        if isinstance(stored, CallRecord):
+            placed[stored.key.key] = (bucket, offset)
     store.close()
     assert set(placed) == set(KEYS)
     for key, (bucket, offset) in placed.items():
@@ -190,7 +155,7 @@ def test_a_claim_behind_a_stale_lower_bound_is_found_and_fenced_everywhere(
     assert isinstance(successor, FlussActionStateStore)
     for position in range(1, 6):
         call(store, sk, position, "still before the claim")
-    monkeypatch.setattr(successor, "_refresh_end_offset", lambda bucket: None)
+    monkeypatch.setattr(successor, "_resync_positions", lambda: None)
     successor.rebuild(marker)
     monkeypatch.undo()
     fences = fences_of(successor)
@@ -319,10 +284,11 @@ def test_marker_of_a_recreated_table_is_refused(shared_url: str) -> None:
 def test_options_and_url(fluss_cluster: str, tables: Tables) -> None:
     url = tables.url("")
     name = tables.names[-1]
-    store = open_store(url, flussActionStateTable="x", flussActionStateTableBuckets="3",
-                       actionStateStoreBackend="fluss")
+    store = open_store(url, flussActionStateTable=name, flussActionStateTableBuckets="3",
+                       flussBootstrapServers=fluss_cluster, actionStateStoreBackend="fluss")
     assert isinstance(store, FlussActionStateStore)
     assert store.table_name == f"{DATABASE}.{name}" and store.num_buckets == 3
+    assert store.url == url, "the store keeps the URL it was opened with"
     store.close()
     store.close()
     by_options = open_store(f"fluss://{fluss_cluster}", flussActionStateDatabase=DATABASE,
@@ -330,12 +296,104 @@ def test_options_and_url(fluss_cluster: str, tables: Tables) -> None:
     assert isinstance(by_options, FlussActionStateStore)
     assert by_options.table_name == f"{DATABASE}.{name}" and by_options.num_buckets == 3
     by_options.close()
+    direct = FlussActionStateStore(fluss_cluster, DATABASE, name, timeout=30.0)
+    assert direct.num_buckets == 3 and direct.url == ""
+    direct.close()
     with pytest.raises(ConfigError, match="unknown Fluss store option 'flussBuckets'"):
         open_store(url, flussBuckets="4")
-    with pytest.raises(ConfigError, match="not a number"):
+    with pytest.raises(ConfigError, match="flussActionStateTableBuckets='many' must be an integer"):
         open_store(f"{url}?buckets=many")
     with pytest.raises(ConfigError, match="table name"):
         open_store(f"fluss://{fluss_cluster}/{DATABASE}.bad*name")
+
+
+@pytest.mark.parametrize(("url", "options", "first", "second"), [
+    ("fluss://h:9123/db.t", {"flussActionStateTable": "x"},
+     "flussActionStateTable='t' in the URL", "flussActionStateTable='x' in the options"),
+    ("fluss://h:9123/db.t", {"flussActionStateDatabase": "other"},
+     "flussActionStateDatabase='db' in the URL", "flussActionStateDatabase='other' in the options"),
+    ("fluss://h:9123/db.t", {"flussBootstrapServers": "elsewhere:9123"},
+     "flussBootstrapServers='h:9123' in the URL",
+     "flussBootstrapServers='elsewhere:9123' in the options"),
+    ("fluss://h:9123/db.t?buckets=3", {"flussActionStateTableBuckets": 4},
+     "buckets='3' in the URL query", "flussActionStateTableBuckets='4' in the options"),
+])
+def test_a_setting_given_twice_must_agree(url: str, options: dict[str, object], first: str,
+                                          second: str) -> None:
+    """No silent precedence: the URL does not win over an option, nor the reverse."""
+    with pytest.raises(ConfigError, match="disagree: give the setting once") as info:
+        FlussActionStateStore.from_url(url, "sync", **options)
+    assert first in str(info.value) and second in str(info.value)
+
+
+def test_settings_from_the_url_and_options() -> None:
+    settings = parse_url("fluss://h:9123/db.t?buckets=8",
+                         {"flussBootstrapServers": "h:9123", "flussActionStateTable": "t",
+                          "actionStateStoreBackend": "fluss"})
+    assert (settings.servers, settings.database, settings.table, settings.buckets,
+            settings.timeout) == ("h:9123", "db", "t", 8, 60.0)
+    assert parse_url("fluss://h:1/t", {}).database == "flink_agents"
+    assert parse_url("fluss://", {}).servers == "localhost:9123"
+    # A URL made from Flink Agents' options names the first server of their list.
+    assert parse_url("fluss://a:1/db.t", {"flussBootstrapServers": "a:1,b:2"}).servers == (
+        "a:1,b:2")
+    assert parse_url("fluss://a:1/db.t", {"flussSaslUsername": "u", "flussSaslPassword": "p",
+                                          "flussSaslMechanism": "PLAIN"}).security == {
+        "security.protocol": "SASL", "security.sasl.mechanism": "PLAIN",
+        "security.sasl.username": "u", "security.sasl.password": "p"}
+    with pytest.raises(ConfigError, match="credentials"):
+        parse_url("fluss://admin:secret@h:1/db.t", {})
+
+
+def test_the_timeout_is_flussTimeoutMs_in_milliseconds() -> None:
+    assert parse_url("fluss://h:1/db.t?flussTimeoutMs=2500", {}).timeout == 2.5
+    assert parse_url("fluss://h:1/db.t", {"flussTimeoutMs": 500}).timeout == 0.5
+    with pytest.raises(ConfigError, match="flussTimeoutMs must be positive, got 0"):
+        parse_url("fluss://h:1/db.t", {"flussTimeoutMs": "0"})
+    with pytest.raises(ConfigError, match="flussTimeoutMs='1.5' must be an integer"):
+        parse_url("fluss://h:1/db.t", {"flussTimeoutMs": "1.5"})
+    with pytest.raises(ConfigError, match="unknown Fluss store option 'timeout'.*flussTimeoutMs"):
+        parse_url("fluss://h:1/db.t?timeout=60", {})
+
+
+def test_the_timeout_bounds_a_wait_for_the_cluster() -> None:
+    """A server that accepts connections and never answers: the store gives up after
+    flussTimeoutMs, with an error naming the fix."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        address = f"127.0.0.1:{silent.getsockname()[1]}"
+        started = time.monotonic()
+        with pytest.raises(StoreError, match=f"Fluss at {address} did not answer in"):
+            open_store(f"fluss://{address}/x.y", flussTimeoutMs=1500)
+        assert time.monotonic() - started < 10
+
+
+def test_end_offsets_is_a_query_and_a_marker_tightens_positions(shared_url: str) -> None:
+    """Positions are lower bounds: reading the end offsets leaves them alone; a recovery
+    marker re-reads the ends, so records put after it get exact positions again."""
+    other = fresh(shared_url)
+    store = fresh(shared_url, durability="group")  # its claim is bucket 0's last record
+    key = next(f"p{i}" for i in range(1000) if bucket_of(f"p{i}", 4) == 0)
+
+    def append(index: int) -> Position:
+        record = CallRecord(StateKey(key, 0, "a", "e" * 64), index,
+                            CallResult("f", "d" * 64, CallStatus.SUCCEEDED, index))
+        return store.append(record, encode_record(record, store.epoch), sync=False)
+
+    first = append(0)
+    for position in range(3):  # another writer pushes bucket 0's offsets up
+        call(other, StateKey(key, 0, "a", "e" * 64), position, "other")
+    ends = store.end_offsets()
+    assert ends[0] == first[1] + 3, "the first record is still buffered"
+    assert append(1) == (0, first[1] + 1), "end_offsets() changes no position"
+    store.recovery_marker()  # flushes the two records, then re-reads the ends
+    assert append(2) == (0, ends[0] + 2), "after a marker, the exact offset"
+    store.flush()
+    mine = [p for p, r in all_records(store) if isinstance(r, CallRecord)]
+    assert mine == [(0, first[1] + 3), (0, first[1] + 4), (0, ends[0] + 2)]
+    store.close()
+    other.close()
 
 
 def test_a_table_with_another_schema_is_refused(fluss_cluster: str, tables: Tables) -> None:
@@ -377,12 +435,12 @@ def test_unreachable_cluster_is_a_clear_error() -> None:
 ])
 def test_sasl_plain_round_trip(sasl_tables: Tables, credentials: dict[str, str]) -> None:
     url = sasl_tables.url("buckets=2" if credentials else f"buckets=2&{SASL}")
-    store = open_store(url, **credentials)
+    store = open_store(url, "sync", **credentials)
     store.rebuild(None)
     marker = store.recovery_marker()
     sk = StateKey("k", 0, "a", "e" * 64)
     call(store, sk, 0, "over SASL")
-    restored = open_store(url, **credentials)
+    restored = open_store(url, "sync", **credentials)
     restored.rebuild(marker)
     state = restored.get(sk)
     assert state is not None and state.calls[0].result == "over SASL"

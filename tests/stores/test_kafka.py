@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
-from confluent_kafka.admin import (
+from confluent_kafka.admin import (  # type: ignore[attr-defined]  # no __all__ there
     AdminClient,
     AlterConfigOpType,
     ConfigEntry,
@@ -24,9 +24,10 @@ from confluent_kafka.admin import (
     NewTopic,
 )
 
-from actionstate.durable.codec import decode_record
-from actionstate.durable.index import Position
-from actionstate.durable.state import (
+from actionstate.errors import ConfigError, StoreError
+from actionstate.records.codec import decode_record
+from actionstate.records.index import Position
+from actionstate.records.state import (
     CallRecord,
     CallResult,
     CallStatus,
@@ -34,12 +35,13 @@ from actionstate.durable.state import (
     Record,
     StateKey,
 )
-from actionstate.errors import ConfigError, StoreError
 from actionstate.stores import ActionStateStore, Durability, Marker, open_store
-from actionstate.stores import kafka as kafka_store
 from actionstate.stores.kafka import KafkaActionStateStore, partition_of
+from actionstate.stores.kafka import store as kafka_store
+from actionstate.stores.kafka import topic as kafka_topic
+from actionstate.stores.kafka.config import parse_url
 from actionstate.testing.contract import StoreContract
-from tests.conftest import SERVICES
+from actionstate.testing.services import SERVICES, delete_topics
 
 SERVICE = SERVICES / "kafka"
 
@@ -48,12 +50,7 @@ def topic(kafka_servers: str) -> Iterator[str]:
     """A fresh topic name, deleted after the test."""
     name = f"actionstate-test-{uuid.uuid4().hex[:12]}"
     yield name
-    admin = AdminClient({"bootstrap.servers": kafka_servers})
-    for deleted in admin.delete_topics([name]).values():
-        try:
-            deleted.result()
-        except KafkaException:  # not created (a test that failed early)
-            pass
+    delete_topics(kafka_servers, [name])
 
 
 class TestKafkaStore(StoreContract):
@@ -83,13 +80,15 @@ def _raw(servers: str, topic: str) -> list[tuple[int, int, bytes, bytes | None]]
             for p in partitions}
     todo = {p for p, end in ends.items() if end > 0}
     consumer.assign([TopicPartition(topic, p, 0) for p in todo])
-    messages = []
+    messages: list[tuple[int, int, bytes, bytes | None]] = []
     while todo:
         message = consumer.poll(10)
         assert message is not None, f"no message from {topic} in 10 s"
-        p, offset = message.partition(), message.offset()
+        p, offset, key = message.partition(), message.offset(), message.key()
+        assert p is not None and offset is not None
         if message.error() is None:
-            messages.append((p, offset, message.key(), message.value()))
+            assert isinstance(key, bytes)
+            messages.append((p, offset, key, message.value()))
             offset += 1
         if offset >= ends[p]:
             todo.discard(p)
@@ -419,7 +418,7 @@ def test_errors_of_a_settling_topic_are_retried(
                          KafkaError.FENCED_LEADER_EPOCH, KafkaError.LEADER_NOT_AVAILABLE,
                          KafkaError.UNKNOWN_TOPIC_OR_PART],
     }
-    monkeypatch.setattr(kafka_store, "AdminClient",
+    monkeypatch.setattr(kafka_topic, "AdminClient",
                         lambda config: _SettlingAdmin(config, failures))
     store = open_store(f"kafka://{kafka_servers}/{topic}?partitions=2")
     assert failures["create_topics"] == []
@@ -438,7 +437,7 @@ def test_errors_of_a_settling_topic_are_retried(
 def test_a_topic_that_does_not_settle_is_a_clear_error_at_the_timeout(
         kafka_servers: str, topic: str, monkeypatch: pytest.MonkeyPatch) -> None:
     failures = {"list_offsets": [KafkaError.UNKNOWN_LEADER_EPOCH] * 1000}
-    monkeypatch.setattr(kafka_store, "AdminClient",
+    monkeypatch.setattr(kafka_topic, "AdminClient",
                         lambda config: _SettlingAdmin(config, failures))
     begin = time.monotonic()
     with pytest.raises(StoreError) as info:
@@ -474,11 +473,7 @@ def test_just_created_topics_work_at_once(kafka_servers: str) -> None:
         with ThreadPoolExecutor(4) as pool:
             list(pool.map(one, range(len(names)), names))
     finally:
-        for deleted in admin.delete_topics(names).values():
-            try:
-                deleted.result()
-            except KafkaException:
-                pass
+        delete_topics(kafka_servers, names)
 
 
 @pytest.mark.parametrize("durability", ["sync", "group"])
@@ -496,22 +491,97 @@ def test_a_record_the_broker_refuses_is_an_error(url: str, durability: Durabilit
 
 
 def test_options_flink_names_and_bad_values(kafka_servers: str, topic: str) -> None:
-    store = open_store(f"kafka://{kafka_servers}/{topic}", kafkaBootstrapServers=kafka_servers,
-                       kafkaActionStateTopic=topic, kafkaActionStateTopicNumPartitions=3,
-                       kafkaActionStateTopicReplicationFactor=1, **{"client.id": "t"})
+    url = f"kafka://{kafka_servers}/{topic}?partitions=3"
+    # The same setting twice (URL host and path, query, keyword; alias and name) agreeing.
+    librdkafka: dict[str, Any] = {"client.id": "t"}
+    store = open_store(url, kafkaBootstrapServers=kafka_servers, kafkaActionStateTopic=topic,
+                       kafkaActionStateTopicNumPartitions=3, partitions="3",
+                       kafkaActionStateTopicReplicationFactor=1, **librdkafka)
     assert isinstance(store, KafkaActionStateStore) and store.partitions == 3
+    assert store.url == url, "the store keeps the URL it was opened with"
     store.close()
     base = f"kafka://{kafka_servers}/{topic}"
-    for url, options, message in [
-        (base, {"kafkaActionStateTopic": "other"}, "topic"),
-        (base, {"kafkaTopic": "x"}, "unknown Kafka store option"),
-        (base + "?partitions=many", {}, "must be an integer"),
+    cases: list[tuple[str, dict[str, Any], str]] = [
+        (base + "?partitions=many", {}, "kafkaActionStateTopicNumPartitions='many' must be an "
+                                        "integer"),
+        (base, {"kafkaRetainedCheckpoints": 0}, "retained checkpoints must be at least 1"),
         (base, {"acks": "1"}, "acks=all"),
         (base, {"enable.idempotence": "false"}, "enable.idempotence=true"),
+        (base, {"producer.transactional.id": "x"}, "remove transactional.id"),
         (base, {"no.such.property": "1"}, "bad Kafka client setting"),
-    ]:
-        with pytest.raises(ConfigError, match=message):
-            open_store(url, **options)
+        (f"kafka:///{topic}", {}, "needs servers and a topic"),
+    ]
+    for bad_url, options, message in cases:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            open_store(bad_url, **options)
+
+
+def test_constructor_opens_the_store_directly(kafka_servers: str, topic: str) -> None:
+    store = KafkaActionStateStore(kafka_servers, topic, partitions=2, connect_timeout=5.0)
+    assert store.url == f"kafka://{kafka_servers}/{topic}" and store.partition_count == 2
+    store.close()
+
+
+@pytest.mark.parametrize(("url", "options", "first", "second"), [
+    ("kafka://a:1/t", {"kafkaActionStateTopic": "u"},
+     "kafkaActionStateTopic='t' in the URL", "kafkaActionStateTopic='u' in the options"),
+    ("kafka://a:1/t", {"kafkaBootstrapServers": "b:2"},
+     "kafkaBootstrapServers='a:1' in the URL", "kafkaBootstrapServers='b:2' in the options"),
+    ("kafka://a:1/t?partitions=4", {"partitions": 8},
+     "partitions='4' in the URL query", "partitions='8' in the options"),
+    ("kafka://a:1/t?partitions=4", {"kafkaActionStateTopicNumPartitions": "5"},
+     "partitions='4' in the URL query", "kafkaActionStateTopicNumPartitions='5' in the options"),
+    ("kafka://a:1/t?kafkaConnectTimeoutMs=100", {"kafkaConnectTimeoutMs": 200},
+     "kafkaConnectTimeoutMs='100' in the URL query",
+     "kafkaConnectTimeoutMs='200' in the options"),
+    ("kafka://a:1/t?linger.ms=1", {"linger.ms": "2"},
+     "linger.ms='1' in the URL query", "linger.ms='2' in the options"),
+])
+def test_a_setting_given_twice_must_agree(url: str, options: dict[str, Any], first: str,
+                                          second: str) -> None:
+    """No silent precedence: the error names both places (before any connection)."""
+    with pytest.raises(ConfigError, match="disagree: give the setting once") as info:
+        open_store(url, **options)
+    assert first in str(info.value) and second in str(info.value)
+
+
+def test_the_url_host_may_be_one_of_the_servers_an_option_lists() -> None:
+    """``url_from_options`` puts the first server in the URL; the option lists them all."""
+    for url, options in [("kafka://a:1/t", {"kafkaBootstrapServers": "a:1,b:2"}),
+                         ("kafka://b:2/t?kafkaBootstrapServers=a:1,b:2", {}),
+                         ("kafka:///t", {"kafkaBootstrapServers": "a:1,b:2"})]:
+        assert parse_url(url, options).servers == "a:1,b:2"
+    with pytest.raises(ConfigError, match="disagree"):
+        parse_url("kafka://c:3/t", {"kafkaBootstrapServers": "a:1,b:2"})
+
+
+def test_defaults_and_conversions() -> None:
+    settings = parse_url("kafka://a:1/t?kafkaConnectTimeoutMs=2500&replicationFactor=3",
+                         {"actionStateStoreBackend": "kafka"})
+    assert (settings.servers, settings.topic, settings.partitions, settings.replication_factor,
+            settings.max_message_bytes, settings.retained_checkpoints,
+            settings.connect_timeout, settings.client_config) == (
+        "a:1", "t", 64, 3, 16 << 20, 1, 2.5, {})
+
+
+def test_an_unknown_option_is_an_error_listing_the_known_ones() -> None:
+    with pytest.raises(ConfigError) as info:
+        open_store("kafka://127.0.0.1:1/t", kafkaTopic="x")
+    message = str(info.value)
+    assert "unknown Kafka store option 'kafkaTopic'" in message
+    for known in ("kafkaBootstrapServers", "kafkaActionStateTopic",
+                  "kafkaActionStateTopicNumPartitions", "partitions",
+                  "kafkaActionStateTopicReplicationFactor", "replicationFactor",
+                  "kafkaActionStateTopicMaxMessageBytes", "kafkaRetainedCheckpoints",
+                  "kafkaConnectTimeoutMs"):
+        assert known in message
+
+
+def test_librdkafka_properties_pass_through() -> None:
+    """Names with a dot, and the producer's own names without one, go to the clients."""
+    passed = {"client.id": "t", "producer.linger.ms": "2", "consumer.fetch.min.bytes": "1",
+              "acks": "all", "retries": "3", "security.protocol": "PLAINTEXT"}
+    assert parse_url("kafka://a:1/t?client.id=t", passed).client_config == passed
 
 
 RESTART_TEST = "test_sync_put_waits_out_a_broker_restart"
@@ -569,7 +639,7 @@ def test_sync_put_waits_out_a_broker_restart(
     env, service = private_broker, [str(SERVICE)]
     servers = subprocess.run(service + ["start"], env=env, capture_output=True, text=True,
                              check=True, timeout=120).stdout.split()[-1]  # waits for it
-    monkeypatch.setattr(kafka_store, "_WAIT_STEP", 0.5)
+    monkeypatch.setattr(kafka_store, "WAIT_STEP", 0.5)
     url = f"kafka://{servers}/outage?partitions=2"
     store = open_store(url)
     store.rebuild(None)
@@ -577,7 +647,7 @@ def test_sync_put_waits_out_a_broker_restart(
     subprocess.run(service + ["stop"], env=env, capture_output=True, check=True, timeout=60)
     restart = subprocess.Popen(service + ["start"], env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
-    with caplog.at_level(logging.WARNING, logger="actionstate"):
+    with caplog.at_level(logging.WARNING, logger="actionstate.stores.kafka"):
         for position in range(1, 4):
             _put(store, "k", 0, position)
     assert restart.wait(120) == 0

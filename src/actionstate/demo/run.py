@@ -66,7 +66,10 @@ def run_demo(directory: str | None, inputs: int) -> int:
         print(f"  {name:<{width}}  {value:>6}")
     print("\ncalls executed twice can only be model calls in flight at the kill "
           "(at most one per key); refunds have a reconciler and never repeat.")
-    ok = len(lines) == inputs and len(ids) == inputs
+    if not killed:
+        print("the first run finished before it could be killed, so nothing was shown: "
+              "run the demo again with more --inputs", file=sys.stderr)
+    ok = killed and len(lines) == inputs and len(ids) == inputs
     return 0 if ok else 1
 
 

@@ -13,12 +13,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from actionstate.agent import Agent
-from actionstate.durable.execution import ActionContext, DivergencePolicy, RunStats
-from actionstate.durable.state import ActionState, CompleteRecord, MemoryUpdate, StateKey
+from actionstate.durable.execution import ActionContext, DivergencePolicy
+from actionstate.durable.stats import RunStats
 from actionstate.errors import ActionFailedError
 from actionstate.eventlog import EventLogger
-from actionstate.events import Event, InputEvent, OutputEvent, event_id
+from actionstate.events import Event, InputEvent, OutputEvent
 from actionstate.memory import apply_update
+from actionstate.records.canonical import event_id
+from actionstate.records.state import (
+    ActionState,
+    CompleteRecord,
+    MemoryScope,
+    MemoryUpdate,
+    StateKey,
+)
 from actionstate.stores.base import ActionStateStore
 
 __all__ = ["ChainSettings", "InputResult", "process_input"]
@@ -62,9 +70,11 @@ async def process_input(
         for action_id, method in agent.actions_for(event):
             state_key = StateKey(key, seq, action_id, event_id(event))
             state = store.get(state_key)
+            if state is None and store.has_later(key, seq):
+                store.drop_after(key, seq)  # later seqs of this key did not happen
             if state is not None and state.completed:
                 sent = _skip(state, short_term, sensory, settings)
-                updates.extend(u for u in state.memory_updates if u.scope == "short_term")
+                updates.extend(u for u in state.memory_updates if u.scope is MemoryScope.SHORT_TERM)
                 queue.extend((e, action_id, True) for e in sent)
                 log.action_run(key, seq, action_id, True, _calls(state))
                 continue
@@ -83,7 +93,7 @@ async def process_input(
             settings.stats.actions_run += 1
             store.put(CompleteRecord(state_key, event, tuple(ctx.sent),
                                      tuple(ctx.memory_updates)))
-            updates.extend(u for u in ctx.memory_updates if u.scope == "short_term")
+            updates.extend(u for u in ctx.memory_updates if u.scope is MemoryScope.SHORT_TERM)
             queue.extend((e, action_id, False) for e in ctx.sent)
             if log.verbose:
                 log.action_run(key, seq, action_id, False, _calls(store.get(state_key)))
@@ -96,7 +106,7 @@ def _skip(state: ActionState, short_term: dict[str, Any], sensory: dict[str, Any
     settings.stats.actions_skipped += 1
     settings.stats.calls_replayed += len(state.calls)
     for update in state.memory_updates:
-        apply_update(short_term if update.scope == "short_term" else sensory,
+        apply_update(short_term if update.scope is MemoryScope.SHORT_TERM else sensory,
                      update.path, update.value)
     return state.output_events
 

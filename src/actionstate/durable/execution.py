@@ -15,26 +15,10 @@ import hashlib
 import inspect
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Literal, TypeVar, cast
+from typing import Any, Literal, TypeVar, cast, get_args
 
 from actionstate.context import RunnerContext
-from actionstate.durable.canonical import (
-    args_digest,
-    canonical_bytes,
-    decode_exception,
-    encode_exception,
-)
-from actionstate.durable.current import CURRENT_CALL
-from actionstate.durable.state import (
-    ActionState,
-    CallRecord,
-    CallResult,
-    CallStatus,
-    MemoryUpdate,
-    StateKey,
-    TruncateRecord,
-)
+from actionstate.durable.stats import RunStats
 from actionstate.errors import (
     ActionStateError,
     ConfigError,
@@ -43,28 +27,31 @@ from actionstate.errors import (
 )
 from actionstate.events import Event
 from actionstate.memory import MemoryObject
+from actionstate.records.canonical import (
+    args_digest,
+    canonical_bytes,
+    decode_exception,
+    encode_exception,
+)
+from actionstate.records.current import CURRENT_CALL
+from actionstate.records.state import (
+    ActionState,
+    CallRecord,
+    CallResult,
+    CallStatus,
+    MemoryScope,
+    MemoryUpdate,
+    StateKey,
+    TruncateRecord,
+)
 from actionstate.stores.base import ActionStateStore
 
-__all__ = ["ActionContext", "DivergencePolicy", "RunStats", "function_id"]
+__all__ = ["POLICIES", "ActionContext", "DivergencePolicy", "function_id"]
 
 log = logging.getLogger("actionstate")
 T = TypeVar("T")
 DivergencePolicy = Literal["reexecute", "warn", "fail"]
-POLICIES = ("reexecute", "warn", "fail")
-
-
-@dataclass
-class RunStats:
-    """Counters a runner reports."""
-
-    inputs: int = 0
-    outputs: int = 0
-    calls_executed: int = 0
-    calls_replayed: int = 0
-    calls_reconciled: int = 0
-    calls_truncated: int = 0
-    actions_run: int = 0
-    actions_skipped: int = 0
+POLICIES: tuple[DivergencePolicy, ...] = get_args(DivergencePolicy)
 
 
 def function_id(fn: Callable[..., Any]) -> str:
@@ -140,8 +127,8 @@ class ActionContext(RunnerContext):
         self.stats = stats if stats is not None else RunStats()
         self.sent: list[Event] = []
         self.memory_updates: list[MemoryUpdate] = []
-        self._short_term = MemoryObject(short_term, "short_term", self.memory_updates)
-        self._sensory = MemoryObject(sensory, "sensory", self.memory_updates)
+        self._short_term = MemoryObject(short_term, MemoryScope.SHORT_TERM, self.memory_updates)
+        self._sensory = MemoryObject(sensory, MemoryScope.SENSORY, self.memory_updates)
         self._next_position = 0
         self.store_failure: ActionStateError | None = None
         """A store write that failed during the action, even if the action caught it."""

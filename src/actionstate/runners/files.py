@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from actionstate.durable.canonical import to_wire_default
 from actionstate.errors import ConfigError, InputError
+from actionstate.records.canonical import to_wire_default
 
 __all__ = ["InputRecord", "JsonlSink", "JsonlSource"]
 

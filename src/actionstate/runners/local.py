@@ -22,7 +22,7 @@ from typing import Any
 from actionstate.agent import Agent
 from actionstate.checkpoint import Checkpoint, PendingInput
 from actionstate.durable.chain import ChainSettings, process_input
-from actionstate.durable.execution import RunStats
+from actionstate.durable.stats import RunStats
 from actionstate.errors import ConfigError, InputError
 from actionstate.memory import apply_update
 from actionstate.runners.files import JsonlSink, JsonlSource
@@ -227,6 +227,7 @@ class LocalRunner:
     def _checkpoint(self) -> None:
         self._commit_group()
         self.sink.sync()
+        self.settings.event_log.flush()
         for key, seq in self._done_seq.items():
             if key not in self._pruned:
                 self.store.prune(key, seq)

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from actionstate.checkpoint import Checkpoint
-from actionstate.durable.canonical import to_wire_default, untag
 from actionstate.errors import ConfigError, IncompatibleStateError, StateLockedError
+from actionstate.records.canonical import to_wire_default, untag
 
 __all__ = ["STATE_FORMAT", "StateDir"]
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import importlib
 from typing import Any
-from urllib.parse import urlsplit
 
 from actionstate.errors import ConfigError
 from actionstate.stores.base import ActionStateStore, Durability, Marker
@@ -54,21 +53,8 @@ def open_store(url: str, durability: Durability = "sync", **options: Any) -> Act
             f"store URL {url!r} needs the optional dependency {exc.name!r}: "
             f"pip install 'actionstate[{extra}]'"
         ) from None
-    cls = getattr(module, class_name)
-    if scheme in ("memory", "sqlite"):
-        options.pop("actionStateStoreBackend", None)
-        if options:
-            raise ConfigError(f"store URL {url!r} takes no options, got {sorted(options)}")
-    if scheme == "memory":
-        store: ActionStateStore = cls(rest, durability=durability)
-    elif scheme == "sqlite":
-        if not rest:
-            raise ConfigError(f"store URL {url!r} has no path: use sqlite:///path/state.db")
-        store = cls(rest, durability=durability)
-    else:
-        store = cls.from_url(urlsplit(url), durability=durability, **options)
-    store.url = url
-    return store
+    cls: type[ActionStateStore] = getattr(module, class_name)
+    return cls.from_url(url, durability=durability, **options)
 
 
 def url_from_options(options: dict[str, str]) -> str:

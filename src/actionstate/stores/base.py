@@ -1,8 +1,8 @@
 """The action state store interface.
 
 A store is an append-only log of encoded records (see
-:mod:`actionstate.durable.codec`) plus the shared in-memory
-:class:`~actionstate.durable.index.StateIndex`. A backend implements only the
+:mod:`actionstate.records.codec`) plus the shared in-memory
+:class:`~actionstate.records.index.StateIndex`. A backend implements only the
 medium: appending bytes, flushing, reading a range back, and deleting what no
 checkpoint needs. Lookups, divergence, pruning and fencing are done here, once,
 so every backend behaves the same.
@@ -13,17 +13,18 @@ from __future__ import annotations
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal, get_args
 
 from actionstate.checkpoint import Marker
-from actionstate.durable.codec import decode_record, encode_record
-from actionstate.durable.index import Position, StateIndex
-from actionstate.durable.state import ActionState, DropRecord, FenceRecord, Record, StateKey
 from actionstate.errors import ConfigError, StoreError
+from actionstate.records.codec import decode_record, encode_record
+from actionstate.records.index import Position, StateIndex
+from actionstate.records.state import ActionState, DropRecord, FenceRecord, Record, StateKey
 
 __all__ = ["ActionStateStore", "Durability", "Marker"]
 
 Durability = Literal["sync", "group"]
+DURABILITIES: tuple[Durability, ...] = get_args(Durability)
 
 
 class ActionStateStore(ABC):
@@ -33,16 +34,17 @@ class ActionStateStore(ABC):
 
     * :meth:`put` appends a record; in ``sync`` durability it is durable when
       ``put`` returns, in ``group`` durability when :meth:`flush` returns.
-    * :meth:`get` returns the state of a (key, seq, action, event). When it is
-      missing but the same key has states at a later seq, those belong to a
-      history that did not happen and are dropped, for that key only.
+    * :meth:`get` returns the state of a (key, seq, action, event), and does
+      nothing else. When it is missing but :meth:`has_later` finds states of the
+      same key at a later seq, those belong to a history that did not happen:
+      the engine calls :meth:`drop_after`, for that key only.
     * :meth:`recovery_marker` names where a rebuild must start so that every
       state not yet pruned comes back; :meth:`rebuild` with it restores exactly
       those states (reading up to the end captured when the rebuild starts);
       ``rebuild(None)`` is a fresh start in a new namespace, so records of
       earlier runs are never reused.
     * Every rebuild first *claims* a new epoch through the log (see
-      :class:`~actionstate.durable.state.FenceRecord`), then reads up to the end
+      :class:`~actionstate.records.state.FenceRecord`), then reads up to the end
       it captures after the claim. A writer with an older epoch (a zombie) is
       either refused by the medium (SQLite, memory: a conditional write) or its
       records after the claim are ignored by every later rebuild (Kafka, Fluss),
@@ -64,7 +66,7 @@ class ActionStateStore(ABC):
     store finds its claim by reading it back)."""
 
     def __init__(self, durability: Durability = "sync") -> None:
-        if durability not in ("sync", "group"):
+        if durability not in DURABILITIES:
             raise ConfigError(f"unknown durability {durability!r}: use 'sync' or 'group'")
         self.durability: Durability = durability
         self.url = ""
@@ -74,6 +76,13 @@ class ActionStateStore(ABC):
         self._namespace = uuid.uuid4().hex
 
     # -- the medium: what a backend implements -------------------------------
+
+    @classmethod
+    @abstractmethod
+    def from_url(cls, url: str, durability: Durability = "sync",
+                 **options: Any) -> ActionStateStore:
+        """Open the store ``url`` names, with ``options`` (see :mod:`.options`); the
+        store's :attr:`url` is ``url``."""
 
     @abstractmethod
     def append(self, record: Record, data: bytes, sync: bool) -> Position:
@@ -143,19 +152,28 @@ class ActionStateStore(ABC):
         self.index.apply(record, position, epoch)
 
     def get(self, key: StateKey) -> ActionState | None:
-        """The state of ``key``; on divergence drops later seqs of ``key.key``."""
-        state = self.index.get(key)
-        if state is None and self.index.has_later(key.key, key.seq):
-            self.put(DropRecord(key.key, key.seq), sync=True)
-        return state
+        """The state of ``key``, or None (a pure lookup)."""
+        return self.index.get(key)
+
+    def has_later(self, key: str, seq: int) -> bool:
+        """True when states of input ``key`` exist at a seq above ``seq`` (a pure lookup)."""
+        return self.index.has_later(key, seq)
+
+    def drop_after(self, key: str, seq: int) -> None:
+        """Divergence: durably forget every state of input ``key`` with a seq above ``seq``
+        (they belong to a history that did not happen), for that key only."""
+        self.put(DropRecord(key, seq), sync=True)
 
     def prune(self, key: str, seq: int) -> None:
         """Forget states of ``key`` with seq <= ``seq`` (they completed before a checkpoint)."""
         self.index.prune(key, seq)
 
     def recovery_marker(self) -> Marker:
-        """Where a rebuild must start to bring back every state not yet pruned."""
-        self.flush()
+        """Where a rebuild must start to bring back every state not yet pruned.
+
+        A query: take it after :meth:`flush`, as a checkpoint does, so that every
+        record the checkpoint relies on is durable.
+        """
         offsets = self.end_offsets()
         offsets.update(self.index.first_positions())
         fences = {p: self.index.fence_before(p, o) for p, o in offsets.items()}

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlsplit
 
-from actionstate.durable.index import Position
-from actionstate.durable.state import FenceRecord, Record
 from actionstate.errors import FencedError
+from actionstate.records.index import Position
+from actionstate.records.state import FenceRecord, Record
 from actionstate.stores.base import ActionStateStore, Durability
+from actionstate.stores.options import parse_options
 
 __all__ = ["MemoryActionStateStore"]
 
@@ -32,6 +35,16 @@ class MemoryActionStateStore(ActionStateStore):
         super().__init__(durability)
         with _LOCK:
             self._log = _LOGS.setdefault(name, []) if name else []
+
+    @classmethod
+    def from_url(cls, url: str, durability: Durability = "sync",
+                 **options: Any) -> MemoryActionStateStore:
+        """``memory://`` (a private log) or ``memory://name`` (shared in the process)."""
+        parts = urlsplit(url)
+        parse_options("memory", (), parts.query, options)
+        store = cls(parts.netloc + parts.path, durability=durability)
+        store.url = url
+        return store
 
     def append(self, record: Record, data: bytes, sync: bool) -> Position:
         with _LOCK:
@@ -58,10 +71,6 @@ class MemoryActionStateStore(ActionStateStore):
             ns, data = self._log[offset]
             if ns == namespace:
                 yield (0, offset), data, f"memory log offset {offset}"
-
-    def corrupt(self, offset: int, data: bytes) -> None:
-        """Overwrite the record at ``offset`` (for tests of damaged stores)."""
-        self._log[offset] = (self._log[offset][0], data)
 
     def close(self) -> None:
         pass

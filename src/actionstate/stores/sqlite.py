@@ -17,11 +17,13 @@ import contextlib
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-from actionstate.durable.index import Position
-from actionstate.durable.state import DropRecord, FenceRecord, Record
-from actionstate.errors import FencedError, IncompatibleStateError, StoreError
+from actionstate.errors import ConfigError, FencedError, IncompatibleStateError, StoreError
+from actionstate.records.index import Position
+from actionstate.records.state import DropRecord, FenceRecord, Record
 from actionstate.stores.base import ActionStateStore, Durability, Marker
+from actionstate.stores.options import parse_options
 
 __all__ = ["SCHEMA_VERSION", "SqliteActionStateStore"]
 
@@ -78,6 +80,18 @@ class SqliteActionStateStore(ActionStateStore):
         # A lower bound of the id the next appended record gets (ids only grow, and
         # other writers only push them up): the index uses it for recovery markers.
         self._next_id = self.end_offsets()[0]
+
+    @classmethod
+    def from_url(cls, url: str, durability: Durability = "sync",
+                 **options: Any) -> SqliteActionStateStore:
+        """``sqlite:///abs/path/state.db`` or ``sqlite://relative/path.db``."""
+        path, _, query = url.removeprefix("sqlite://").partition("?")
+        parse_options("SQLite", (), query, options)
+        if not path:
+            raise ConfigError(f"store URL {url!r} has no path: use sqlite:///path/state.db")
+        store = cls(path, durability=durability)
+        store.url = url
+        return store
 
     def append(self, record: Record, data: bytes, sync: bool) -> Position:
         if isinstance(record, FenceRecord):

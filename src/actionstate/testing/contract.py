@@ -7,8 +7,16 @@ and give it a ``store_url`` fixture::
         @pytest.fixture
         def store_url(self, tmp_path): return f"mystore://{tmp_path}/x"
 
-Every test opens stores with :func:`~actionstate.stores.open_store`; opening
-the URL again is how a test simulates a restarted runner.
+For pytest's detailed assertion messages from this module, call
+``pytest.register_assert_rewrite("actionstate.testing")`` in your ``conftest.py``
+before anything imports it.
+
+Every test opens stores with :meth:`StoreContract.open_store` (which closes
+them after the test); opening the URL again is how a test simulates a
+restarted runner. A store whose :meth:`~ActionStateStore.release` and
+:meth:`~ActionStateStore.discard_other_runs` delete records at once sets
+``deletes_records = True`` in its subclass (see
+:attr:`StoreContract.deletes_records`).
 """
 
 from __future__ import annotations
@@ -17,28 +25,29 @@ import contextlib
 import dataclasses
 import json
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
 from actionstate.checkpoint import Marker
-from actionstate.durable.codec import decode_record
-from actionstate.durable.index import Position
-from actionstate.durable.state import (
+from actionstate.errors import CorruptRecordError, FencedError
+from actionstate.events import Event, InputEvent, OutputEvent
+from actionstate.records.codec import decode_record
+from actionstate.records.index import Position
+from actionstate.records.state import (
     CallRecord,
     CallResult,
     CallStatus,
     CompleteRecord,
     DropRecord,
     FenceRecord,
+    MemoryScope,
     MemoryUpdate,
     Record,
     StateKey,
     TruncateRecord,
 )
-from actionstate.errors import CorruptRecordError, FencedError
-from actionstate.events import Event, InputEvent, OutputEvent
-from actionstate.stores import ActionStateStore, open_store
+from actionstate.stores import ActionStateStore, Durability, open_store
 
 __all__ = ["ContractEvent", "StoreContract"]
 
@@ -67,7 +76,7 @@ def _done(sk: StateKey) -> CompleteRecord:
     return CompleteRecord(
         sk, InputEvent(input={"k": sk.key}), (ContractEvent(name="x", n=sk.seq),
                                               OutputEvent(output=[1, 2])),
-        (MemoryUpdate("short_term", "a.b", sk.seq),))
+        (MemoryUpdate(MemoryScope.SHORT_TERM, "a.b", sk.seq),))
 
 
 def _complete(store: ActionStateStore, sk: StateKey) -> None:
@@ -89,23 +98,58 @@ def _results(store: ActionStateStore, sk: StateKey) -> dict[int, Any] | None:
 class StoreContract:
     """Behaviour every :class:`~actionstate.stores.base.ActionStateStore` must show."""
 
+    deletes_records: ClassVar[bool | None] = None
+    """Whether the store's ``release`` and ``discard_other_runs`` delete records at
+    once, so that reading them back returns them no more (SQLite: True); False for a
+    store that keeps them (the default hooks; Kafka, whose tombstones take effect
+    only when compaction runs; Fluss). None checks only that either holds: all of
+    the records concerned come back, or none."""
+
     @pytest.fixture
     def store_url(self) -> str:
         raise NotImplementedError("define a store_url fixture in the subclass")
 
+    @pytest.fixture(autouse=True)
+    def _close_opened_stores(self) -> Iterator[None]:
+        """Every store :meth:`open_store` opened is closed after the test, last first."""
+        with contextlib.ExitStack() as opened:
+            self._opened = opened
+            yield
+
     @pytest.fixture
-    def store(self, store_url: str) -> Iterator[ActionStateStore]:
-        store = open_store(store_url)
+    def store(self, _close_opened_stores: None, store_url: str) -> ActionStateStore:
+        """A fresh start on ``store_url``."""
+        store = self.open_store(store_url)
         store.rebuild(None)
-        yield store
-        store.close()
+        return store
+
+    def open_store(self, url: str, durability: Durability = "sync") -> ActionStateStore:
+        """:func:`~actionstate.stores.open_store`, closed after the test."""
+        store = open_store(url, durability=durability)
+        self._opened.callback(store.close)
+        return store
 
     def reopen(self, url: str, marker: Marker | None, *,
                read_only: bool = False) -> ActionStateStore:
-        """A restarted runner's store (it claims a new epoch), or a read-only look."""
-        store = open_store(url)
+        """A restarted runner's store (it claims a new epoch), or a read-only look;
+        closed after the test."""
+        store = self.open_store(url)
         store.rebuild(marker, read_only=read_only)
         return store
+
+    def deletes(self, store: ActionStateStore) -> bool | None:
+        """:attr:`deletes_records`; if unset, False for a store with the default hooks."""
+        if self.deletes_records is None and (
+                type(store).release is ActionStateStore.release
+                and type(store).discard_other_runs is ActionStateStore.discard_other_runs):
+            return False
+        return self.deletes_records
+
+    def run_log(self, store: ActionStateStore) -> set[tuple[Position, bytes]]:
+        """Every record of the store's run, read from the start of every partition."""
+        start = self._start_marker(store).offsets
+        return {(position, data) for position, data, _ in store.read(
+            store.namespace, start, store.end_offsets())}
 
     def zombie_put(self, zombie: ActionStateStore, record: Record) -> None:
         """A write by an instance a successor took over: refused where the medium
@@ -134,7 +178,7 @@ class StoreContract:
                                                 "message": "bad", "args": ["bad"]}
             assert state.output_events == [ContractEvent(name="x", n=0),
                                            OutputEvent(output=[1, 2])]
-            assert state.memory_updates == [MemoryUpdate("short_term", "a.b", 0)]
+            assert state.memory_updates == [MemoryUpdate(MemoryScope.SHORT_TERM, "a.b", 0)]
             assert state.task_event == InputEvent(input={"k": "k"})
 
     def _start_marker(self, store: ActionStateStore) -> Marker:
@@ -183,7 +227,6 @@ class StoreContract:
         assert held == {("b", 0), ("a", 1)}, "the completed, pruned state is not read back"
         state = restored.get(in_flight)
         assert state is not None and state.calls[0].result == "in flight at the checkpoint"
-        restored.close()
 
     def test_no_marker_means_no_rebuild(self, store: ActionStateStore, store_url: str) -> None:
         sk = _key("fresh", 0)
@@ -198,8 +241,6 @@ class StoreContract:
         assert again.get(sk) is not None
         again.rebuild(None)
         assert again.namespace != old_marker.namespace, "a fresh start is a new run"
-        fresh.close()
-        again.close()
 
     def test_divergence_drops_later_seqs_of_that_key_only(
             self, store: ActionStateStore, store_url: str) -> None:
@@ -209,6 +250,8 @@ class StoreContract:
         _ok(store, _key("a", 1, action="other"), 0, "second action at seq 1")
         _ok(store, _key("b", 5), 0, "other key")
         assert store.get(_key("a", 1, event="9" * 64)) is None
+        assert store.has_later("a", 1), "a lookup has no side effect"
+        store.drop_after("a", 1)
         for candidate in (store, self.reopen(store_url, marker, read_only=True)):
             assert candidate.get(_key("a", 2)) is None
             assert candidate.get(_key("a", 3)) is None
@@ -270,7 +313,7 @@ class StoreContract:
             self.reopen(store_url, marker, read_only=True)
 
     def test_group_durability_is_durable_after_flush(self, store_url: str) -> None:
-        store = open_store(store_url, durability="group")
+        store = self.open_store(store_url, durability="group")
         store.rebuild(None)
         marker = self._start_marker(store)
         for seq in range(50):
@@ -278,8 +321,6 @@ class StoreContract:
         store.flush()
         other = self.reopen(store_url, marker, read_only=True)
         assert all(other.get(_key(f"g{seq % 7}", seq)) is not None for seq in range(50))
-        store.close()
-        other.close()
 
     def test_sync_put_is_visible_to_a_new_instance_at_once(
             self, store: ActionStateStore, store_url: str) -> None:
@@ -287,7 +328,6 @@ class StoreContract:
         _ok(store, _key("s", 0), 0, "durable")
         other = self.reopen(store_url, marker, read_only=True)
         assert other.get(_key("s", 0)) is not None
-        other.close()
 
     # -- recovery: several crashes, and zombies ----------------------------------
 
@@ -305,8 +345,6 @@ class StoreContract:
         third = self.reopen(store_url, second.recovery_marker(), read_only=True)
         assert _results(third, sk) == {0: "first call, before checkpoint 1",
                                        1: "second call, by the restarted run", 2: "third"}
-        for s in (first, second, third):
-            s.close()
 
     def test_zombie_writes_after_the_successor_restored_never_count(
             self, store: ActionStateStore, store_url: str) -> None:
@@ -327,8 +365,6 @@ class StoreContract:
             state = latest.get(sk)
             assert state is not None and not state.completed
             assert latest.get(other) is None
-            latest.close()
-        successor.close()
 
     def test_two_restorers_from_one_marker_the_later_claim_wins(
             self, store: ActionStateStore, store_url: str) -> None:
@@ -343,14 +379,13 @@ class StoreContract:
         winner.flush()
         latest = self.reopen(store_url, marker, read_only=True)
         assert _results(latest, sk) == {0: "recorded", 1: "winner"}
-        assert not latest.get(sk).completed  # type: ignore[union-attr]
-        for s in (loser, winner, latest):
-            s.close()
+        state = latest.get(sk)
+        assert state is not None and not state.completed
 
     def test_a_write_racing_the_successor_claim_is_seen_by_all_or_none(
             self, store: ActionStateStore, store_url: str) -> None:
         sk, marker = _recorded(store, "race")
-        successor = open_store(store_url)
+        successor = self.open_store(store_url)
         real_append = successor.append
 
         def racing_append(record: Record, data: bytes, sync: bool) -> Position:
@@ -369,8 +404,6 @@ class StoreContract:
         _ok(successor, sk, 2, "successor")
         latest = self.reopen(store_url, successor.recovery_marker(), read_only=True)
         assert _results(latest, sk) == {**seen, 2: "successor"}
-        successor.close()
-        latest.close()
 
     def test_sequential_restorers_each_fence_all_before_them(
             self, store: ActionStateStore, store_url: str) -> None:
@@ -387,11 +420,72 @@ class StoreContract:
             marker = runs[-1].recovery_marker()
         latest = self.reopen(store_url, marker, read_only=True)
         assert _results(latest, sk) == {n: f"run {n}" for n in range(4)}
-        for s in (*runs[1:], latest):
-            with contextlib.suppress(FencedError):
-                s.close()
 
     def test_close_twice_is_fine(self, store_url: str) -> None:
-        store = open_store(store_url)
+        store = self.open_store(store_url)
         store.close()
         store.close()
+
+    # -- deleting what no checkpoint needs ---------------------------------------
+
+    def test_release_keeps_every_state_its_marker_covers(
+            self, store: ActionStateStore, store_url: str) -> None:
+        done, in_flight, later = _key("r", 0), _key("s", 0), _key("r", 1)
+        _ok(store, done, 0, "completed before the checkpoint")
+        _complete(store, done)
+        store.prune("r", 0)
+        _ok(store, in_flight, 0, "in flight at the checkpoint")
+        marker = store.recovery_marker()
+        written = self.run_log(store)
+        store.release(marker)
+        _ok(store, in_flight, 1, "after the release")
+        _ok(store, later, 0, "after the release")
+        store.flush()
+        restored = self.reopen(store_url, marker)
+        assert {(sk.key, sk.seq) for sk, _ in restored.states()} == {("s", 0), ("r", 1)}
+        assert _results(restored, in_flight) == {0: "in flight at the checkpoint",
+                                                 1: "after the release"}
+        assert _results(restored, later) == {0: "after the release"}
+        # Read from the start: what the marker covers is all there; what lies below
+        # it is deleted as a whole (a store that deletes) or kept as a whole.
+        now = self.run_log(store)
+        covered = {(at, data) for at, data in written if at[1] >= marker.offsets.get(at[0], 0)}
+        below = written - covered
+        assert below, "the claim and the pruned state's records lie below the marker"
+        assert covered <= now, "release deleted a record its marker still needs"
+        kept = below & now
+        assert kept in (below, set()), (
+            f"release deleted {len(below - kept)} of the {len(below)} records below its "
+            "marker: all or none")
+        if self.deletes(store) is not None:
+            assert (not kept) is self.deletes(store), (
+                "released records come back" if kept else "released records are gone")
+        # The restored run releases its own checkpoint: that one restores as well.
+        second = restored.recovery_marker()
+        restored.release(second)
+        restored.flush()
+        latest = self.reopen(store_url, second, read_only=True)
+        assert _results(latest, in_flight) == {0: "in flight at the checkpoint",
+                                               1: "after the release"}
+        assert _results(latest, later) == {0: "after the release"}
+
+    def test_a_fresh_start_never_sees_another_runs_states_discarded_or_not(
+            self, store: ActionStateStore, store_url: str) -> None:
+        old, new = _key("old", 0), _key("new", 0)
+        _ok(store, old, 0, "an earlier run")
+        old_marker = store.recovery_marker()
+        current = self.reopen(store_url, None)
+        _ok(current, new, 0, "this run")
+        marker = current.recovery_marker()
+        current.discard_other_runs()
+        _ok(current, new, 1, "after the discard")
+        current.flush()
+        assert len(self.reopen(store_url, None).index) == 0, "a fresh start reads no run"
+        restored = self.reopen(store_url, marker)
+        assert _results(restored, new) == {0: "this run", 1: "after the discard"}
+        assert restored.get(old) is None, "runs must not mix"
+        earlier = _results(self.reopen(store_url, old_marker, read_only=True), old)
+        assert earlier in ({0: "an earlier run"}, None), "another run is kept whole or deleted"
+        if self.deletes(store) is not None:
+            assert (earlier is None) is self.deletes(store), (
+                "the other run is gone" if earlier is None else "the other run is kept")

@@ -35,7 +35,7 @@ __all__ = [
     "decode_exception",
     "digest",
     "encode_exception",
-    "from_wire",
+    "event_id",
     "untag",
     "to_wire_default",
 ]
@@ -65,15 +65,6 @@ def untag(obj: dict[str, Any]) -> Any:
         return base64.b64decode(obj["b64"])
     if tag == "event":
         return event_class(obj["type"])(**obj["data"])
-    return obj
-
-
-def from_wire(obj: Any) -> Any:
-    """Turn a JSON-decoded stored value back into the value that was stored."""
-    if isinstance(obj, dict):
-        return untag({k: from_wire(v) for k, v in obj.items()})
-    if isinstance(obj, list):
-        return [from_wire(v) for v in obj]
     return obj
 
 
@@ -131,6 +122,11 @@ def args_digest(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
             text = "[[" + ",".join(p for p in parts if p is not None) + "],{}]"
             return hashlib.sha256(text.encode()).hexdigest()
     return digest([list(args), kwargs])
+
+
+def event_id(event: Event) -> str:
+    """Full SHA-256 hex digest of the event's type and canonical content."""
+    return hashlib.sha256(canonical_bytes(event.to_json())).hexdigest()
 
 
 def digest(value: Any) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from actionstate.durable.state import (
+from actionstate.records.state import (
     ActionState,
     CallRecord,
     CompleteRecord,

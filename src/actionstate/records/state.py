@@ -22,6 +22,7 @@ __all__ = [
     "CompleteRecord",
     "DropRecord",
     "FenceRecord",
+    "MemoryScope",
     "MemoryUpdate",
     "Record",
     "StateKey",
@@ -70,11 +71,18 @@ class CallResult:
         return self.function_id == function_id and self.args_digest == args_digest
 
 
+class MemoryScope(enum.StrEnum):
+    """Which memory a write went to (stored as its value)."""
+
+    SHORT_TERM = "short_term"
+    SENSORY = "sensory"
+
+
 @dataclass(frozen=True, slots=True)
 class MemoryUpdate:
-    """A memory write made by an action: ``scope`` is ``"short_term"`` or ``"sensory"``."""
+    """A memory write made by an action."""
 
-    scope: str
+    scope: MemoryScope
     path: str
     value: Any
 

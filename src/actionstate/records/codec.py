@@ -9,20 +9,21 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from actionstate.durable.canonical import STORED, TAG, untag
-from actionstate.durable.state import (
+from actionstate.errors import CorruptRecordError
+from actionstate.records.canonical import STORED, TAG, untag
+from actionstate.records.state import (
     CallRecord,
     CallResult,
     CallStatus,
     CompleteRecord,
     DropRecord,
     FenceRecord,
+    MemoryScope,
     MemoryUpdate,
     Record,
     StateKey,
     TruncateRecord,
 )
-from actionstate.errors import CorruptRecordError
 
 __all__ = ["FORMAT_VERSION", "decode_record", "encode_record"]
 
@@ -122,7 +123,7 @@ def _from_envelope(env: dict[str, Any]) -> Record:
         call = CallResult(env["f"], env["d"], status, env.get("r"), env.get("x"))
         return CallRecord(key, int(env["p"]), call, epoch)
     if kind == "done":
-        mem = tuple(MemoryUpdate(str(s), str(p), v) for s, p, v in env["mem"])
+        mem = tuple(MemoryUpdate(MemoryScope(s), str(p), v) for s, p, v in env["mem"])
         return CompleteRecord(key, env["ev"], tuple(env["out"]), mem, epoch)
     if kind == "trunc":
         return TruncateRecord(key, int(env["p"]), epoch)

@@ -1,0 +1,120 @@
+"""Reading a run's records back from the table, bucket by bucket, between two offsets."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator
+from typing import Any
+
+import fluss
+
+from actionstate.errors import StoreError
+from actionstate.records.index import Position
+from actionstate.stores.fluss.bucketing import bucket_of
+from actionstate.stores.fluss.rows import namespace_prefix
+from actionstate.stores.fluss.table import FlussTable
+
+__all__ = ["scan"]
+
+_POLL_MS = 500
+
+
+def scan(table: FlussTable, namespace: str, start: dict[int, int],
+         stop: dict[int, int]) -> Iterator[tuple[Position, bytes, str]]:
+    """The records of ``namespace`` from ``start`` up to (excluding) ``stop``, per bucket in
+    log order: (position, payload, where), ``where`` naming the record in errors.
+
+    Raises:
+        StoreError: the records are gone (the table was recreated or truncated, or log
+            retention deleted them), the table was written with another bucketing, or a
+            bucket returned nothing for the client's timeout.
+    """
+    pending = _read_ranges(table, start, stop)
+    if not pending:
+        return
+    client = table.client
+    prefix = namespace_prefix(namespace)
+    starts = {b: lo for b, (lo, _) in pending.items()}
+    scanner = client.call(lambda: table.scanner(starts), "open a log scanner")
+    where = f"Fluss table {table.name}"
+    finished: list[int] = []
+    idle_polls = 0
+    while pending:
+        batches = client.call(functools.partial(_poll, scanner, finished), "read the log")
+        idle_polls = 0 if batches else idle_polls + 1
+        if idle_polls * _POLL_MS / 1000 > client.timeout:
+            raise StoreError(
+                f"{where}: buckets {sorted(pending)} returned nothing for "
+                f"{client.timeout:.0f} s while reading up to offsets "
+                f"{ {b: hi for b, (_, hi) in pending.items()} }: is the Fluss cluster at "
+                f"{client.servers} healthy?")
+        for bucket, base, keys, payloads, first_agent_key in batches:
+            if bucket not in pending:
+                continue
+            _check_bucketing(table, bucket, first_agent_key)
+            lo, hi = pending[bucket]
+            for i in range(max(0, lo - base), min(len(keys), hi - base)):
+                if keys[i].startswith(prefix):
+                    offset = base + i
+                    yield ((bucket, offset), payloads[i],
+                           f"{where} bucket {bucket} offset {offset}")
+            pending[bucket] = (max(lo, base + len(keys)), hi)
+        finished = [b for b, (lo, hi) in pending.items() if lo >= hi]
+        for bucket in finished:
+            del pending[bucket]
+
+
+def _read_ranges(table: FlussTable, start: dict[int, int],
+                 stop: dict[int, int]) -> dict[int, tuple[int, int]]:
+    """Per bucket with records to read, (start, stop); StoreError if records are gone."""
+    where = f"Fluss table {table.name}"
+    unknown = sorted(b for b in start if not 0 <= b < table.num_buckets)
+    if unknown:
+        raise StoreError(
+            f"{where} has {table.num_buckets} buckets, but the recovery marker names "
+            f"buckets {unknown}: the table was recreated since the checkpoint, so its "
+            "records are lost; start fresh (no marker) or restore the table")
+    ranges = {b: (start.get(b, 0), hi) for b, hi in stop.items()}
+    ahead = {b: lo for b, (lo, hi) in ranges.items() if lo > hi}
+    if ahead:
+        raise StoreError(
+            f"{where} ends at offsets {stop} but the recovery marker starts at {ahead}: the "
+            "table was dropped or truncated since the checkpoint, so its records are "
+            "lost; start fresh (no marker) or restore the table")
+    ranges = {b: r for b, r in ranges.items() if r[0] < r[1]}
+    if ranges:
+        earliest = table.list_offsets(fluss.OffsetSpec.earliest(),
+                                      "read the earliest offsets", buckets=sorted(ranges))
+        lost = {b: (lo, earliest[b]) for b, (lo, _) in ranges.items() if lo < earliest[b]}
+        if lost:
+            raise StoreError(
+                f"{where}: records needed by the recovery marker were deleted by log "
+                f"retention (bucket: (marker offset, earliest kept offset) {lost}); the "
+                "states they held are lost: raise table.log.ttl above the checkpoint "
+                "retention, and start fresh (no marker)")
+    return ranges
+
+
+def _check_bucketing(table: FlussTable, bucket: int, agent_key: str | None) -> None:
+    if agent_key is not None and bucket_of(agent_key, table.num_buckets) != bucket:
+        raise StoreError(
+            f"Fluss table {table.name} bucket {bucket} holds agent_key "
+            f"{agent_key!r}, which Fluss's default bucketing puts in bucket "
+            f"{bucket_of(agent_key, table.num_buckets)}: the table was written with "
+            "another bucketing, so recovery markers would be wrong; use a table only "
+            "this store writes")
+
+
+async def _poll(scanner: Any, finished: list[int]) -> list[tuple[int, int, list[str],
+                                                              list[bytes], str | None]]:
+    """One poll: per Arrow batch (bucket, base offset, state keys, payloads, first agent key)."""
+    for bucket in finished:
+        scanner.unsubscribe(bucket)
+    out = []
+    for rb in await scanner.poll_record_batch(_POLL_MS):
+        batch = rb.batch
+        agent_keys = batch.column(2)
+        out.append((rb.bucket.bucket_id, rb.base_offset, batch.column(0).to_pylist(),
+                    batch.column(1).to_pylist(),
+                    agent_keys[0].as_py() if len(agent_keys) else None))
+    return out

@@ -1,0 +1,286 @@
+"""The Fluss store's medium: appending rows, flushing, the end offsets, reading back.
+
+Positions are (bucket, offset). Fluss assigns the offset on the server, so
+:meth:`FlussActionStateStore.append` returns a lower bound of it: the bucket's end
+offset read when the store last resynchronised its positions (at open, at every claim
+and after every recovery marker), plus the records this store sent to the bucket since
+then and saw acknowledged, plus those buffered ahead of it (the idempotent writer keeps
+one bucket's records in send order; other writers only push offsets up). With one
+writer the bound is the exact offset. The bucket is computed here with Fluss's own
+bucketing function (see :func:`~.bucketing.bucket_of`), so the recovery marker of a
+bucket is never above any live state's first record.
+
+Claims (see :class:`~actionstate.records.state.FenceRecord`): the client does not
+say at which offset an acknowledged record landed, so the store's claim positions
+are lower bounds (``exact_positions = False``) and the base class reads bucket 0
+back to find its claim. The claim is written in one batch with a *pre-fence* in
+every other bucket: ``FenceRecord(b + 1)`` where ``b`` is bucket 0's end offset
+read just before, a lower bound of the claim's offset. Every writer that claimed
+before ``b`` has an epoch of at most ``b``, so once the claim is acknowledged its
+records in any bucket are ignored, as in bucket 0, and the claimant's own epoch
+(its claim's offset + 1) is at least ``b + 1``. When no other claim landed in
+between (the claim is at ``b``), the pre-fences already carry the claimant's epoch
+and the fence copies the base class then appends are not written again.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections.abc import Iterator, Mapping
+from typing import Any, Self
+
+from actionstate.errors import StoreError
+from actionstate.records.codec import encode_record
+from actionstate.records.index import Position
+from actionstate.records.state import DropRecord, FenceRecord, Record
+from actionstate.stores.base import ActionStateStore, Durability, Marker
+from actionstate.stores.fluss.bucketing import bucket_of, fence_agent_keys
+from actionstate.stores.fluss.client import FlussClient
+from actionstate.stores.fluss.config import check_settings, client_properties, parse_url
+from actionstate.stores.fluss.rows import (
+    AGENT_KEY,
+    STATE_KEY,
+    STATE_PAYLOAD,
+    arrow_batch,
+    key_head,
+    state_key,
+)
+from actionstate.stores.fluss.scan import scan
+from actionstate.stores.fluss.table import open_table
+
+__all__ = ["FlussActionStateStore"]
+
+_BUCKET_CACHE_SIZE = 1 << 16
+
+log = logging.getLogger("actionstate.stores.fluss")
+
+
+class FlussActionStateStore(ActionStateStore):
+    """Action states appended to a Fluss log table, one bucket per input key's records.
+
+    Contract (beyond :class:`~actionstate.stores.base.ActionStateStore`):
+
+    * ``sync`` durability: each put is one append acknowledged before ``put``
+      returns; the writer's batch timeout is 0, so no batching delay is paid
+      (in either durability: a ``sync=True`` put in ``group`` mode is as quick).
+    * ``group`` durability: puts are buffered; :meth:`flush` writes them as one
+      Arrow batch (the client routes rows to their buckets, in order) and waits
+      for every bucket's acknowledgement, raising :class:`StoreError` on any
+      failure. A failed group commit leaves the store unusable: restart from the
+      last checkpoint.
+    * A claim (:class:`FenceRecord` of epoch 0) goes to bucket 0, with a pre-fence
+      in every other bucket (see the module doc); a :class:`FenceRecord` with an
+      epoch goes to every bucket but 0; a :class:`DropRecord` to its input key's
+      bucket.
+    * :meth:`rebuild` reads each bucket from the marker's offset up to the end
+      offset read after its claim.
+
+    Args:
+        timeout: seconds to wait for the cluster (the option ``flussTimeoutMs``).
+    """
+
+    exact_positions = False  # the client does not return an appended record's offset
+    claim_prefences = True  # a claim is written with a pre-fence in every other bucket
+
+    def __init__(
+        self,
+        bootstrap_servers: str = "localhost:9123",
+        database: str = "flink_agents",
+        table: str = "action_states",
+        *,
+        buckets: int = 64,
+        durability: Durability = "sync",
+        security: Mapping[str, str] | None = None,
+        timeout: float = 60.0,
+    ) -> None:
+        super().__init__(durability)
+        check_settings(database, table, buckets, timeout)
+        self.bootstrap_servers = bootstrap_servers
+        self.table_name = f"{database}.{table}"
+        self._writer_id = uuid.uuid4().hex[:12]
+        self._key_head = key_head(self.namespace, self._writer_id)  # state_key up to "n"
+        self._sequence = 0  # this writer's records, numbered in state_key
+        self._prefence = 0  # the epoch of the pre-fences written with the last claim
+        self._lock = threading.RLock()
+        self._closed = False
+        self._failure: str | None = None  # why the store is unusable (a failed group commit)
+        # Rows not yet sent, flushed as one Arrow batch.
+        self._keys: list[str] = []
+        self._payloads: list[bytes] = []
+        self._agent_keys: list[str] = []
+        self._bucket_cache: dict[str, int] = {}
+        self._client = FlussClient(bootstrap_servers,
+                                   client_properties(bootstrap_servers, timeout, security),
+                                   timeout, self.table_name)
+        try:
+            self._table = open_table(self._client, database, table, buckets)
+            self._client.disable_nagle()
+            ends = self._table.end_offsets()
+        except BaseException:
+            self._client.close()
+            raise
+        self.num_buckets = self._table.num_buckets
+        self._fence_keys = fence_agent_keys(self.num_buckets)  # one agent key per bucket
+        # Positions: per bucket, the end offset last read, this store's records
+        # acknowledged since, and its records buffered (see the module doc).
+        self._base = [ends[b] for b in range(self.num_buckets)]
+        self._acked = [0] * self.num_buckets
+        self._buffered = [0] * self.num_buckets
+        log.info("Fluss action state store %s at %s: %d buckets, %s durability",
+                 self.table_name, bootstrap_servers, self.num_buckets, durability)
+
+    @classmethod
+    def from_url(cls, url: str, durability: Durability = "sync", **options: Any) -> Self:
+        """Open ``fluss://host:port/database.table?option=value`` (see the package doc)."""
+        settings = parse_url(url, options)
+        store = cls(settings.servers, settings.database, settings.table,
+                    buckets=settings.buckets, durability=durability,
+                    security=settings.security, timeout=settings.timeout)
+        store.url = url
+        return store
+
+    def use_namespace(self, namespace: str) -> None:
+        super().use_namespace(namespace)
+        self._key_head = key_head(namespace, self._writer_id)
+
+    @property
+    def partition_count(self) -> int:
+        return self.num_buckets
+
+    def append(self, record: Record, data: bytes, sync: bool) -> Position:
+        with self._lock:
+            if self._closed or self._failure is not None:
+                self._check_usable()
+            if isinstance(record, FenceRecord):
+                return self._append_fence(record, data, sync)
+            agent_key = record.key if isinstance(record, DropRecord) else record.key.key
+            bucket = self._bucket_cache.get(agent_key)
+            if bucket is None:
+                bucket = self._bucket(agent_key)
+            buffered = self._buffered
+            position = (bucket, self._base[bucket] + self._acked[bucket] + buffered[bucket])
+            self._sequence += 1
+            self._keys.append(state_key(self._key_head, self._sequence, record))
+            self._payloads.append(data)
+            self._agent_keys.append(agent_key)
+            buffered[bucket] += 1
+            if sync:
+                self._write_buffer(single=len(self._keys) == 1)
+            return position
+
+    def _append_fence(self, record: FenceRecord, data: bytes, sync: bool) -> Position:
+        """A claim to bucket 0 with a pre-fence in every other bucket, or a fence with
+        an epoch to every other bucket (unless the pre-fences already carry it)."""
+        keys = self._fence_keys
+        rows: list[tuple[Record, bytes, str]] = []
+        if record.claim:
+            self._resync_positions()  # bucket 0's end now: a tight bound of the claim's offset
+            lower = self._base[0] + self._acked[0] + self._buffered[0]
+            self._prefence = lower + 1
+            prefence = FenceRecord(self._prefence)
+            prefence_data = encode_record(prefence)
+            rows.append((record, data, keys[0]))
+            rows += [(prefence, prefence_data, key) for key in keys[1:]]
+            position = (0, lower)
+        else:
+            if record.epoch != self._prefence:
+                rows += [(record, data, key) for key in keys[1:]]
+            # else every other bucket already has this epoch's fence, from the claim's batch
+            self._prefence = 0
+            bucket = 1 if rows else 0
+            position = (bucket, self._base[bucket] + self._acked[bucket] + self._buffered[bucket])
+        for fence, fence_data, agent_key in rows:
+            self._sequence += 1
+            self._keys.append(state_key(self._key_head, self._sequence, fence))
+            self._payloads.append(fence_data)
+            self._agent_keys.append(agent_key)
+            self._buffered[self._bucket(agent_key)] += 1
+        if sync and self._keys:
+            self._write_buffer(single=len(self._keys) == 1)
+        return position
+
+    def flush(self) -> None:
+        with self._lock:
+            self._check_usable()
+            if self._keys:
+                self._write_buffer(single=False)
+
+    def end_offsets(self) -> dict[int, int]:
+        return self._table.end_offsets()
+
+    def recovery_marker(self) -> Marker:
+        marker = super().recovery_marker()
+        self._resync_positions()  # records put from now on: bounds from the ends of now
+        return marker
+
+    def read(
+        self, namespace: str, start: dict[int, int], stop: dict[int, int]
+    ) -> Iterator[tuple[Position, bytes, str]]:
+        return scan(self._table, namespace, start, stop)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            try:
+                if self._keys and self._failure is None:
+                    self._write_buffer(single=False)
+            finally:
+                self._client.close()
+
+    # -- bookkeeping ---------------------------------------------------------
+
+    def _resync_positions(self) -> None:
+        """Bound the positions of the records sent from now on by the buckets' end
+        offsets read now (other writers may have pushed them up since the last read)."""
+        with self._lock:
+            ends = self._table.end_offsets()
+            self._base = [ends[b] for b in range(self.num_buckets)]
+            self._acked = [0] * self.num_buckets
+
+    def _check_usable(self) -> None:
+        if self._closed:
+            raise StoreError(f"Fluss store {self.table_name} is closed")
+        if self._failure is not None:
+            raise StoreError(self._failure)
+
+    def _write_buffer(self, *, single: bool) -> None:
+        """Send the buffered rows and wait for their acknowledgement."""
+        keys, payloads, agent_keys, sent = (self._keys, self._payloads, self._agent_keys,
+                                            self._buffered)
+        self._keys, self._payloads, self._agent_keys = [], [], []
+        self._buffered = [0] * self.num_buckets
+        writer = self._table.writer
+        self._client.keep_nodelay()
+        if single:
+            row = {STATE_KEY: keys[0], STATE_PAYLOAD: payloads[0], AGENT_KEY: agent_keys[0]}
+            self._client.acknowledge(lambda: writer.append(row).wait(), "append a record",
+                                     self._table.probe)
+            self._acked = [a + c for a, c in zip(self._acked, sent, strict=True)]
+            return
+        batch = arrow_batch(keys, payloads, agent_keys)
+
+        async def commit() -> None:
+            handle = writer.write_arrow_batch(batch)
+            await writer.flush()
+            await handle.wait()
+
+        try:
+            self._client.acknowledge(commit, f"append {len(keys)} records", self._table.probe)
+        except StoreError as exc:
+            if self.durability == "group":
+                self._failure = (f"{exc}; a group commit failed, so records put since the "
+                                 "last flush may be lost: restart from the last checkpoint")
+            raise
+        self._acked = [a + c for a, c in zip(self._acked, sent, strict=True)]
+
+    def _bucket(self, agent_key: str) -> int:
+        bucket = self._bucket_cache.get(agent_key)
+        if bucket is None:
+            if len(self._bucket_cache) >= _BUCKET_CACHE_SIZE:
+                self._bucket_cache.clear()
+            bucket = self._bucket_cache[agent_key] = bucket_of(agent_key, self.num_buckets)
+        return bucket

@@ -1,0 +1,40 @@
+"""``kafka://host:9092/topic``: action states in a compacted Kafka topic (extra ``kafka``).
+
+Options (URL query parameters or keyword arguments of
+:func:`~actionstate.stores.open_store`; Flink Agents' names and defaults):
+
+==========================================  ==========  ===========================================
+option                                      default     meaning
+==========================================  ==========  ===========================================
+``kafkaBootstrapServers``                   URL host    ``host:port[,host:port...]``
+``kafkaActionStateTopic``                   URL path    topic name
+``kafkaActionStateTopicNumPartitions``      64          partitions of a topic this store creates
+                                                        (alias ``partitions``)
+``kafkaActionStateTopicReplicationFactor``  1           replication factor of a created topic
+                                                        (alias ``replicationFactor``)
+``kafkaActionStateTopicMaxMessageBytes``    16 MiB      largest record (topic ``max.message.bytes``)
+``kafkaRetainedCheckpoints``                1           checkpoints whose records are kept
+``kafkaConnectTimeoutMs``                   10000       how long to wait for the broker, and for
+                                                        a just-created topic to settle
+a librdkafka property                       --          passed to the clients, e.g.
+                                                        ``security.protocol``, ``sasl.*``,
+                                                        ``ssl.*``, ``compression.type``,
+                                                        ``delivery.timeout.ms`` (120000);
+                                                        ``producer.X`` / ``consumer.X`` for one
+==========================================  ==========  ===========================================
+
+A setting given twice (URL and keyword, alias and name, URL host or path and option) must
+agree (see :mod:`actionstate.stores.options`); the URL's host may also be one of the
+servers ``kafkaBootstrapServers`` lists. The modules: ``store`` (the medium: produce,
+flush, read, release), ``config`` (options, librdkafka properties per client), ``topic``
+(create or check the topic, list offsets, retry while it settles), ``partition``,
+``retention`` (what release may delete), ``failures`` (librdkafka's errors). Logs go to
+the ``actionstate.stores.kafka`` logger, librdkafka's own included.
+"""
+
+from __future__ import annotations
+
+from actionstate.stores.kafka.partition import partition_of
+from actionstate.stores.kafka.store import KafkaActionStateStore
+
+__all__ = ["KafkaActionStateStore", "partition_of"]

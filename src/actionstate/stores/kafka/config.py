@@ -1,0 +1,150 @@
+"""The Kafka store's options (see the package doc), and its librdkafka properties split
+among the clients."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from confluent_kafka import KafkaException
+
+from actionstate.errors import ConfigError
+from actionstate.stores.kafka.failures import reason
+from actionstate.stores.options import Option, parse_options, url_servers
+
+__all__ = ["DEFAULT_PARTITIONS", "DEFAULT_MAX_MESSAGE_BYTES", "DEFAULT_CONNECT_TIMEOUT",
+           "ClientConfigs", "KafkaSettings", "client", "parse_url", "split_config"]
+
+log = logging.getLogger("actionstate.stores.kafka")
+
+DEFAULT_PARTITIONS = 64
+DEFAULT_MAX_MESSAGE_BYTES = 16 << 20
+DEFAULT_CONNECT_TIMEOUT = 10.0
+"""Seconds."""
+
+_SERVERS, _TOPIC = "kafkaBootstrapServers", "kafkaActionStateTopic"
+_OPTIONS = (
+    Option(_SERVERS),
+    Option(_TOPIC),
+    Option("kafkaActionStateTopicNumPartitions", str(DEFAULT_PARTITIONS), ("partitions",),
+           integer=True),
+    Option("kafkaActionStateTopicReplicationFactor", "1", ("replicationFactor",), integer=True),
+    Option("kafkaActionStateTopicMaxMessageBytes", str(DEFAULT_MAX_MESSAGE_BYTES), integer=True),
+    Option("kafkaRetainedCheckpoints", "1", integer=True),
+    Option("kafkaConnectTimeoutMs", str(int(DEFAULT_CONNECT_TIMEOUT * 1000)), integer=True),
+)
+
+_PRODUCER_ONLY = frozenset({
+    "acks", "request.required.acks", "linger.ms", "queue.buffering.max.ms",
+    "queue.buffering.max.messages", "queue.buffering.max.kbytes", "batch.num.messages",
+    "batch.size", "compression.type", "compression.codec", "compression.level",
+    "delivery.timeout.ms", "message.timeout.ms", "retries", "message.send.max.retries",
+    "enable.idempotence", "enable.gapless.guarantee", "max.in.flight.requests.per.connection",
+    "max.in.flight", "request.timeout.ms", "partitioner",
+    "sticky.partitioning.linger.ms",
+})
+_CONSUMER_ONLY_PREFIXES = ("fetch.", "queued.", "max.partition.fetch.bytes", "isolation.level",
+                           "auto.offset.reset", "enable.partition.eof", "check.crcs", "group.")
+_FIXED = {"enable.idempotence": ("true",), "acks": ("all", "-1"),
+          "request.required.acks": ("all", "-1")}
+
+
+@dataclass(frozen=True)
+class KafkaSettings:
+    """What a ``kafka://`` URL and its options say, in the store constructor's terms."""
+
+    servers: str
+    topic: str
+    partitions: int
+    replication_factor: int
+    max_message_bytes: int
+    retained_checkpoints: int
+    connect_timeout: float
+    """Seconds."""
+    client_config: dict[str, str]
+    """librdkafka properties, passed through."""
+
+
+def parse_url(url: str, options: Mapping[str, Any]) -> KafkaSettings:
+    """The settings of ``kafka://servers/topic?option=value`` and keyword ``options``.
+
+    The URL's host gives ``kafkaBootstrapServers`` and its path ``kafkaActionStateTopic``,
+    under the one rule of :mod:`actionstate.stores.options`: a setting given twice must
+    agree. The host may also be one server of a list an option gives (a URL made by
+    :func:`~actionstate.stores.url_from_options` names the first): the list is used.
+    """
+    split = urlsplit(url)
+    from_url = {_SERVERS: url_servers(split.netloc, split.query, options, _SERVERS),
+                _TOPIC: split.path.lstrip("/")}
+    parsed = parse_options(
+        "Kafka", _OPTIONS, split.query, options,
+        from_url={name: value for name, value in from_url.items() if value},
+        passthrough=lambda name: "." in name or name in _PRODUCER_ONLY)
+    return KafkaSettings(
+        servers=parsed.values[_SERVERS] or "",
+        topic=parsed.values[_TOPIC] or "",
+        partitions=parsed.integer("kafkaActionStateTopicNumPartitions"),
+        replication_factor=parsed.integer("kafkaActionStateTopicReplicationFactor"),
+        max_message_bytes=parsed.integer("kafkaActionStateTopicMaxMessageBytes"),
+        retained_checkpoints=parsed.integer("kafkaRetainedCheckpoints"),
+        connect_timeout=parsed.integer("kafkaConnectTimeoutMs") / 1000,
+        client_config=parsed.passthrough,
+    )
+
+
+@dataclass(frozen=True)
+class ClientConfigs:
+    """librdkafka properties for every client, the producer only, and the consumer only."""
+
+    common: dict[str, Any]
+    producer: dict[str, Any]
+    consumer: dict[str, Any]
+
+
+def split_config(servers: str, config: Mapping[str, str]) -> ClientConfigs:
+    """The store's librdkafka defaults with ``config`` over them, split by client.
+
+    ``producer.X`` and ``consumer.X`` go to one client as ``X``; a property only one
+    client knows goes to that one. Settings that would lose or duplicate records are
+    a :class:`ConfigError`.
+    """
+    common: dict[str, Any] = {"bootstrap.servers": servers, "socket.nagle.disable": True}
+    producer: dict[str, Any] = {}
+    consumer: dict[str, Any] = {
+        "group.id": "actionstate-reader", "enable.auto.commit": False,
+        "enable.auto.offset.store": False, "auto.offset.reset": "error",
+        "enable.partition.eof": True, "isolation.level": "read_uncommitted",
+        "fetch.wait.max.ms": 100, "queued.max.messages.kbytes": 32768,
+    }
+    for name, value in config.items():
+        if name.removeprefix("producer.") == "transactional.id":
+            raise ConfigError("the Kafka store's producer is idempotent, not transactional: "
+                              "remove transactional.id")
+        if name in _FIXED and value.lower() not in _FIXED[name]:
+            raise ConfigError(f"Kafka store option {name}={value} would let records be lost "
+                              f"or duplicated: the store needs {name}={_FIXED[name][0]}")
+        if name.startswith("producer."):
+            producer[name.removeprefix("producer.")] = value
+        elif name.startswith("consumer."):
+            consumer[name.removeprefix("consumer.")] = value
+        elif name in _PRODUCER_ONLY:
+            producer[name] = value
+        elif name.startswith(_CONSUMER_ONLY_PREFIXES):
+            consumer[name] = value
+        else:
+            common[name] = value
+    return ClientConfigs(common, producer, consumer)
+
+
+def client(factory: Any, config: Mapping[str, Any]) -> Any:
+    """A librdkafka client (its log to this package's logger); a bad property is a
+    :class:`ConfigError`."""
+    try:
+        return factory({**config, "logger": log})
+    except (KafkaException, ValueError, TypeError) as exc:
+        why = reason(exc) if isinstance(exc, KafkaException) else str(exc)
+        raise ConfigError(f"bad Kafka client setting ({why}): fix or remove that "
+                          "option") from None

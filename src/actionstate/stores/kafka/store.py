@@ -1,0 +1,377 @@
+"""The Kafka store's medium: records produced to, and read back from, one compacted topic."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from typing import Any, Self
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+
+from actionstate.errors import ConfigError, StoreError
+from actionstate.records.index import Position
+from actionstate.records.state import DropRecord, FenceRecord, Record
+from actionstate.stores.base import ActionStateStore, Durability, Marker
+from actionstate.stores.kafka.config import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_MAX_MESSAGE_BYTES,
+    DEFAULT_PARTITIONS,
+    client,
+    parse_url,
+    split_config,
+)
+from actionstate.stores.kafka.failures import error_of, hint, passes, reason, settle_error
+from actionstate.stores.kafka.partition import partition_of
+from actionstate.stores.kafka.retention import Retention
+from actionstate.stores.kafka.topic import KafkaTopic
+
+__all__ = ["WAIT_STEP", "KafkaActionStateStore"]
+
+log = logging.getLogger("actionstate.stores.kafka")
+
+WAIT_STEP = 5.0
+"""Seconds between "still waiting for the broker" warnings while records are unacknowledged."""
+_READ_STALL = 60.0
+"""Seconds a read may go without any message or end-of-partition event before it fails."""
+
+
+class KafkaActionStateStore(ActionStateStore):
+    """Action states as delta records in one compacted Kafka topic.
+
+    Contract:
+
+    * The topic is created on first use (``cleanup.policy=compact``, the configured
+      partitions and replication factor); an existing topic is reused and must be
+      compacted without ``delete``, else opening fails. Errors of a topic that is
+      still settling (just created: partitions without a leader, leader epochs the
+      broker has not caught up with) are retried for ``kafkaConnectTimeoutMs``.
+    * Every record of one agent key goes to partition ``sha256(key) mod partitions``
+      (the client's partitioner is not used). A claim (:class:`FenceRecord` of epoch 0)
+      goes to partition 0 only, and the epoch it takes is its offset there plus one
+      (the ``sync`` append returns that exact offset); a fence with an epoch (the
+      pre-fence written before the claim, the exact epoch's after it) goes to every
+      other partition.
+    * Zombies are not refused: a fenced-off writer's records are written, and every
+      rebuild ignores them (the index drops a record whose epoch is below a fence
+      that precedes it in its partition).
+    * Message key ``<namespace>/<writer>/<counter hex>`` is unique per record, so
+      compaction never removes a delta; the value is the codec's bytes; a tombstone
+      (value None) deletes a record once compaction runs.
+    * The producer is idempotent with ``acks=all``. ``sync``: :meth:`append` returns
+      when the broker acknowledged the record, with its real position. ``group``:
+      :meth:`append` only enqueues and returns a lower bound of the record's offset
+      (the partition's last known end); :meth:`flush` waits for every record. A record
+      the broker did not store raises :class:`StoreError`; while the broker is
+      unreachable the producer retries for ``delivery.timeout.ms`` (120 s) and the
+      waiting call logs a warning every few seconds.
+    * :meth:`read` consumes each partition from its start offset up to its explicit
+      stop offset, skipping other namespaces and tombstones; a start offset below the
+      partition's log start (records deleted) raises :class:`StoreError`.
+    * :meth:`release` tombstones own-namespace records below the oldest of the last
+      ``kafkaRetainedCheckpoints`` markers. It remembers 16 bytes per record written
+      (or rebuilt) since then; nothing else is kept per record.
+    * Not thread-safe: use one store from one thread (the runner's event loop).
+    """
+
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        topic: str,
+        durability: Durability = "sync",
+        *,
+        partitions: int = DEFAULT_PARTITIONS,
+        replication_factor: int = 1,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        retained_checkpoints: int = 1,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        client_config: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(durability)
+        if not bootstrap_servers or not topic:
+            raise ConfigError("a Kafka store needs servers and a topic: kafka://host:port/topic")
+        for name, value in (("partitions", partitions), ("replication factor", replication_factor),
+                            ("retained checkpoints", retained_checkpoints),
+                            ("max message bytes", max_message_bytes)):
+            if value < 1:
+                raise ConfigError(f"Kafka store {name} must be at least 1, got {value}")
+        self.servers, self.topic = bootstrap_servers, topic
+        self.url = f"kafka://{bootstrap_servers}/{topic}"
+        self._timeout = connect_timeout
+        configs = split_config(bootstrap_servers, client_config or {})
+        self._common, self._consumer_conf = configs.common, configs.consumer
+        self._producer_conf: dict[str, Any] = {
+            "linger.ms": 0 if durability == "sync" else 5,
+            "batch.num.messages": 10000,
+            "batch.size": 4 << 20,
+            "delivery.timeout.ms": 120000,
+            "message.max.bytes": max_message_bytes + 65536,
+            **configs.producer,
+            "enable.idempotence": True,
+            "acks": "all",
+            "on_delivery": self._on_delivery,
+            "error_cb": self._on_error,
+        }
+        self._writer = uuid.uuid4().hex[:16]
+        self._prefix = f"{self.namespace}/{self._writer}/".encode()
+        self._counter = 0
+        self._next: dict[int, int] = {}
+        self._failures: list[tuple[int, KafkaError]] = []
+        self._fatal: KafkaError | None = None
+        self._retention = Retention(retained_checkpoints)
+        self._rebuilding = False
+        self._closed = False
+        # The producer first: it gets its idempotence producer id while the topic is
+        # checked (created later, its first record waited ~0.5 s for the id).
+        self._producer: Any = client(Producer, {**self._common, **self._producer_conf})
+        self._topic = KafkaTopic(topic, self._common, connect_timeout)
+        self.partitions = self._topic.open(partitions, replication_factor, max_message_bytes)
+        self._next = self.end_offsets()
+
+    @classmethod
+    def from_url(cls, url: str, durability: Durability = "sync", **options: Any) -> Self:
+        """The store ``kafka://servers/topic?option=value`` names (see the package doc)."""
+        settings = parse_url(url, options)
+        store = cls(settings.servers, settings.topic, durability,
+                    partitions=settings.partitions,
+                    replication_factor=settings.replication_factor,
+                    max_message_bytes=settings.max_message_bytes,
+                    retained_checkpoints=settings.retained_checkpoints,
+                    connect_timeout=settings.connect_timeout,
+                    client_config=settings.client_config)
+        store.url = url
+        return store
+
+    def rebuild(self, marker: Marker | None, *, read_only: bool = False) -> int:
+        # The claim and fences are written before the read, which tracks them for
+        # release in log order with the records before them: deliveries are not
+        # tracked meanwhile (release needs each partition's runs in offset order).
+        self._rebuilding = True
+        try:
+            return super().rebuild(marker, read_only=read_only)
+        finally:
+            self._rebuilding = False
+
+    def use_namespace(self, namespace: str) -> None:
+        super().use_namespace(namespace)
+        self._prefix = f"{namespace}/{self._writer}/".encode()
+        self._retention.clear()
+
+    def append(self, record: Record, data: bytes, sync: bool) -> Position:
+        if self._closed:
+            raise StoreError(f"the Kafka store for topic {self.topic} is closed: open it again")
+        if self._fatal is not None:
+            raise StoreError(f"the Kafka producer for topic {self.topic} failed for good "
+                             f"({self._fatal.str()}): restart the run; it resumes from its "
+                             "last checkpoint")
+        if isinstance(record, FenceRecord):
+            # A claim: partition 0 alone (the epoch is its offset there + 1). A fence
+            # with an epoch (pre-fence or the claimed epoch's): every other partition.
+            targets = range(1) if record.epoch == 0 else range(1, self.partitions)
+            if not targets:
+                return (0, self._next.get(0, 0))  # one partition: the claim fenced it
+        else:
+            agent_key = record.key if isinstance(record, DropRecord) else record.key.key
+            targets = range(p := partition_of(agent_key, self.partitions), p + 1)
+        for partition in targets:
+            key = self._prefix + b"%x" % self._counter
+            self._counter += 1
+            self._produce(partition, key, data, None)
+        first = targets[0]
+        if sync:
+            self._drain()
+            return (first, self._next[first] - 1)
+        self._producer.poll(0)
+        return (first, self._next[first])
+
+    def flush(self) -> None:
+        if not self._closed:
+            self._drain()
+
+    @property
+    def partition_count(self) -> int:
+        return self.partitions
+
+    def end_offsets(self) -> dict[int, int]:
+        return self._topic.end_offsets(range(self.partitions))
+
+    def read(
+        self, namespace: str, start: dict[int, int], stop: dict[int, int]
+    ) -> Iterator[tuple[Position, bytes, str]]:
+        ranges = {p: (start.get(p, 0), end) for p, end in stop.items() if start.get(p, 0) < end}
+        if not ranges:
+            return
+        log_starts = self._topic.start_offsets(ranges)
+        for p, (first, _) in sorted(ranges.items()):
+            if first < log_starts[p]:
+                raise StoreError(
+                    f"Kafka topic {self.topic} partition {p} starts at offset {log_starts[p]}, "
+                    f"but the recovery marker needs its records from offset {first}: they were "
+                    "deleted (retention or delete-records), so the states they held are lost; "
+                    "restore from a newer checkpoint or start fresh without one"
+                )
+        ns = namespace.encode()
+        track = namespace == self.namespace
+        consumer = client(Consumer, {**self._common, **self._consumer_conf})
+        try:
+            consumer.assign([TopicPartition(self.topic, p, first)
+                             for p, (first, _) in ranges.items()])
+            last_event = time.monotonic()
+            settling: float | None = None  # since when only passing errors came
+            while ranges:
+                # Block for one message, then take what is already queued, without waiting.
+                polled = consumer.poll(0.5)
+                messages: list[Any] = [] if polled is None else [
+                    polled, *consumer.consume(num_messages=10000, timeout=0)]
+                now = time.monotonic()
+                if now - last_event > _READ_STALL:
+                    raise StoreError(
+                        f"reading Kafka topic {self.topic} from {self.servers} stalled for "
+                        f"{_READ_STALL:g}s with partitions {sorted(ranges)} unfinished: check "
+                        "the broker (scripts/services/kafka status for the local one) and retry")
+                for message in messages:
+                    p, offset = message.partition(), message.offset()
+                    bounds = ranges.get(p)
+                    if bounds is None:
+                        continue
+                    error = message.error()
+                    if error is not None:
+                        code = error.code()
+                        if code in (KafkaError._AUTO_OFFSET_RESET, KafkaError.OFFSET_OUT_OF_RANGE):
+                            raise StoreError(
+                                f"Kafka topic {self.topic} partition {p} no longer has the "
+                                f"records from offset {bounds[0]} a rebuild needs ({error.str()})"
+                                ": they were deleted (retention or delete-records), so the states "
+                                "they held are lost; restore from a newer checkpoint or start "
+                                "fresh without one")
+                        if code != KafkaError._PARTITION_EOF:
+                            if not passes(error):
+                                raise StoreError(
+                                    f"cannot read Kafka topic {self.topic} partition {p} from "
+                                    f"{self.servers} ({error.str()}): check the broker and retry")
+                            # The consumer retries by itself (a topic still settling).
+                            settling = now if settling is None else settling
+                            if now - settling > self._timeout:
+                                raise settle_error(
+                                    f"read Kafka topic {self.topic} partition {p}", error,
+                                    self.servers, self._timeout)
+                            continue
+                        last_event, settling = now, None
+                        if offset >= bounds[1]:
+                            self._finish(consumer, ranges, p)
+                        continue
+                    last_event, settling = now, None
+                    if offset + 1 >= bounds[1]:
+                        self._finish(consumer, ranges, p)
+                        if offset >= bounds[1]:
+                            continue
+                    key, value = message.key(), message.value()
+                    if value is None or key is None:
+                        continue
+                    head, _, counter = key.rpartition(b"/")
+                    if head.rpartition(b"/")[0] != ns:
+                        continue
+                    if track:
+                        self._retention.track(p, offset, head + b"/", counter)
+                    yield ((p, offset), value,
+                           f"kafka topic {self.topic} partition {p} offset {offset}")
+        finally:
+            try:
+                consumer.close()
+            except (KafkaException, RuntimeError):  # closing is best effort
+                pass
+
+    def release(self, marker: Marker) -> None:
+        """Tombstone own records below the oldest retained checkpoint's marker."""
+        if marker.namespace != self.namespace or self._closed:
+            return
+        for partition, key in self._retention.checkpoint(marker.offsets):
+            self._produce(partition, key, None, self._on_tombstone)
+        self._producer.poll(0)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        try:
+            self.flush()
+        finally:
+            self._closed = True
+            self._producer.close()
+
+    # -- helpers --------------------------------------------------------------------
+
+    def _produce(self, partition: int, key: bytes, value: bytes | None, on_delivery: Any) -> None:
+        """Enqueue one message (``on_delivery`` None: the store's delivery callback)."""
+        deadline: float | None = None
+        while True:
+            try:
+                if on_delivery is None:
+                    self._producer.produce(self.topic, value, key, partition)
+                else:
+                    self._producer.produce(self.topic, value, key, partition, on_delivery)
+                return
+            except BufferError:  # the local queue is full: serve deliveries, then retry
+                self._producer.poll(0.1)
+            except KafkaException as exc:
+                error = error_of(exc)
+                if error is not None and passes(error):  # its metadata is still coming
+                    deadline = deadline or time.monotonic() + self._timeout
+                    if time.monotonic() < deadline:
+                        self._producer.poll(0.05)
+                        continue
+                    raise settle_error(
+                        f"send a record to Kafka topic {self.topic} partition {partition}",
+                        error, self.servers, self._timeout) from None
+                raise StoreError(f"cannot send a record to Kafka topic {self.topic} partition "
+                                 f"{partition} ({reason(exc)}){hint(exc)}: check the topic "
+                                 f"and the broker at {self.servers}, then restart the run (it "
+                                 "resumes from its last checkpoint)") from None
+
+    def _drain(self) -> None:
+        started = time.monotonic()
+        while (left := self._producer.flush(WAIT_STEP)) > 0:
+            log.warning(
+                "Kafka at %s has not acknowledged %d record(s) for topic %s after %.0fs; the "
+                "producer keeps retrying (up to delivery.timeout.ms=%s) and this call waits",
+                self.servers, left, self.topic, time.monotonic() - started,
+                self._producer_conf["delivery.timeout.ms"])
+        if self._failures:
+            failures, self._failures = self._failures, []
+            partition, error = failures[0]
+            raise StoreError(
+                f"Kafka did not store {len(failures)} record(s) in topic {self.topic} (first: "
+                f"partition {partition}: {error.str()}){hint(error)}; the run cannot go on "
+                f"without them: check the broker at {self.servers}, then restart the run (it "
+                "resumes from its last checkpoint)"
+            )
+
+    def _on_delivery(self, error: KafkaError | None, message: Any) -> None:
+        partition = message.partition()
+        if error is not None:
+            self._failures.append((partition, error))
+            return
+        offset = message.offset()
+        if offset >= self._next.get(partition, 0):
+            self._next[partition] = offset + 1
+        key = message.key()
+        if not self._rebuilding and key.startswith(self._prefix):
+            self._retention.track(partition, offset, self._prefix, key[len(self._prefix):])
+
+    def _on_tombstone(self, error: KafkaError | None, message: Any) -> None:
+        if error is not None:
+            log.warning("Kafka tombstone for topic %s partition %s failed (%s); the record "
+                        "stays until a later release", self.topic, message.partition(),
+                        error.str())
+
+    def _on_error(self, error: KafkaError) -> None:
+        if error.fatal():
+            self._fatal = error
+            log.error("Kafka producer for topic %s failed for good: %s", self.topic, error.str())
+        else:
+            log.info("Kafka client error for %s (%s); the client reconnects and retries",
+                     self.servers, error.str())
+
+    def _finish(self, consumer: Any, ranges: dict[int, tuple[int, int]], partition: int) -> None:
+        del ranges[partition]
+        consumer.pause([TopicPartition(self.topic, partition)])
