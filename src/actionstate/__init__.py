@@ -25,6 +25,7 @@ from actionstate.errors import (
 )
 from actionstate.events import Event, InputEvent, OutputEvent
 from actionstate.memory import MemoryObject
+from actionstate.retry import RetryPolicy
 from actionstate.stores import ActionStateStore, open_store
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "NonDeterminismError",
     "OutputEvent",
     "ReplayedCallError",
+    "RetryPolicy",
     "RunStats",
     "RunnerContext",
     "StateLockedError",

@@ -16,6 +16,7 @@ from actionstate.durable.stats import RunStats
 from actionstate.errors import ActionFailedError, ActionStateError, ConfigError
 from actionstate.eventlog import LEVELS, EventLogger
 from actionstate.loader import load_agent_class
+from actionstate.retry import RetryPolicy
 from actionstate.runners.files import JsonlSink, JsonlSource
 from actionstate.runners.local import LocalRunner
 from actionstate.runners.statedir import StateDir
@@ -69,6 +70,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--event-log-level", choices=LEVELS, default="standard")
     run.add_argument("--divergence", choices=POLICIES, default="reexecute",
                      help="what to do when replay finds a different call than recorded")
+    run.add_argument("--max-retries", type=int, default=3, metavar="N",
+                     help="retries of a durable call that fails transiently (timeouts, "
+                     "connection errors, HTTP 429/5xx), with exponential backoff (default 3)")
+    run.add_argument("--retry-wait-interval", type=float, default=1.0, metavar="SECONDS",
+                     help="wait before the first retry; doubles each time, up to 30 s, "
+                     "or what the server's Retry-After asks (default 1)")
     run.add_argument("--job", help="job name for idempotency keys (default: the agent spec)")
     run.add_argument("--quiet", action="store_true", help="no progress or summary")
     run.set_defaults(command=_run)
@@ -98,7 +105,11 @@ def _run(args: argparse.Namespace) -> int:
     sink = JsonlSink(args.output)
     event_log = EventLogger(args.event_log, args.event_log_level)
     job = args.job or _default_job(args.agent)
-    settings = ChainSettings(job=job, policy=args.divergence, event_log=event_log)
+    if args.max_retries < 0 or args.retry_wait_interval < 0:
+        raise ConfigError("--max-retries and --retry-wait-interval must not be negative")
+    retry = RetryPolicy(max_attempts=args.max_retries + 1,
+                        initial_interval=args.retry_wait_interval)
+    settings = ChainSettings(job=job, policy=args.divergence, retry=retry, event_log=event_log)
     progress = None if args.quiet else _Progress(sys.stderr)
     runner = LocalRunner(
         agent_cls(), source=source, sink=sink, store=store, state_dir=state_dir,

@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 
 from actionstate.events import Event
 from actionstate.memory import MemoryObject
+from actionstate.retry import RetryPolicy
 
 __all__ = ["RunnerContext"]
 
@@ -49,12 +50,14 @@ class RunnerContext(ABC):
     @abstractmethod
     def durable_execute(
         self, fn: Callable[..., T], *args: Any, reconciler: Callable[[], T] | None = None,
-        **kwargs: Any,
+        retry: RetryPolicy | None = None, **kwargs: Any,
     ) -> T:
         """Call ``fn(*args, **kwargs)`` once: on replay return (or raise) its recorded outcome.
 
         Args:
             fn: the function; its id is ``module.qualname`` (or ``fn.__actionstate_name__``).
+            retry: how a transient failure is tried again (default: the run's
+                policy, ``--max-retries``); only the final outcome is recorded.
             reconciler: for side effects that must not repeat. A PENDING record is
                 written before ``fn`` runs; if the run dies before the outcome is
                 recorded, replay calls ``reconciler()`` (which asks the outside world
@@ -64,7 +67,7 @@ class RunnerContext(ABC):
     @abstractmethod
     async def durable_execute_async(
         self, fn: Callable[..., Any], *args: Any, reconciler: Callable[[], Any] | None = None,
-        **kwargs: Any,
+        retry: RetryPolicy | None = None, **kwargs: Any,
     ) -> Any:
         """Like :meth:`durable_execute`; awaits a coroutine ``fn`` or runs ``fn`` in a thread.
 

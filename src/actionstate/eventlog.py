@@ -19,6 +19,7 @@ from typing import IO, Any, Literal, get_args
 from actionstate.errors import ConfigError
 from actionstate.events import Event, event_type_name
 from actionstate.records.canonical import to_wire_default, untag
+from actionstate.records.state import StateKey
 
 __all__ = ["EventLogLevel", "EventLogRecord", "EventLogger", "read_event_log"]
 
@@ -75,6 +76,18 @@ class EventLogger:
         record = {"context": {"event_type": "action_run", "key": key, "seq": seq,
                               "action": action, "time": time.time(), "replayed": replayed},
                   "calls": calls}
+        self._file.write(json.dumps(record, ensure_ascii=False, default=to_wire_default) + "\n")
+
+    def retry(self, state_key: StateKey, position: int, function: str, attempt: int,
+              error: BaseException, wait: float) -> None:
+        """Log a failed attempt of a durable call that will be tried again."""
+        if self._file is None:
+            return
+        record = {"context": {"event_type": "call_retry", "key": state_key.key,
+                              "seq": state_key.seq, "action": state_key.action,
+                              "time": time.time(), "replayed": False},
+                  "call": {"position": position, "function": function, "attempt": attempt,
+                           "error": f"{type(error).__name__}: {error}", "wait": wait}}
         self._file.write(json.dumps(record, ensure_ascii=False, default=to_wire_default) + "\n")
 
     def flush(self) -> None:

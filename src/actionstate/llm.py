@@ -14,13 +14,34 @@ import os
 import urllib.error
 import urllib.request
 from abc import ABC, abstractmethod
-from typing import Any
 
 from actionstate.errors import ConfigError
 
-__all__ = ["ChatModel", "OfflineModel", "OpenAICompatibleModel", "model_from_env"]
+__all__ = ["ChatModel", "ModelServerError", "OfflineModel", "OpenAICompatibleModel",
+           "model_from_env"]
 
 Messages = list[dict[str, str]]
+
+
+class ModelServerError(RuntimeError):
+    """A model server's answer that is not a reply: an HTTP error (``status``; 429 and
+    5xx are transient, and ``retry_after`` carries the server's ``Retry-After``), or
+    a 200 whose body is not a chat completion with text (not transient).
+
+    Its args are JSON-able, so a recorded one replays as this type."""
+
+    def __init__(self, url: str, status: int, body: str, retry_after: str | None = None,
+                 problem: str | None = None) -> None:
+        super().__init__(url, status, body, retry_after, problem)
+        self.url, self.status, self.body, self.problem = url, status, body, problem
+        try:
+            self.retry_after = float(retry_after) if retry_after is not None else None
+        except ValueError:
+            self.retry_after = None  # an HTTP date: the backoff decides
+
+    def __str__(self) -> str:
+        what = self.problem or f"HTTP {self.status}"
+        return f"model server {self.url} answered {what}: {self.body!r}"
 
 
 class ChatModel(ABC):
@@ -52,11 +73,19 @@ class OpenAICompatibleModel(ChatModel):
                                          headers=headers, method="POST")
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                reply: dict[str, Any] = json.load(response)
+                raw = response.read()
         except urllib.error.HTTPError as exc:
-            raise RuntimeError(f"model server {self.base_url} answered {exc.code}: "
-                               f"{exc.read()[:200]!r}") from None
-        return str(reply["choices"][0]["message"]["content"])
+            raise ModelServerError(self.base_url, exc.code, _text(exc.read()),
+                                   exc.headers.get("Retry-After")) from None
+        try:
+            content = json.loads(raw)["choices"][0]["message"]["content"]
+        except (ValueError, KeyError, IndexError, TypeError):
+            raise ModelServerError(self.base_url, 200, _text(raw), None,
+                                   "a reply that is not a chat completion") from None
+        if not isinstance(content, str):
+            raise ModelServerError(self.base_url, 200, _text(raw), None,
+                                   "a chat completion with no text content")
+        return content
 
 
 class OfflineModel(ChatModel):
@@ -89,3 +118,8 @@ def model_from_env() -> ChatModel:
         raise ConfigError(f"ACTIONSTATE_MODEL_BASE_URL={base_url!r} must start with http(s)://")
     return OpenAICompatibleModel(base_url, os.environ.get("ACTIONSTATE_MODEL", "gpt-4o-mini"),
                                  os.environ.get("OPENAI_API_KEY"))
+
+
+def _text(body: bytes) -> str:
+    """The start of a response body, for an error message."""
+    return body[:200].decode("utf-8", "replace")

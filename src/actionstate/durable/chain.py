@@ -27,6 +27,7 @@ from actionstate.records.state import (
     MemoryUpdate,
     StateKey,
 )
+from actionstate.retry import RetryPolicy
 from actionstate.stores.base import ActionStateStore
 
 __all__ = ["ChainSettings", "InputResult", "process_input"]
@@ -38,6 +39,8 @@ class ChainSettings:
 
     job: str
     policy: DivergencePolicy = "reexecute"
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    """The run's default for durable calls (a call may pass its own ``retry=``)."""
     stats: RunStats = field(default_factory=RunStats)
     event_log: EventLogger = field(default_factory=lambda: EventLogger(None))
 
@@ -79,7 +82,8 @@ async def process_input(
                 log.action_run(key, seq, action_id, True, _calls(state))
                 continue
             ctx = ActionContext(state_key, state, store, short_term, sensory,
-                                job=settings.job, policy=settings.policy, stats=settings.stats)
+                                job=settings.job, policy=settings.policy, stats=settings.stats,
+                                retry=settings.retry, on_retry=log.retry)
             try:
                 result = method(event, ctx)
                 if inspect.isawaitable(result):

@@ -14,6 +14,7 @@ import functools
 import hashlib
 import inspect
 import logging
+import time
 from collections.abc import Callable
 from typing import Any, Literal, TypeVar, cast, get_args
 
@@ -44,6 +45,7 @@ from actionstate.records.state import (
     StateKey,
     TruncateRecord,
 )
+from actionstate.retry import NO_RETRY, RetryPolicy
 from actionstate.stores.base import ActionStateStore
 
 __all__ = ["POLICIES", "ActionContext", "DivergencePolicy", "function_id"]
@@ -51,6 +53,8 @@ __all__ = ["POLICIES", "ActionContext", "DivergencePolicy", "function_id"]
 log = logging.getLogger("actionstate")
 T = TypeVar("T")
 DivergencePolicy = Literal["reexecute", "warn", "fail"]
+RetryListener = Callable[[StateKey, int, str, int, BaseException, float], None]
+"""Told of each retry: (state key, call position, function id, failed attempt, error, wait)."""
 POLICIES: tuple[DivergencePolicy, ...] = get_args(DivergencePolicy)
 
 
@@ -116,6 +120,8 @@ class ActionContext(RunnerContext):
         job: str,
         policy: DivergencePolicy = "reexecute",
         stats: RunStats | None = None,
+        retry: RetryPolicy = NO_RETRY,
+        on_retry: RetryListener | None = None,
     ) -> None:
         if policy not in POLICIES:
             raise ConfigError(f"unknown divergence policy {policy!r}: use one of {POLICIES}")
@@ -125,6 +131,8 @@ class ActionContext(RunnerContext):
         self._job = job
         self._policy = policy
         self.stats = stats if stats is not None else RunStats()
+        self._retry = retry
+        self._on_retry = on_retry
         self.sent: list[Event] = []
         self.memory_updates: list[MemoryUpdate] = []
         self._short_term = MemoryObject(short_term, MemoryScope.SHORT_TERM, self.memory_updates)
@@ -163,7 +171,7 @@ class ActionContext(RunnerContext):
 
     def durable_execute(
         self, fn: Callable[..., T], *args: Any, reconciler: Callable[[], T] | None = None,
-        **kwargs: Any,
+        retry: RetryPolicy | None = None, **kwargs: Any,
     ) -> T:
         step = self._begin(fn, args, kwargs)
         if step.recorded is not None and step.recorded.status is not CallStatus.PENDING:
@@ -175,38 +183,52 @@ class ActionContext(RunnerContext):
                 "`await ctx.durable_execute_async(...)` for it"
             )
         target, args, kwargs = self._target(step, fn, args, kwargs, reconciler)
-        token = CURRENT_CALL.set(step)
-        try:
-            result = target(*args, **kwargs)
-        except Exception as exc:
-            self._record_failure(step, exc)
-            raise
-        finally:
-            CURRENT_CALL.reset(token)
+        policy = retry or self._retry
+        attempt = 1
+        while True:
+            token = CURRENT_CALL.set(step)
+            try:
+                result = target(*args, **kwargs)
+                break
+            except Exception as exc:
+                wait = self._after_failure(step, policy, attempt, exc)
+                if wait is None:
+                    raise
+            finally:
+                CURRENT_CALL.reset(token)
+            time.sleep(wait)  # a sync action holds its thread anyway
+            attempt += 1
         self._record(step, CallResult(step.fid, step.digest, CallStatus.SUCCEEDED, result))
         return cast(T, result)
 
     async def durable_execute_async(
         self, fn: Callable[..., Any], *args: Any, reconciler: Callable[[], Any] | None = None,
-        **kwargs: Any,
+        retry: RetryPolicy | None = None, **kwargs: Any,
     ) -> Any:
         step = self._begin(fn, args, kwargs)
         if step.recorded is not None and step.recorded.status is not CallStatus.PENDING:
             return self._replay(step.recorded)
         target, args, kwargs = self._target(step, fn, args, kwargs, reconciler)
-        token = CURRENT_CALL.set(step)
-        try:
-            if inspect.iscoroutinefunction(target):
-                result = await target(*args, **kwargs)
-            else:
-                result = await asyncio.to_thread(target, *args, **kwargs)
-                if inspect.isawaitable(result):
-                    result = await result
-        except Exception as exc:
-            self._record_failure(step, exc)
-            raise
-        finally:
-            CURRENT_CALL.reset(token)
+        policy = retry or self._retry
+        attempt = 1
+        while True:
+            token = CURRENT_CALL.set(step)
+            try:
+                if inspect.iscoroutinefunction(target):
+                    result = await target(*args, **kwargs)
+                else:
+                    result = await asyncio.to_thread(target, *args, **kwargs)
+                    if inspect.isawaitable(result):
+                        result = await result
+                break
+            except Exception as exc:
+                wait = self._after_failure(step, policy, attempt, exc)
+                if wait is None:
+                    raise
+            finally:
+                CURRENT_CALL.reset(token)
+            await asyncio.sleep(wait)  # a timer: the backoff before the next attempt
+            attempt += 1
         self._record(step, CallResult(step.fid, step.digest, CallStatus.SUCCEEDED, result))
         return result
 
@@ -224,6 +246,9 @@ class ActionContext(RunnerContext):
         if recorded is not None and not recorded.matches(fid, digest):
             self._diverge(position, recorded, fid, digest)
             recorded = None
+        elif (recorded is not None and recorded.status is CallStatus.FAILED
+              and recorded.retryable):
+            recorded = None  # the attempts ran out on an outage: try it again
         id_parts = [self._job, self._store.namespace, sk.key, sk.seq, sk.action, sk.event_id,
                     position]
         return _Step(position, info, digest, recorded, id_parts)
@@ -280,8 +305,21 @@ class ActionContext(RunnerContext):
             self.store_failure = exc
             raise
 
-    def _record_failure(self, step: _Step, exc: Exception) -> None:
+    def _after_failure(self, step: _Step, policy: RetryPolicy, attempt: int,
+                       exc: Exception) -> float | None:
+        """Seconds to wait before another attempt, or None: the failure is the outcome
+        (recorded, as retryable when the attempts ran out on a transient failure)."""
         if isinstance(exc, MemoryInCallError):
-            return  # a bug in the action, not the call's outcome: fixed, the call runs
+            return None  # a bug in the action, not the call's outcome: fixed, the call runs
+        transient = policy.retryable(exc)
+        if transient and attempt < policy.max_attempts:
+            wait = policy.delay(attempt, exc)
+            self.stats.calls_retried += 1
+            log.info("%s failed (%s: %s), attempt %d of %d; again in %.2f s", step.fid,
+                     type(exc).__name__, exc, attempt, policy.max_attempts, wait)
+            if self._on_retry is not None:
+                self._on_retry(self._sk, step.position, step.fid, attempt, exc, wait)
+            return wait
         self._record(step, CallResult(step.fid, step.digest, CallStatus.FAILED,
-                                      exception=encode_exception(exc)))
+                                      exception=encode_exception(exc), retryable=transient))
+        return None

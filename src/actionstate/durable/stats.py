@@ -16,6 +16,7 @@ class RunStats:
     calls_executed: int = 0
     calls_replayed: int = 0
     calls_reconciled: int = 0
+    calls_retried: int = 0
     calls_truncated: int = 0
     actions_run: int = 0
     actions_skipped: int = 0

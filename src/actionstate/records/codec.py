@@ -66,6 +66,8 @@ def encode_record(record: Record, epoch: int | None = None) -> bytes:
                 env["r"] = call.result
             elif call.status is CallStatus.FAILED:
                 env["x"] = call.exception
+                if call.retryable:
+                    env["rt"] = 1
         case CompleteRecord(key=key):
             env = {"v": 1, "t": "done", "k": _k(key), "e": epoch, "ev": record.task_event,
                    "out": list(record.output_events),
@@ -120,7 +122,8 @@ def _from_envelope(env: dict[str, Any]) -> Record:
     epoch = int(env["e"])
     if kind == "call":
         status = _STATUS[env["s"]]
-        call = CallResult(env["f"], env["d"], status, env.get("r"), env.get("x"))
+        call = CallResult(env["f"], env["d"], status, env.get("r"), env.get("x"),
+                          env.get("rt") == 1)
         return CallRecord(key, int(env["p"]), call, epoch)
     if kind == "done":
         mem = tuple(MemoryUpdate(MemoryScope(s), str(p), v) for s, p, v in env["mem"])

@@ -58,6 +58,8 @@ class CallResult:
         status: PENDING (started, outcome unknown), SUCCEEDED or FAILED.
         result: the returned value (SUCCEEDED).
         exception: the stored exception ``{"type", "message", "args"}`` (FAILED).
+        retryable: FAILED with a failure its retry policy would have tried again when
+            the attempts ran out (an outage): the next run tries the call again.
     """
 
     function_id: str
@@ -65,6 +67,7 @@ class CallResult:
     status: CallStatus
     result: Any = None
     exception: dict[str, Any] | None = None
+    retryable: bool = False
 
     def matches(self, function_id: str, args_digest: str) -> bool:
         """True when this record is for the same function and arguments."""

@@ -25,6 +25,8 @@ from actionstate.llm import OfflineModel
 __all__ = ["FakeLLMServer", "Request"]
 
 Latency = float | tuple[float, float] | Callable[[str], float]
+Failure = tuple[int, float | None]
+"""An error answer: (HTTP status, ``Retry-After`` seconds or None)."""
 
 
 @dataclass
@@ -43,6 +45,7 @@ class Request:
     model: str
     received: float
     answered: float | None = None
+    status: int = 200
 
 
 class _Server(ThreadingHTTPServer):
@@ -66,6 +69,10 @@ class FakeLLMServer:
         idempotency_keys: Counter of the Idempotency-Key headers received.
         on_call: called with the running total after each request is counted and
             before it is answered (a test can kill the client there, mid-call).
+        fail: called with (prompt, how many requests for it arrived so far) before a
+            request is answered; a ``(status, retry_after)`` it returns is answered as
+            that HTTP error (429 with a ``Retry-After`` header, 500, ...) instead.
+        succeeded: Counter of the prompts answered 200.
     """
 
     def __init__(self, latency: Latency = 0.0, hold_timeout: float = 120.0) -> None:
@@ -80,6 +87,8 @@ class FakeLLMServer:
         self._random = random.Random()
         self._hold_timeout = hold_timeout
         self.on_call: Callable[[int], None] | None = None
+        self.fail: Callable[[str, int], Failure | None] | None = None
+        self.succeeded: Counter[str] = Counter()
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -102,9 +111,22 @@ class FakeLLMServer:
                 if held is not None:
                     held.wait(fake._hold_timeout)
                 fake._closing.wait(fake._delay(prompt))  # the model "thinking"
+                failure = fake.fail(prompt, fake.calls[prompt]) if fake.fail else None
+                request.answered = time.monotonic()
+                if failure is not None:
+                    request.status, retry_after = failure
+                    error = json.dumps({"error": {"message": "fake failure"}}).encode()
+                    self.send_response(request.status)
+                    if retry_after is not None:
+                        self.send_header("Retry-After", f"{retry_after:g}")
+                    self.send_header("Content-Length", str(len(error)))
+                    self.end_headers()
+                    self.wfile.write(error)
+                    return
                 reply = json.dumps({"choices": [{"message": {
                     "role": "assistant", "content": fake._model.chat(messages)}}]}).encode()
-                request.answered = time.monotonic()
+                with fake._lock:
+                    fake.succeeded[prompt] += 1
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(reply)))
