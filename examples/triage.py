@@ -72,8 +72,8 @@ class Triage(Agent):
              "'label: refund|bug|account|question' and 'confidence: 0-100'."},
             {"role": "user", "content": f"[{ticket['id']}] {ticket['text']}"},
         ]
-        reply = ctx.durable_execute(MODEL.chat, messages)
-        parsed = parse_reply(reply)
+        reply = ctx.durable_execute(MODEL.reply, messages)  # text and token usage, recorded
+        parsed = parse_reply(reply["text"])
         ctx.short_term_memory.set("tickets_seen", ctx.short_term_memory.get("tickets_seen", 0) + 1)
         ctx.send_event(Classified(ticket_id=ticket["id"], customer=ticket["customer"],
                                   amount=float(ticket.get("amount", 0)), **parsed))

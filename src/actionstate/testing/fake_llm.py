@@ -72,7 +72,9 @@ class FakeLLMServer:
         fail: called with (prompt, how many requests for it arrived so far) before a
             request is answered; a ``(status, retry_after)`` it returns is answered as
             that HTTP error (429 with a ``Retry-After`` header, 500, ...) instead.
-        succeeded: Counter of the prompts answered 200.
+        bad_reply: like ``fail``; bytes it returns are sent as a 200 reply's body
+            (malformed JSON, no ``choices``, ``content: null`` ...).
+        succeeded: Counter of the prompts answered 200 (bad replies included).
     """
 
     def __init__(self, latency: Latency = 0.0, hold_timeout: float = 120.0) -> None:
@@ -88,6 +90,7 @@ class FakeLLMServer:
         self._hold_timeout = hold_timeout
         self.on_call: Callable[[int], None] | None = None
         self.fail: Callable[[str, int], Failure | None] | None = None
+        self.bad_reply: Callable[[str, int], bytes | None] | None = None
         self.succeeded: Counter[str] = Counter()
         fake = self
 
@@ -123,8 +126,17 @@ class FakeLLMServer:
                     self.end_headers()
                     self.wfile.write(error)
                     return
-                reply = json.dumps({"choices": [{"message": {
-                    "role": "assistant", "content": fake._model.chat(messages)}}]}).encode()
+                bad = fake.bad_reply(prompt, fake.calls[prompt]) if fake.bad_reply else None
+                text = fake._model.chat(messages)
+                reply = bad if bad is not None else json.dumps({
+                    "id": f"fake-{len(fake._requests)}", "object": "chat.completion",
+                    "created": 0, "model": request.model,
+                    "choices": [{"index": 0, "finish_reason": "stop",
+                                 "message": {"role": "assistant", "content": text}}],
+                    "usage": {"prompt_tokens": len(prompt.split()),
+                              "completion_tokens": len(text.split()),
+                              "total_tokens": len(prompt.split()) + len(text.split())},
+                }).encode()
                 with fake._lock:
                     fake.succeeded[prompt] += 1
                 self.send_response(200)
