@@ -18,7 +18,7 @@ from actionstate import (
     RunnerContext,
     action,
 )
-from actionstate.errors import ActionFailedError, ConfigError, MemoryInCallError
+from actionstate.errors import ActionFailedError, MemoryInCallError
 from actionstate.records.state import CallStatus
 from actionstate.testing.restart import Crash, Restartable
 
@@ -310,13 +310,28 @@ def test_events_sent_by_actions_feed_back_and_memory_is_per_key(rs: Restartable)
 
 def test_unencodable_result_is_a_clear_error(rs: Restartable) -> None:
     class ReturnsObject(Agent):
+        def __init__(self, fn: Any) -> None:
+            self.fn = fn
+
         @action(InputEvent)
         def work(self, event: InputEvent, ctx: RunnerContext) -> Any:
-            return ctx.durable_execute(object)
+            return ctx.durable_execute(self.fn)
 
-    with pytest.raises(ConfigError, match="cannot store a value of type builtins.object: "
-                       "durable results, memory values and event fields must be JSON-able"):
-        rs.run(ReturnsObject(), "k", 0, "x")
+    made = []
+
+    def make() -> object:
+        made.append(1)
+        return object()
+
+    make.__actionstate_name__ = "builtins.object"  # type: ignore[attr-defined]
+    expected = (r"cannot store a value of type builtins.object \(the result of durable call "
+                r"builtins.object\)")
+    with pytest.raises(ActionFailedError, match=expected):
+        rs.run(ReturnsObject(make), "k", 0, "x")
+    rs.restart()
+    with pytest.raises(ActionFailedError, match=expected):  # the same error, replayed
+        rs.run(ReturnsObject(make), "k", 0, "x")
+    assert made == [1], "recorded as the call's failure: the call is not run again"
 
 
 @pytest.mark.parametrize(("scope", "where"), [("short_term", "sync"), ("sensory", "async")])

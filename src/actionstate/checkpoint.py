@@ -8,13 +8,16 @@ key's last completed input), and the inputs in flight.
 
 Both are plain JSON on disk. ``version`` 2 is written; version 1 (the first
 release's dicts, whose marker had one ``epoch`` for every partition) is read.
+``source.sha256`` (the SHA-256 of the input's bytes before ``source.offset``) is
+optional: a checkpoint without it (version 1, or written before it existed)
+restores without checking that the input is unchanged.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 from actionstate.errors import ConfigError, IncompatibleStateError
 
@@ -85,6 +88,8 @@ class Checkpoint:
     sink_path: str
     source_offset: int = 0
     source_line: int = 0
+    source_sha256: str | None = None
+    """Hex SHA-256 of the input's bytes before ``source_offset`` (None: not known)."""
     sink_offset: int = 0
     next_seq: dict[str, int] = field(default_factory=dict)
     short_term: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -94,10 +99,13 @@ class Checkpoint:
     time: float = field(default_factory=time.time)
 
     def to_json(self) -> dict[str, Any]:
+        source: dict[str, Any] = {"path": self.source_path, "offset": self.source_offset,
+                                  "line": self.source_line}
+        if self.source_sha256 is not None:
+            source["sha256"] = self.source_sha256
         return {
             "version": CHECKPOINT_VERSION, "job": self.job, "time": self.time,
-            "source": {"path": self.source_path, "offset": self.source_offset,
-                       "line": self.source_line},
+            "source": source,
             "sink": {"path": self.sink_path, "offset": self.sink_offset},
             "next_seq": self.next_seq, "short_term": self.short_term,
             "pending": [[p.key, p.seq, p.record, p.line] for p in self.pending],
@@ -107,28 +115,120 @@ class Checkpoint:
 
     @classmethod
     def from_json(cls, data: dict[str, Any], where: str) -> Checkpoint:
-        """Read a checkpoint of version 1 or 2; ``where`` names it in errors."""
+        """Read a checkpoint of version 1 or 2; ``where`` names it in errors.
+
+        Every field is checked for its type (a count is a non-negative integer, not
+        a bool or a string): a field that is missing or of the wrong type raises
+        :class:`IncompatibleStateError` naming the checkpoint and the field.
+        """
         version = data.get("version", 1)
-        if version not in (1, CHECKPOINT_VERSION):
+        if version not in (1, CHECKPOINT_VERSION) or isinstance(version, bool):
             raise IncompatibleStateError(
                 f"checkpoint {where} has version {version!r}, this actionstate reads 1 and "
                 f"{CHECKPOINT_VERSION}: use the version that wrote it")
+        read = _Fields(data, where)
+        source, sink = read.obj("source"), read.obj("sink")
+        digest = source.get("sha256")
+        if digest is not None and not _is_sha256(digest):
+            read.bad("source.sha256", "a hex SHA-256")
         try:
-            return cls(
-                job=str(data["job"]), marker=Marker.from_json(data["marker"]),
-                store=str(data.get("store", "")),
-                source_path=str(data["source"]["path"]),
-                source_offset=int(data["source"]["offset"]),
-                source_line=int(data["source"]["line"]),
-                sink_path=str(data["sink"]["path"]), sink_offset=int(data["sink"]["offset"]),
-                next_seq={str(k): int(v) for k, v in data["next_seq"].items()},
-                short_term=dict(data["short_term"]),
-                pending=[PendingInput(str(k), int(s), r, int(line))
-                         for k, s, r, line in data["pending"]],
-                epoch=int(data.get("epoch", 0)), stats=dict(data.get("stats", {})),
-                time=float(data.get("time", 0.0)),
-            )
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise IncompatibleStateError(
-                f"checkpoint {where} is missing or has a malformed field ({exc!r}): it was "
-                "changed outside actionstate; restore it or use a new --state") from None
+            marker = Marker.from_json(read.obj("marker").data)
+        except ConfigError:
+            read.bad("marker", "a recovery marker")
+        return cls(
+            job=read.text("job"), marker=marker, store=read.text("store", ""),
+            source_path=source.text("path"), source_offset=source.count("offset"),
+            source_line=source.count("line"), source_sha256=digest,
+            sink_path=sink.text("path"), sink_offset=sink.count("offset"),
+            next_seq=read.counts("next_seq"),
+            short_term={key: read.obj("short_term").obj(key).data
+                        for key in read.obj("short_term").data},
+            pending=[read.pending(i, item) for i, item in enumerate(read.items("pending"))],
+            epoch=read.count("epoch", 0), stats=read.mapping("stats", {}),
+            time=read.number("time", 0.0),
+        )
+
+
+_REQUIRED: Any = object()
+
+
+class _Fields:
+    """Typed reads of one JSON object of a checkpoint; errors name the field's path."""
+
+    def __init__(self, data: Any, where: str, path: str = "") -> None:
+        self.data, self.where, self.path = data, where, path
+
+    def bad(self, name: str, expected: str) -> NoReturn:
+        raise IncompatibleStateError(
+            f"checkpoint {self.where} has a missing or malformed field {self.path + name!r} "
+            f"(expected {expected}): it was changed outside actionstate; restore it or use "
+            "a new --state")
+
+    def _get(self, name: str, default: Any, expected: str) -> Any:
+        if name in self.data:
+            return self.data[name]
+        if default is _REQUIRED:
+            self.bad(name, expected)
+        return default
+
+    def get(self, name: str) -> Any:
+        return self.data.get(name)
+
+    def obj(self, name: str) -> _Fields:
+        value = self._get(name, _REQUIRED, "an object")
+        if not isinstance(value, dict):
+            self.bad(name, "an object")
+        return _Fields(value, self.where, f"{self.path}{name}.")
+
+    def items(self, name: str) -> list[Any]:
+        value = self._get(name, _REQUIRED, "a list")
+        if not isinstance(value, list):
+            self.bad(name, "a list")
+        return value
+
+    def text(self, name: str, default: Any = _REQUIRED) -> str:
+        value = self._get(name, default, "a string")
+        if not isinstance(value, str):
+            self.bad(name, "a string")
+        return value
+
+    def count(self, name: str, default: Any = _REQUIRED) -> int:
+        value = self._get(name, default, "a non-negative integer")
+        if not _is_count(value):
+            self.bad(name, "a non-negative integer")
+        return int(value)
+
+    def number(self, name: str, default: Any = _REQUIRED) -> float:
+        value = self._get(name, default, "a number")
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            self.bad(name, "a number")
+        return float(value)
+
+    def counts(self, name: str, default: Any = _REQUIRED) -> dict[str, int]:
+        value = self._get(name, default, "an object of non-negative integers")
+        if not isinstance(value, dict) or not all(_is_count(v) for v in value.values()):
+            self.bad(name, "an object of non-negative integers")
+        return dict(value)
+
+    def mapping(self, name: str, default: Any = _REQUIRED) -> dict[str, Any]:
+        value = self._get(name, default, "an object")
+        if not isinstance(value, dict):
+            self.bad(name, "an object")
+        return dict(value)
+
+    def pending(self, index: int, item: Any) -> PendingInput:
+        if not (isinstance(item, list) and len(item) == 4 and isinstance(item[0], str)
+                and _is_count(item[1]) and _is_count(item[3])):
+            self.bad(f"pending[{index}]", "[key, seq, record, line]")
+        key, seq, record, line = item
+        return PendingInput(key, seq, record, line)
+
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _is_sha256(value: Any) -> bool:
+    return (isinstance(value, str) and len(value) == 64
+            and all(c in "0123456789abcdef" for c in value))

@@ -18,7 +18,7 @@ from typing import IO, Any, Literal, get_args
 
 from actionstate.errors import ConfigError
 from actionstate.events import Event, event_type_name
-from actionstate.records.canonical import to_wire_default, untag
+from actionstate.records.canonical import untag, wire
 from actionstate.records.state import StateKey
 
 __all__ = ["EventLogLevel", "EventLogRecord", "EventLogger", "read_event_log"]
@@ -65,7 +65,7 @@ class EventLogger:
                         "action": action, "time": time.time(), "replayed": replayed},
             "event": event.to_json()["data"],
         }
-        self._file.write(json.dumps(record, ensure_ascii=False, default=to_wire_default))
+        self._file.write(json.dumps(wire(record, "an event log record"), ensure_ascii=False))
         self._file.write("\n")
 
     def action_run(self, key: str, seq: int, action: str, replayed: bool,
@@ -76,7 +76,7 @@ class EventLogger:
         record = {"context": {"event_type": "action_run", "key": key, "seq": seq,
                               "action": action, "time": time.time(), "replayed": replayed},
                   "calls": calls}
-        self._file.write(json.dumps(record, ensure_ascii=False, default=to_wire_default) + "\n")
+        self._file.write(json.dumps(wire(record, "an event log record"), ensure_ascii=False) + "\n")
 
     def retry(self, state_key: StateKey, position: int, function: str, attempt: int,
               error: BaseException, wait: float) -> None:
@@ -88,7 +88,7 @@ class EventLogger:
                               "time": time.time(), "replayed": False},
                   "call": {"position": position, "function": function, "attempt": attempt,
                            "error": f"{type(error).__name__}: {error}", "wait": wait}}
-        self._file.write(json.dumps(record, ensure_ascii=False, default=to_wire_default) + "\n")
+        self._file.write(json.dumps(wire(record, "an event log record"), ensure_ascii=False) + "\n")
 
     def flush(self) -> None:
         if self._file is not None:

@@ -8,7 +8,7 @@ from typing import Any
 
 from actionstate.checkpoint import Checkpoint
 from actionstate.errors import ConfigError
-from actionstate.records.canonical import to_wire_default
+from actionstate.records.canonical import wire
 from actionstate.runners.statedir import StateDir
 from actionstate.stores import open_store
 
@@ -58,8 +58,8 @@ def _states(checkpoint: Checkpoint) -> list[tuple[str, dict[str, Any]]]:
                                                                 kv[0].action)):
             calls = [{
                 "position": pos, "function": call.function_id, "status": call.status.name,
-                "size": len(json.dumps(call.result if call.exception is None else call.exception,
-                                       default=to_wire_default)),
+                "size": len(json.dumps(wire(call.result if call.exception is None
+                                            else call.exception))),
             } for pos, call in sorted(state.calls.items())]
             out.append((sk.key, {"seq": sk.seq, "action": sk.action, "event_id": sk.event_id,
                                  "completed": state.completed, "calls": calls}))

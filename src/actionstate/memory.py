@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from actionstate.errors import MemoryInCallError
+from actionstate.records.canonical import check_storable
 from actionstate.records.current import CURRENT_CALL
 from actionstate.records.state import MemoryScope, MemoryUpdate
 
@@ -17,7 +18,7 @@ class MemoryObject:
     """Get and set values on dotted paths (``"order.items"``) of a nested dict.
 
     Every :meth:`set` is recorded, so that when a completed action is skipped on
-    replay its writes are applied again. Values must be JSON-able.
+    replay its writes are applied again. Values must be storable (docs/determinism.md).
     """
 
     def __init__(self, data: dict[str, Any], scope: MemoryScope,
@@ -40,9 +41,15 @@ class MemoryObject:
         return node
 
     def set(self, path: str, value: Any) -> None:
-        """Set the value at ``path``, creating intermediate objects."""
+        """Set the value at ``path``, creating intermediate objects.
+
+        Raises:
+            UnstorableValueError: ``value`` (or something in it) is of a type that
+                cannot be stored (see docs/determinism.md); nothing is written.
+        """
         if CURRENT_CALL.get() is not None:
             self._refuse("write", path)
+        check_storable(value, f"{self._scope} memory {path!r}")
         apply_update(self._data, path, value)
         self._updates.append(MemoryUpdate(self._scope, path, value))
 

@@ -29,6 +29,7 @@ from actionstate.errors import (
 from actionstate.events import Event
 from actionstate.memory import MemoryObject
 from actionstate.records.canonical import (
+    UnstorableValueError,
     args_digest,
     canonical_bytes,
     decode_exception,
@@ -296,7 +297,19 @@ class ActionContext(RunnerContext):
         return recorded.result
 
     def _record(self, step: _Step, result: CallResult) -> None:
-        self._put(CallRecord(self._sk, step.position, result))
+        """Record the call's outcome. A result that cannot be stored is recorded as the
+        call's failure, the error naming the type and the call, and raised: a replay
+        raises the same error instead of running the call again."""
+        before = self.store_failure
+        try:
+            self._put(CallRecord(self._sk, step.position, result))
+        except UnstorableValueError as exc:
+            if result.status is not CallStatus.SUCCEEDED:
+                raise
+            self.store_failure = before  # not the store's failure: the call's outcome
+            self._put(CallRecord(self._sk, step.position, CallResult(
+                step.fid, step.digest, CallStatus.FAILED, exception=encode_exception(exc))))
+            raise
 
     def _put(self, record: CallRecord | TruncateRecord, sync: bool | None = None) -> None:
         try:

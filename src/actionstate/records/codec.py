@@ -10,7 +10,15 @@ import json
 from typing import Any
 
 from actionstate.errors import CorruptRecordError
-from actionstate.records.canonical import STORED, TAG, untag
+from actionstate.events import event_type_name
+from actionstate.records.canonical import (
+    STORED,
+    TAG,
+    UndecodableValueError,
+    stored_json,
+    untag,
+    wire,
+)
 from actionstate.records.state import (
     CallRecord,
     CallResult,
@@ -46,7 +54,7 @@ def _encode_call(record: CallRecord, epoch: int) -> bytes:
             f'"p":{int(record.position)},"f":{enc(call.function_id)},'
             f'"d":{enc(call.args_digest)},"s":"{call.status.value}"')
     if call.status is CallStatus.SUCCEEDED:
-        text += f',"r":{enc(call.result)}'
+        text += f',"r":{stored_json(call.result, "the result of durable call ", call.function_id)}'
     return (text + "}").encode()
 
 
@@ -63,15 +71,20 @@ def encode_record(record: Record, epoch: int | None = None) -> bytes:
             env = {"v": 1, "t": "call", "k": _k(key), "e": epoch, "p": pos,
                    "f": call.function_id, "d": call.args_digest, "s": call.status.value}
             if call.status is CallStatus.SUCCEEDED:
-                env["r"] = call.result
+                env["r"] = wire(call.result, "the result of durable call ", call.function_id)
             elif call.status is CallStatus.FAILED:
-                env["x"] = call.exception
+                env["x"] = wire(call.exception, "the exception of durable call ",
+                                call.function_id)
                 if call.retryable:
                     env["rt"] = 1
         case CompleteRecord(key=key):
-            env = {"v": 1, "t": "done", "k": _k(key), "e": epoch, "ev": record.task_event,
-                   "out": list(record.output_events),
-                   "mem": [[m.scope, m.path, m.value] for m in record.memory_updates]}
+            sent_by = f" sent by action {key.action!r}"
+            env = {"v": 1, "t": "done", "k": _k(key), "e": epoch,
+                   "ev": wire(record.task_event, "the event that triggered action ", key.action),
+                   "out": [wire(e, f"event {event_type_name(type(e))}", sent_by)
+                           for e in record.output_events],
+                   "mem": [[m.scope, m.path, wire(m.value, f"{m.scope} memory ", repr(m.path))]
+                           for m in record.memory_updates]}
         case TruncateRecord(key=key, position=pos):
             env = {"v": 1, "t": "trunc", "k": _k(key), "e": epoch, "p": pos}
         case DropRecord(key=key, after_seq=after):
@@ -91,6 +104,13 @@ def decode_record(data: bytes, where: str) -> Record:
     """
     try:
         env = json.loads(data, object_hook=untag) if _TAG_BYTES in data else json.loads(data)
+    except UndecodableValueError as exc:
+        raise CorruptRecordError(
+            f"record at {where} holds {exc}") from None
+    except (KeyError, TypeError, IndexError, AttributeError) as exc:
+        raise CorruptRecordError(
+            f"record at {where} has a malformed tagged value ({exc!r}); the store is damaged "
+            "at that record") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise CorruptRecordError(
             f"record at {where} is not valid JSON ({exc}); the store is damaged at that "

@@ -25,7 +25,7 @@ from actionstate.durable.chain import ChainSettings, process_input
 from actionstate.durable.stats import RunStats
 from actionstate.errors import ConfigError, InputError
 from actionstate.memory import apply_update
-from actionstate.runners.files import JsonlSink, JsonlSource
+from actionstate.runners.files import JsonlSink, JsonlSource, SourceDigest
 from actionstate.runners.statedir import StateDir
 from actionstate.stores.base import ActionStateStore
 
@@ -81,6 +81,7 @@ class LocalRunner:
         self._held: list[Any] = []
         self._offset = 0
         self._line = 0
+        self._digest = SourceDigest()  # of the source's bytes before self._offset
         self._failed = False
         self.stopped_by: str | None = None
         """The signal that stopped the run early (``"SIGTERM"``, ``"SIGINT"``), or None."""
@@ -155,6 +156,7 @@ class LocalRunner:
             self._next_seq[item.key] = seq + 1
             self._pending[(item.key, seq)] = (item.record, item.line)
             self._offset, self._line = item.next_offset, item.line
+            self._digest.update(item.raw)
             self._enqueue(item.key, seq, item.record)
             await asyncio.sleep(0)  # let workers run between reads
 
@@ -236,7 +238,8 @@ class LocalRunner:
         self.state_dir.save_checkpoint(Checkpoint(
             job=self.settings.job, marker=marker, store=self.store.url,
             source_path=str(self.source.path.resolve()), source_offset=self._offset,
-            source_line=self._line, sink_path=str(self.sink.path.resolve()),
+            source_line=self._line, source_sha256=self._digest.hexdigest(),
+            sink_path=str(self.sink.path.resolve()),
             sink_offset=self.sink.position(), next_seq=self._next_seq,
             short_term=self._committed,
             pending=[PendingInput(k, s, r, line) for (k, s), (r, line) in self._pending.items()],
@@ -267,8 +270,12 @@ class LocalRunner:
                     f"state dir {self.state_dir.path} was run with --{role} {recorded}, "
                     f"not {path}: use the same file, or a new --state"
                 )
-        self.store.rebuild(checkpoint.marker)
         self._offset, self._line = checkpoint.source_offset, checkpoint.source_line
+        # The input must hold the same bytes before the checkpoint's position (lines
+        # may only be appended); a checkpoint without a digest is not checked.
+        self._digest = self.source.digest_before(self._offset, self._line,
+                                                 checkpoint.source_sha256)
+        self.store.rebuild(checkpoint.marker)
         self.sink.truncate(checkpoint.sink_offset)
         self._next_seq = checkpoint.next_seq
         self._committed = checkpoint.short_term

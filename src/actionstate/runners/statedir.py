@@ -10,7 +10,8 @@ from typing import IO, Any
 
 from actionstate.checkpoint import Checkpoint
 from actionstate.errors import ConfigError, IncompatibleStateError, StateLockedError
-from actionstate.records.canonical import to_wire_default, untag
+from actionstate.records.canonical import untag, wire
+from actionstate.runners.files import why_unwritable
 
 __all__ = ["STATE_FORMAT", "StateDir"]
 
@@ -24,8 +25,12 @@ class StateDir:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         if self.path.exists() and not self.path.is_dir():
-            raise ConfigError(f"--state {self.path} is a file, not a directory")
-        self.path.mkdir(parents=True, exist_ok=True)
+            raise ConfigError(f"--state {self.path} is a file, not a directory: give a "
+                              "directory path")
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise _unwritable(self.path, exc) from None
         self._lock: IO[str] | None = None
         marker = self.path / "actionstate.json"
         if marker.exists():
@@ -39,7 +44,10 @@ class StateDir:
                     f"{STATE_FORMAT}: run the version that wrote it, or use a new --state"
                 )
         else:
-            write_atomic(marker, {"format": STATE_FORMAT})
+            try:
+                write_atomic(marker, {"format": STATE_FORMAT})
+            except OSError as exc:
+                raise _unwritable(self.path, exc) from None
 
     @property
     def checkpoint_path(self) -> Path:
@@ -51,7 +59,10 @@ class StateDir:
 
     def lock(self) -> None:
         """Hold the directory for this process (released when it exits, even by kill -9)."""
-        f = open(self.path / "lock", "a+")
+        try:
+            f = open(self.path / "lock", "a+")
+        except OSError as exc:
+            raise _unwritable(self.path, exc) from None
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -80,13 +91,21 @@ class StateDir:
             return None
         try:
             data = json.loads(path.read_bytes(), object_hook=untag)
+        except OSError as exc:
+            raise IncompatibleStateError(
+                f"checkpoint {path} cannot be read ({exc.strerror or exc}): restore it or "
+                "use a new --state") from None
         except ValueError as exc:
             raise IncompatibleStateError(
                 f"checkpoint {path} is not valid JSON ({exc}): it was changed outside "
                 "actionstate; restore it or use a new --state"
             ) from None
-        found = data.get("format") if isinstance(data, dict) else None
-        if found != STATE_FORMAT or not isinstance(data, dict):
+        if not isinstance(data, dict) or "format" not in data:
+            raise IncompatibleStateError(
+                f"checkpoint {path} is not a JSON object with a 'format' field: it was "
+                "changed outside actionstate; restore it or use a new --state")
+        found = data["format"]
+        if found != STATE_FORMAT or isinstance(found, bool):
             raise IncompatibleStateError(
                 f"checkpoint {path} has format {found!r}, "
                 f"this actionstate uses {STATE_FORMAT}: use the version that wrote it"
@@ -95,15 +114,25 @@ class StateDir:
 
     def save_checkpoint(self, checkpoint: Checkpoint) -> None:
         """Commit ``checkpoint`` atomically (write, fsync, rename, fsync dir)."""
-        write_atomic(self.checkpoint_path, {"format": STATE_FORMAT, **checkpoint.to_json()})
+        try:
+            write_atomic(self.checkpoint_path,
+                         {"format": STATE_FORMAT, **checkpoint.to_json()})
+        except OSError as exc:
+            raise _unwritable(self.path, exc) from None
+
+
+def _unwritable(path: Path, exc: OSError) -> ConfigError:
+    return ConfigError(
+        f"--state {path} cannot be written: {why_unwritable(exc)}; give a directory "
+        "that can be created and written")
 
 
 def write_atomic(path: Path, data: dict[str, Any]) -> None:
     """Replace ``path`` with ``data`` as JSON so that a crash leaves the old or the new file."""
     tmp = path.with_suffix(path.suffix + ".tmp")
     with open(tmp, "wb") as f:
-        f.write(json.dumps(data, ensure_ascii=False, separators=(",", ":"),
-                           default=to_wire_default).encode())
+        f.write(json.dumps(wire(data, f"{path.name}"), ensure_ascii=False,
+                           separators=(",", ":")).encode())
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
