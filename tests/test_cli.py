@@ -7,6 +7,7 @@ import os
 import signal
 import sqlite3
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from actionstate.runners.statedir import StateDir
 from actionstate.testing import FakeLLMServer
 from actionstate.testing.cli import actionstate, assert_clean_error, run_args, write_lines
 from actionstate.testing.crash import command, make_tickets
+from actionstate.testing.services import CHECKOUT
 from tests.agents.counter import AGENT, input_line
 
 
@@ -195,3 +197,33 @@ def test_a_fresh_start_writes_its_first_checkpoint_before_any_input(tmp_path: Pa
     fresh = StateDir(tmp_path / "state").load_checkpoint()
     assert fresh is not None and namespaces <= {fresh.marker.namespace}, (
         "a fresh start deletes the abandoned runs of its own state dir's store")
+
+
+def test_version() -> None:
+    result = actionstate("--version")
+    assert result.returncode == 0 and result.stdout.startswith("actionstate ")
+
+
+def test_inspect_reads_the_agent_s_own_events_when_given_the_agent(tmp_path: Path) -> None:
+    from actionstate.events import InputEvent
+    from actionstate.loader import load_agent_class
+    from actionstate.records.state import CompleteRecord, StateKey
+    from actionstate.stores import open_store
+
+    triage = str(CHECKOUT / "examples" / "triage.py") + ":Triage"
+    classified = load_agent_class(triage).__module__
+    event_cls = sys.modules[classified].Classified
+    state = StateDir(tmp_path / "state")
+    store = open_store(state.default_store_url)
+    store.rebuild(None)
+    key = StateKey("c1", 0, "classify", "e" * 64)
+    store.put(CompleteRecord(key, InputEvent(input={"id": "T1"}), (event_cls(
+        ticket_id="T1", customer="c1", label="refund", confidence=90, amount=5.0),), ()))
+    state.save_checkpoint(Checkpoint(job="triage:Triage", marker=store.recovery_marker(),
+                                     store=store.url, source_path="in", sink_path="out"))
+    store.close()
+    bare = actionstate("inspect", "--state", str(tmp_path / "state"))
+    assert_clean_error(bare, "unknown event type", "--agent path/to/file.py:Class")
+    given = actionstate("inspect", "--state", str(tmp_path / "state"), "--agent", triage)
+    assert given.returncode == 0, given.stderr
+    assert "seq 0 action classify (completed)" in given.stdout

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
 import json
 import logging
 import sys
@@ -13,7 +14,12 @@ from typing import TextIO
 from actionstate.durable.chain import ChainSettings
 from actionstate.durable.execution import POLICIES
 from actionstate.durable.stats import RunStats
-from actionstate.errors import ActionFailedError, ActionStateError, ConfigError
+from actionstate.errors import (
+    ActionFailedError,
+    ActionStateError,
+    AgentDefinitionError,
+    ConfigError,
+)
 from actionstate.eventlog import LEVELS, EventLogger
 from actionstate.loader import load_agent_class
 from actionstate.retry import RetryPolicy
@@ -50,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="actionstate", description="Durable execution for event-driven AI agents.")
+    parser.add_argument("--version", action="version",
+                        version=f"actionstate {_version()}")
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="run an agent over a JSONL file, resuming after a crash")
@@ -84,6 +92,9 @@ def _parser() -> argparse.ArgumentParser:
     inspect.add_argument("--state", required=True)
     inspect.add_argument("--key", help="only this input key")
     inspect.add_argument("--json", action="store_true", help="machine-readable output")
+    inspect.add_argument("--agent", metavar="SPEC",
+                         help="the run's agent (path/to/file.py:Class), so that the events "
+                         "its module defines can be read back")
     inspect.set_defaults(command=_inspect)
 
     demo = sub.add_parser("demo", help="run a bundled agent, kill it mid-run, resume, report")
@@ -130,6 +141,13 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _version() -> str:
+    try:
+        return importlib.metadata.version("actionstate")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree
+        return "(not installed)"
+
+
 def _options(pairs: list[str]) -> dict[str, str]:
     options = {}
     for pair in pairs:
@@ -172,7 +190,13 @@ class _Progress:
 def _inspect(args: argparse.Namespace) -> int:
     from actionstate.inspection import describe_state, render_text
 
-    report = describe_state(Path(args.state), key=args.key)
+    if args.agent:
+        load_agent_class(args.agent)  # registers the event classes its module defines
+    try:
+        report = describe_state(Path(args.state), key=args.key)
+    except AgentDefinitionError as exc:
+        raise AgentDefinitionError(f"{exc}; give the run's agent: actionstate inspect "
+                                   "--state DIR --agent path/to/file.py:Class") from None
     if args.json:
         print(json.dumps(report, indent=2, ensure_ascii=False, default=str))
     else:
