@@ -37,15 +37,12 @@ class StateIndex:
         self._first: dict[StateKey, Position] = {}
         self._fence: dict[int, int] = {}
         self._fence_log: dict[int, list[tuple[int, int]]] = {}
-        self.max_epoch = 0
-        """The highest epoch seen in a fence or a record."""
 
     def start_at(self, offsets: dict[int, int], fences: dict[int, int]) -> None:
         """Begin a rebuild at ``offsets`` with ``fences`` in force there (from a marker)."""
         for partition, epoch in fences.items():
             self._fence[partition] = epoch
             self._fence_log[partition] = [(offsets.get(partition, 0) - 1, epoch)]
-            self.max_epoch = max(self.max_epoch, epoch)
 
     def apply(self, record: Record, position: Position, epoch: int) -> bool:
         """Apply one record written under ``epoch``; False when it was ignored (a
@@ -60,12 +57,9 @@ class StateIndex:
             if fence > self._fence.get(partition, 0):
                 self._fence[partition] = fence
                 self._fence_log.setdefault(partition, []).append((position[1], fence))
-            self.max_epoch = max(self.max_epoch, fence)
             return True
         if epoch < self._fence.get(partition, 0):
             return False
-        if epoch > self.max_epoch:
-            self.max_epoch = epoch
         if isinstance(record, DropRecord):
             self.drop_after(record.key, record.after_seq)
             return True
