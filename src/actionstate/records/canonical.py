@@ -289,13 +289,16 @@ def stored_json(obj: Any, what: str = "a value", name: str = "") -> str:
     """The stored JSON text of ``obj``; an error names it as ``what`` + ``name``."""
     if type(obj) is str:
         return encode_basestring(obj)
-    if _is_plain(obj):
-        return _STORED_PLAIN(obj)
     return _STORED_PLAIN(wire(obj, what, name))
 
 
 def wire(obj: Any, what: str = "a value", name: str = "") -> Any:
-    """:func:`to_wire`, raising :class:`UnstorableValueError` naming ``what`` + ``name``."""
+    """:func:`to_wire`, raising :class:`UnstorableValueError` naming ``what`` + ``name``.
+
+    A value that is JSON as it is comes back itself, not copied (the common case:
+    outputs, event log records, checkpoints, most results)."""
+    if _is_plain(obj):
+        return obj
     try:
         return to_wire(obj)
     except _Refused:

@@ -131,7 +131,7 @@ def write_atomic(path: Path, data: dict[str, Any]) -> None:
     """Replace ``path`` with ``data`` as JSON so that a crash leaves the old or the new file."""
     tmp = path.with_suffix(path.suffix + ".tmp")
     with open(tmp, "wb") as f:
-        f.write(json.dumps(wire(data, f"{path.name}"), ensure_ascii=False,
+        f.write(json.dumps(wire(data, path.name), ensure_ascii=False,
                            separators=(",", ":")).encode())
         f.flush()
         os.fsync(f.fileno())
