@@ -91,16 +91,15 @@ class OpenAICompatibleModel(ChatModel):
         except urllib.error.URLError as exc:
             raise ConnectionError(f"model server {self.base_url} cannot be reached: "
                                   f"{exc.reason}") from None
-        try:
-            data = json.loads(raw)
-        except ValueError:
-            raise ModelServerError(self.base_url, 200, _text(raw), None,
-                                   "a reply that is not JSON") from None
-        return _completion(self.base_url, data, raw)
+        return _completion(self.base_url, raw)
 
 
-def _completion(url: str, data: Any, raw: bytes) -> dict[str, Any]:
+def _completion(url: str, raw: bytes) -> dict[str, Any]:
     """Text and usage of a chat completion body, or a clear error naming what is wrong."""
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        raise ModelServerError(url, 200, _text(raw), None, "a reply that is not JSON") from None
     try:
         content = data["choices"][0]["message"]["content"]
     except (KeyError, IndexError, TypeError):
@@ -147,7 +146,7 @@ class OpenAIModel(ChatModel):
                 extra_headers=_key_header(idempotency_key))
         except self._openai.OpenAIError as exc:
             raise self._translate(exc) from None
-        return self._parse(raw.content)
+        return _completion(self.base_url, raw.content)
 
     async def areply(self, messages: Messages,
                      idempotency_key: str | None = None) -> dict[str, Any]:
@@ -158,15 +157,7 @@ class OpenAIModel(ChatModel):
                 extra_headers=_key_header(idempotency_key))
         except self._openai.OpenAIError as exc:
             raise self._translate(exc) from None
-        return self._parse(raw.content)
-
-    def _parse(self, raw: bytes) -> dict[str, Any]:
-        try:
-            data = json.loads(raw)
-        except ValueError:
-            raise ModelServerError(self.base_url, 200, _text(raw), None,
-                                   "a reply that is not JSON") from None
-        return _completion(self.base_url, data, raw)
+        return _completion(self.base_url, raw.content)
 
     def _translate(self, exc: Exception) -> Exception:
         """The SDK's error as one a retry policy knows and a replay can rebuild."""
