@@ -13,6 +13,7 @@ import asyncio
 import functools
 import hashlib
 import inspect
+import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -107,6 +108,31 @@ class _Step:
         return self._call_id
 
 
+class _Attempt:
+    """One attempt of a durable call: the call is current while it runs; a failure
+    the retry policy takes is swallowed and ``wait`` says how long to back off,
+    any other failure is recorded (by ``_after_failure``) and propagates."""
+
+    __slots__ = ("ctx", "number", "policy", "step", "token", "wait")
+
+    def __init__(self, ctx: ActionContext, step: _Step, policy: RetryPolicy,
+                 number: int) -> None:
+        self.ctx, self.step, self.policy, self.number = ctx, step, policy, number
+        self.wait: float | None = None
+
+    def __enter__(self) -> _Attempt:
+        self.token = CURRENT_CALL.set(self.step)
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: object) -> bool:
+        CURRENT_CALL.reset(self.token)
+        if not isinstance(exc, Exception):
+            return False  # success, or the run's own control flow (a crash, a cancel)
+        self.wait = self.ctx._after_failure(self.step, self.policy, self.number, exc)
+        return self.wait is not None
+
+
 class ActionContext(RunnerContext):
     """The engine's :class:`RunnerContext` for one action run."""
 
@@ -185,20 +211,12 @@ class ActionContext(RunnerContext):
             )
         target, args, kwargs = self._target(step, fn, args, kwargs, reconciler)
         policy = retry or self._retry
-        attempt = 1
-        while True:
-            token = CURRENT_CALL.set(step)
-            try:
+        for attempt in itertools.count(1):
+            with _Attempt(self, step, policy, attempt) as tried:
                 result = target(*args, **kwargs)
+            if tried.wait is None:
                 break
-            except Exception as exc:
-                wait = self._after_failure(step, policy, attempt, exc)
-                if wait is None:
-                    raise
-            finally:
-                CURRENT_CALL.reset(token)
-            time.sleep(wait)  # a sync action holds its thread anyway
-            attempt += 1
+            time.sleep(tried.wait)  # a sync action holds its thread anyway
         self._record(step, CallResult(step.fid, step.digest, CallStatus.SUCCEEDED, result))
         return cast(T, result)
 
@@ -211,25 +229,17 @@ class ActionContext(RunnerContext):
             return self._replay(step.recorded)
         target, args, kwargs = self._target(step, fn, args, kwargs, reconciler)
         policy = retry or self._retry
-        attempt = 1
-        while True:
-            token = CURRENT_CALL.set(step)
-            try:
+        for attempt in itertools.count(1):
+            with _Attempt(self, step, policy, attempt) as tried:
                 if inspect.iscoroutinefunction(target):
                     result = await target(*args, **kwargs)
                 else:
                     result = await asyncio.to_thread(target, *args, **kwargs)
                     if inspect.isawaitable(result):
                         result = await result
+            if tried.wait is None:
                 break
-            except Exception as exc:
-                wait = self._after_failure(step, policy, attempt, exc)
-                if wait is None:
-                    raise
-            finally:
-                CURRENT_CALL.reset(token)
-            await asyncio.sleep(wait)  # a timer: the backoff before the next attempt
-            attempt += 1
+            await asyncio.sleep(tried.wait)  # a timer: the backoff before the next attempt
         self._record(step, CallResult(step.fid, step.digest, CallStatus.SUCCEEDED, result))
         return result
 
