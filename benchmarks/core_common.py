@@ -8,6 +8,7 @@ Running it prints the machine description.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import os
 import platform
@@ -17,10 +18,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import actionstate
+from actionstate.stores import Durability
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH_TMP = REPO / ".bench-tmp"
@@ -137,3 +141,30 @@ def fmt_ratio(x: float) -> str:
 if __name__ == "__main__":
     with scratch_dir() as tmp:
         print("\n".join(machine_lines(tmp)))
+
+
+def run_local(agent: Any, inputs: Path, work: Path, *, durability: Durability = "sync",
+              store_url: str | None = None, concurrency: int = 64,
+              checkpoint_interval: float = 1.0, state: Any = None) -> tuple[float, Any]:
+    """One LocalRunner run of ``agent`` over ``inputs`` (key field ``k``) in ``work``,
+    as ``actionstate run`` does; returns (wall seconds, RunStats)."""
+    from actionstate.durable.chain import ChainSettings
+    from actionstate.runners.files import JsonlSink, JsonlSource
+    from actionstate.runners.local import LocalRunner
+    from actionstate.runners.statedir import StateDir
+    from actionstate.stores import open_store
+
+    state = state if state is not None else StateDir(work / "state")
+    store = open_store(store_url or state.default_store_url, durability=durability)
+    sink = JsonlSink(work / "out.jsonl")
+    runner = LocalRunner(agent, source=JsonlSource(inputs, "k"), sink=sink, store=store,
+                         state_dir=state, settings=ChainSettings(job="bench"),
+                         concurrency=concurrency, checkpoint_interval=checkpoint_interval)
+    started = time.perf_counter()
+    try:
+        stats = asyncio.run(runner.run())
+    finally:
+        sink.close()
+        store.close()
+        state.close()
+    return time.perf_counter() - started, stats

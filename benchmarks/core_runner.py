@@ -14,7 +14,6 @@ Usage: .venv/bin/python benchmarks/core_runner.py [--quick]
 
 from __future__ import annotations
 
-import asyncio
 import json
 import shutil
 import time
@@ -26,16 +25,12 @@ from core_common import (
     machine_lines,
     median,
     parse_args,
+    run_local,
     scratch_dir,
     table,
 )
 
 from actionstate import Agent, InputEvent, OutputEvent, RunnerContext, action
-from actionstate.durable.chain import ChainSettings
-from actionstate.runners.files import JsonlSink, JsonlSource
-from actionstate.runners.local import LocalRunner
-from actionstate.runners.statedir import StateDir
-from actionstate.stores import open_store
 
 CALLS = 3
 KEYS = 1000
@@ -64,21 +59,10 @@ def write_inputs(path: Path, n: int) -> None:
 def run_once(tmp: Path, inputs: Path, store_kind: str, n: int) -> tuple[float, float]:
     """One run on a new state dir; returns (wall seconds, process CPU seconds)."""
     work = tmp / f"run-{store_kind}"
-    state = StateDir(work / "state")
-    durability = "group" if store_kind == "sqlite-group" else "sync"
-    url = "memory://" if store_kind == "memory" else state.default_store_url
-    store = open_store(url, durability=durability)  # type: ignore[arg-type]
-    sink = JsonlSink(work / "out.jsonl")
-    runner = LocalRunner(ThreeCalls(), source=JsonlSource(inputs, "k"), sink=sink,
-                         store=store, state_dir=state, settings=ChainSettings(job="bench"),
-                         concurrency=64, checkpoint_interval=1.0)
-    started, cpu_started = time.perf_counter(), time.process_time()
-    try:
-        stats = asyncio.run(runner.run())
-    finally:
-        sink.close()
-        store.close()
-    elapsed = time.perf_counter() - started
+    cpu_started = time.process_time()
+    elapsed, stats = run_local(
+        ThreeCalls(), inputs, work, durability="group" if store_kind == "sqlite-group" else "sync",
+        store_url="memory://" if store_kind == "memory" else None)
     cpu = time.process_time() - cpu_started
     lines = (work / "out.jsonl").read_text().count("\n")
     assert stats.inputs == n and stats.outputs == n and lines == n, (stats, lines)

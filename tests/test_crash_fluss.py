@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,7 +40,17 @@ def test_tablet_server_restart_mid_run(tmp_path: Path, tables: Tables) -> None:
     with FakeLLMServer() as server:
         assert run_to_end(reference, server, None, "sync", [], []) == 0
     with FakeLLMServer() as server:
-        server.on_call = lambda total: time.sleep(0.05)  # a model that takes a moment
+        # A model that takes a moment; from the 40th call on, it answers only once the
+        # TabletServer is back (the run's actions are concurrent: without this gate it
+        # could finish during the restart).
+        gate = threading.Event()
+        def slow_then_gated(total: int) -> None:
+            if total > 40:
+                gate.wait(120)
+            else:
+                time.sleep(0.05)
+
+        server.on_call = slow_then_gated
         env = dict(os.environ, ACTIONSTATE_MODEL_BASE_URL=server.base_url,
                    ACTIONSTATE_REFUND_LEDGER=str(run / "refunds.jsonl"))
         with open(run / "stderr.txt", "w+b") as errors:
@@ -56,8 +67,10 @@ def test_tablet_server_restart_mid_run(tmp_path: Path, tables: Tables) -> None:
                                          capture_output=True, text=True, timeout=180)
                 assert restart.returncode == 0, restart.stderr
                 assert proc.poll() is None, "the run finished before the TabletServer was back"
+                gate.set()
                 proc.wait(timeout=120)
             finally:
+                gate.set()
                 if proc.poll() is None:
                     proc.kill()
                     proc.wait()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import pytest
@@ -98,3 +99,28 @@ def test_demo_kills_its_first_run_and_resumes_with_no_duplicates(tmp_path: Path)
     assert len({c["call_id"] for c in calls}) == inputs + refunds, "every call ran"
     assert len(calls) == rows["calls executed (both runs)"]
     assert len(calls) - (inputs + refunds) <= customers, "at most one call per key ran again"
+
+
+def test_records_logged_from_many_threads_stay_whole_lines(tmp_path: Path) -> None:
+    """``def`` actions log their retries from pool threads while the loop logs events."""
+    from actionstate.records.state import StateKey
+
+    logger = EventLogger(tmp_path / "events.jsonl")
+    note = "é" * 300  # multi-byte text: a torn write shows as invalid UTF-8 or JSON
+
+    def retries(worker: int) -> None:
+        for i in range(300):
+            logger.retry(StateKey(f"k{worker}", i, "act", "e"), 0, "f", 1,
+                         RuntimeError(note), 0.0)
+
+    threads = [threading.Thread(target=retries, args=(w,)) for w in range(6)]
+    for thread in threads:
+        thread.start()
+    for i in range(600):
+        logger.event(InputEvent(input={"i": i, "note": note}), "k", i, None, False)
+    for thread in threads:
+        thread.join()
+    logger.close()
+    lines = (tmp_path / "events.jsonl").read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 6 * 300 + 600
+    assert all(isinstance(json.loads(line), dict) for line in lines)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -20,6 +21,7 @@ from typing import Any
 import pytest
 
 from actionstate.checkpoint import Checkpoint, Marker
+from actionstate.errors import IncompatibleStateError
 from actionstate.testing.cli import actionstate, assert_clean_error, run_args, write_lines
 from tests.agents.counter import AGENT, input_line
 
@@ -57,8 +59,21 @@ def _output_ids(tmp: Path) -> list[int]:
 
 
 def _checkpoint(tmp: Path) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads((tmp / "state" / "checkpoint.json").read_text())
+    """The head of the state dir's last checkpoint, as JSON."""
+    db = sqlite3.connect(f"file:{tmp / 'state' / 'checkpoint.db'}?mode=ro", uri=True)
+    try:
+        data: dict[str, Any] = json.loads(db.execute("SELECT body FROM head").fetchone()[0])
+    finally:
+        db.close()
     return data
+
+
+def _rewrite(tmp: Path, sql: str, *args: Any) -> None:
+    """Change the state dir's checkpoint behind actionstate's back."""
+    db = sqlite3.connect(tmp / "state" / "checkpoint.db")
+    with db:
+        db.execute(sql, args)
+    db.close()
 
 
 # -- keys ----------------------------------------------------------------------
@@ -201,10 +216,9 @@ def test_lines_appended_after_the_checkpoint_are_read_on_resume(tmp_path: Path) 
 def test_a_checkpoint_without_a_digest_is_not_checked(tmp_path: Path) -> None:
     """Checkpoints written before the digest existed restore as before."""
     lines, calls = _stop_at_a_bad_line(tmp_path, 10)
-    path = tmp_path / "state" / "checkpoint.json"
-    data = json.loads(path.read_text())
+    data = _checkpoint(tmp_path)
     del data["source"]["sha256"]
-    path.write_text(json.dumps(data))
+    _rewrite(tmp_path, "UPDATE head SET body = ?", json.dumps(data))
     write_lines(tmp_path / "in.jsonl", [*_same_length_edit(lines)[:10], input_line(10)])
     result = actionstate(*run_args(tmp_path, AGENT), env={"COUNTER_CALL_LOG": str(calls)})
     assert result.returncode == 0, result.stderr
@@ -227,7 +241,7 @@ def _wait_for_a_checkpoint_past_line(tmp: Path, line: int) -> None:
         try:
             if _checkpoint(tmp)["source"]["line"] >= line:
                 return
-        except (OSError, ValueError, KeyError):
+        except (sqlite3.Error, TypeError):  # no checkpoint yet
             pass
         time.sleep(0.01)
     raise AssertionError(f"no checkpoint past line {line}")
@@ -289,8 +303,6 @@ def _drop(*path: str) -> Callable[[dict[str, Any]], Any]:
     (_set("source", "line", value=True), "'source.line'"),
     (_set("source", "sha256", value="not hex"), "'source.sha256'"),
     (_set("sink", value=[]), "'sink'"),
-    (_set("next_seq", value={"k0": "x"}), "'next_seq'"),
-    (_set("short_term", value={"k0": 5}), "'short_term.k0'"),
     (_set("pending", value=[["k0", 0]]), "'pending[0]'"),
     (_set("marker", value=5), "'marker'"),
     (_drop("job"), "'job'"),
@@ -301,32 +313,55 @@ def test_a_checkpoint_with_a_missing_or_ill_typed_field_is_named(
         tmp_path: Path, change: Callable[[dict[str, Any]], Any], phrase: str) -> None:
     write_lines(tmp_path / "in.jsonl", [input_line(i) for i in range(3)])
     assert actionstate(*run_args(tmp_path, AGENT)).returncode == 0
-    path = tmp_path / "state" / "checkpoint.json"
-    path.write_text(json.dumps(change(json.loads(path.read_text()))))
-    _refused(tmp_path, f"checkpoint {path}", phrase, "new --state")
+    _rewrite(tmp_path, "UPDATE head SET body = ?", json.dumps(change(_checkpoint(tmp_path))))
+    _refused(tmp_path, f"checkpoint {tmp_path / 'state' / 'checkpoint.db'}", phrase,
+             "new --state")
+
+
+@pytest.mark.parametrize("column, value, phrase", [
+    ("next_seq", "x", "no next seq"),
+    ("next_seq", -1, "no next seq"),
+    ("memory", "5", "no short-term memory object"),
+    ("memory", "{not json", "no short-term memory object"),
+])
+def test_a_damaged_key_row_is_named(tmp_path: Path, column: str, value: Any,
+                                    phrase: str) -> None:
+    write_lines(tmp_path / "in.jsonl", [input_line(i) for i in range(3)])
+    assert actionstate(*run_args(tmp_path, AGENT)).returncode == 0
+    key = "k0"
+    _rewrite(tmp_path, f"UPDATE keys SET {column} = ? WHERE key = ?", value, key)
+    with open(tmp_path / "in.jsonl", "a") as f:  # the key shows up again
+        f.write(input_line(3) + "\n")
+    _refused(tmp_path, f"checkpoint {tmp_path / 'state' / 'checkpoint.db'}", phrase,
+             repr(key), "new --state")
 
 
 def test_a_checkpoint_that_is_a_directory_is_named(tmp_path: Path) -> None:
     write_lines(tmp_path / "in.jsonl", [input_line(0)])
-    (tmp_path / "state" / "checkpoint.json").mkdir(parents=True)
-    _refused(tmp_path, f"checkpoint {tmp_path / 'state' / 'checkpoint.json'} cannot be read",
+    (tmp_path / "state" / "checkpoint.db").mkdir(parents=True)
+    _refused(tmp_path, f"checkpoint {tmp_path / 'state' / 'checkpoint.db'} cannot be read",
              "new --state")
 
 
-def test_checkpoint_reads_version_1_without_a_digest_and_writes_version_2() -> None:
+def test_checkpoint_reads_versions_1_and_2_and_writes_version_3() -> None:
     checkpoint = Checkpoint(job="j", marker=Marker("ns", {0: 3}, {0: 1}), store="memory://",
                             source_path="/in", sink_path="/out", source_offset=10,
                             source_line=2, source_sha256="ab" * 32)
     data = checkpoint.to_json()
-    assert data["version"] == 2 and data["source"]["sha256"] == "ab" * 32
+    assert data["version"] == 3 and data["source"]["sha256"] == "ab" * 32
+    assert "next_seq" not in data and "short_term" not in data, "kept per key, beside it"
     assert Checkpoint.from_json(data, "x").source_sha256 == "ab" * 32
     version_1 = {"job": "j", "marker": {"namespace": "ns", "offsets": {"0": 3}, "epoch": 1},
                  "source": {"path": "/in", "offset": 10, "line": 2},
-                 "sink": {"path": "/out", "offset": 0}, "next_seq": {}, "short_term": {},
-                 "pending": []}
+                 "sink": {"path": "/out", "offset": 0}, "next_seq": {"k": 2},
+                 "short_term": {"k": {"n": 1}}, "pending": []}
     read = Checkpoint.from_json(version_1, "x")
     assert read.source_sha256 is None and read.source_offset == 10
     assert read.marker.fences == {0: 1}
+    assert read.next_seq == {"k": 2} and read.short_term == {"k": {"n": 1}}
+    version_2 = {**version_1, "version": 2, "next_seq": {"k0": "x"}}
+    with pytest.raises(IncompatibleStateError, match="'next_seq'"):
+        Checkpoint.from_json(version_2, "x")
 
 
 # -- paths that cannot be written ----------------------------------------------

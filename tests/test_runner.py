@@ -126,3 +126,60 @@ def test_group_mode_holds_outputs_until_their_records_are_durable(tmp_path: Path
     assert checkpoint is not None
     assert checkpoint.pending == [] and checkpoint.sink_offset == (
         tmp_path / "out.jsonl").stat().st_size
+
+
+def test_a_checkpoint_writes_only_the_keys_that_changed_and_lets_idle_keys_go(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_inputs(tmp_path / "in.jsonl", 2000, 1000)
+    run(tmp_path, Counter())
+    written: list[int] = []
+    save = StateDir.save_checkpoint
+
+    def counting(self: StateDir, checkpoint: Checkpoint, changed: Any = None,
+                 **kw: Any) -> None:
+        written.append(len(changed or {}))
+        save(self, checkpoint, changed, **kw)
+
+    monkeypatch.setattr(StateDir, "save_checkpoint", counting)
+    with open(tmp_path / "in.jsonl", "a") as f:
+        for i in range(2000, 2003):
+            f.write(json.dumps({"id": i, "k": "key_7", "n": i}) + "\n")
+    state = StateDir(tmp_path / "state")
+    store = open_store(state.default_store_url)
+    sink = JsonlSink(tmp_path / "out.jsonl")
+    runner = LocalRunner(Counter(), source=JsonlSource(tmp_path / "in.jsonl", "k"), sink=sink,
+                         store=store, state_dir=state, settings=ChainSettings(job="t"))
+    try:
+        stats = asyncio.run(runner.run())
+    finally:
+        sink.close()
+        store.close()
+    assert stats.inputs == 3 and sum(written) == 1, "one key of 1,000 changed"
+    assert runner._next_seq == {} and runner._committed == {}, "no key held after the run"
+    last = outputs(tmp_path)[-1]
+    assert last["seq"] == 4 and last["total"] == sum(2 * i for i in [7, 1007, 2000, 2001, 2002])
+
+
+def test_a_state_dir_of_format_1_resumes_and_moves_to_the_new_layout(tmp_path: Path) -> None:
+    """Format 1 kept every key inside checkpoint.json; such a state dir resumes."""
+    write_inputs(tmp_path / "in.jsonl", 30, 3)
+    run(tmp_path, Counter())
+    state = tmp_path / "state"
+    head = StateDir(state).load_checkpoint()
+    assert head is not None
+    keys = list(StateDir(state).key_states())
+    legacy = {"format": 1, **head.to_json(), "version": 2,
+              "next_seq": {k: n for k, n, _ in keys}, "short_term": {k: m for k, _, m in keys}}
+    for name in ("checkpoint.db", "checkpoint.db-wal", "checkpoint.db-shm"):
+        (state / name).unlink(missing_ok=True)
+    (state / "checkpoint.json").write_text(json.dumps(legacy))
+    (state / "actionstate.json").write_text('{"format": 1}')
+    with open(tmp_path / "in.jsonl", "a") as f:
+        f.write(json.dumps({"id": 30, "k": "key_0", "n": 30}) + "\n")
+    stats = run(tmp_path, Counter())
+    assert stats.calls_executed == 1
+    last = outputs(tmp_path)[-1]
+    assert last["seq"] == 10 and last["total"] == sum(2 * i for i in range(0, 31, 3))
+    assert not (state / "checkpoint.json").exists()
+    assert json.loads((state / "actionstate.json").read_text()) == {"format": 2}
+    assert len(list(StateDir(state).key_states())) == 3

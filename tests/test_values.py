@@ -390,10 +390,12 @@ def test_checkpointed_memory_keeps_its_types(tmp_path: Path) -> None:
     from actionstate.checkpoint import Checkpoint, Marker
     from actionstate.runners.statedir import StateDir
 
-    memory = {"k": {"pair": (1, "a"), "by_id": {1: "x", (2, 3): {4}}, "tagged": {"__as__": 1}}}
+    memory = {"pair": (1, "a"), "by_id": {1: "x", (2, 3): {4}}, "tagged": {"__as__": 1}}
     state = StateDir(tmp_path / "state")
     state.save_checkpoint(Checkpoint(job="j", marker=Marker("ns", {0: 1}, {0: 1}), store="",
-                                     source_path="in", sink_path="out", short_term=memory))
-    loaded = state.load_checkpoint()
-    assert loaded is not None and loaded.short_term == memory
-    assert type(loaded.short_term["k"]["pair"]) is tuple
+                                     source_path="in", sink_path="out"), {"k": (3, memory)})
+    assert state.load_checkpoint() is not None
+    again = StateDir(tmp_path / "state")  # as a restart reads it
+    assert again.key_state("k") == (3, memory) and again.key_state("other") is None
+    found = again.key_state("k")
+    assert found is not None and type(found[1]["pair"]) is tuple

@@ -6,8 +6,11 @@ in each partition a rebuild starts, and the fence in force there. A
 sink positions, per-key sequence numbers and short-term memory (as of each
 key's last completed input), and the inputs in flight.
 
-Both are plain JSON on disk. ``version`` 2 is written; version 1 (the first
-release's dicts, whose marker had one ``epoch`` for every partition) is read.
+Both are plain JSON. ``version`` 3 is written: the per-key state is not in it
+but in rows beside it (see :class:`~actionstate.runners.statedir.StateDir`), so
+that a checkpoint costs what changed, not every key ever seen. Versions 1 (the
+first release's dicts, whose marker had one ``epoch`` for every partition) and
+2 (with ``next_seq`` and ``short_term`` inline) are read.
 ``source.sha256`` (the SHA-256 of the input's bytes before ``source.offset``) is
 optional: a checkpoint without it (version 1, or written before it existed)
 restores without checking that the input is unchanged.
@@ -23,7 +26,7 @@ from actionstate.errors import ConfigError, IncompatibleStateError
 
 __all__ = ["CHECKPOINT_VERSION", "Checkpoint", "Marker", "PendingInput"]
 
-CHECKPOINT_VERSION = 2
+CHECKPOINT_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -92,7 +95,9 @@ class Checkpoint:
     """Hex SHA-256 of the input's bytes before ``source_offset`` (None: not known)."""
     sink_offset: int = 0
     next_seq: dict[str, int] = field(default_factory=dict)
+    """Read from a version 1 or 2 checkpoint only (later ones keep it per key, beside)."""
     short_term: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Read from a version 1 or 2 checkpoint only, like ``next_seq``."""
     pending: list[PendingInput] = field(default_factory=list)
     epoch: int = 0
     stats: dict[str, int] = field(default_factory=dict)
@@ -107,7 +112,6 @@ class Checkpoint:
             "version": CHECKPOINT_VERSION, "job": self.job, "time": self.time,
             "source": source,
             "sink": {"path": self.sink_path, "offset": self.sink_offset},
-            "next_seq": self.next_seq, "short_term": self.short_term,
             "pending": [[p.key, p.seq, p.record, p.line] for p in self.pending],
             "store": self.store, "marker": self.marker.to_json(), "epoch": self.epoch,
             "stats": self.stats,
@@ -115,17 +119,18 @@ class Checkpoint:
 
     @classmethod
     def from_json(cls, data: dict[str, Any], where: str) -> Checkpoint:
-        """Read a checkpoint of version 1 or 2; ``where`` names it in errors.
+        """Read a checkpoint of version 1, 2 or 3; ``where`` names it in errors.
 
         Every field is checked for its type (a count is a non-negative integer, not
         a bool or a string): a field that is missing or of the wrong type raises
         :class:`IncompatibleStateError` naming the checkpoint and the field.
         """
         version = data.get("version", 1)
-        if version not in (1, CHECKPOINT_VERSION) or isinstance(version, bool):
+        if version not in (1, 2, CHECKPOINT_VERSION) or isinstance(version, bool):
             raise IncompatibleStateError(
-                f"checkpoint {where} has version {version!r}, this actionstate reads 1 and "
+                f"checkpoint {where} has version {version!r}, this actionstate reads 1 to "
                 f"{CHECKPOINT_VERSION}: use the version that wrote it")
+        inline = version < 3  # per-key state inside the checkpoint itself
         read = _Fields(data, where)
         source, sink = read.obj("source"), read.obj("sink")
         digest = source.get("sha256")
@@ -140,9 +145,9 @@ class Checkpoint:
             source_path=source.text("path"), source_offset=source.count("offset"),
             source_line=source.count("line"), source_sha256=digest,
             sink_path=sink.text("path"), sink_offset=sink.count("offset"),
-            next_seq=read.counts("next_seq"),
+            next_seq=read.counts("next_seq") if inline else {},
             short_term={key: read.obj("short_term").obj(key).data
-                        for key in read.obj("short_term").data},
+                        for key in read.obj("short_term").data} if inline else {},
             pending=[read.pending(i, item) for i, item in enumerate(read.items("pending"))],
             epoch=read.count("epoch", 0), stats=read.mapping("stats", {}),
             time=read.number("time", 0.0),

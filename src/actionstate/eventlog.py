@@ -10,6 +10,7 @@ and ``verbose`` (events, plus one record per action run with its calls).
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -47,6 +48,7 @@ class EventLogger:
             raise ConfigError(f"unknown event log level {level!r}: use one of {LEVELS}")
         self.level = level if path is not None else "off"
         self._file: IO[str] | None = None
+        self._lock = threading.Lock()  # retries are logged from ``def`` actions' threads
         if self.level != "off" and path is not None:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             self._file = open(path, "a", encoding="utf-8")
@@ -65,8 +67,7 @@ class EventLogger:
                         "action": action, "time": time.time(), "replayed": replayed},
             "event": event.to_json()["data"],
         }
-        self._file.write(json.dumps(wire(record, "an event log record"), ensure_ascii=False))
-        self._file.write("\n")
+        self._write(record)
 
     def action_run(self, key: str, seq: int, action: str, replayed: bool,
                    calls: list[dict[str, Any]]) -> None:
@@ -76,7 +77,7 @@ class EventLogger:
         record = {"context": {"event_type": "action_run", "key": key, "seq": seq,
                               "action": action, "time": time.time(), "replayed": replayed},
                   "calls": calls}
-        self._file.write(json.dumps(wire(record, "an event log record"), ensure_ascii=False) + "\n")
+        self._write(record)
 
     def retry(self, state_key: StateKey, position: int, function: str, attempt: int,
               error: BaseException, wait: float) -> None:
@@ -88,16 +89,24 @@ class EventLogger:
                               "time": time.time(), "replayed": False},
                   "call": {"position": position, "function": function, "attempt": attempt,
                            "error": f"{type(error).__name__}: {error}", "wait": wait}}
-        self._file.write(json.dumps(wire(record, "an event log record"), ensure_ascii=False) + "\n")
+        self._write(record)
+
+    def _write(self, record: dict[str, Any]) -> None:
+        line = json.dumps(wire(record, "an event log record"), ensure_ascii=False) + "\n"
+        with self._lock:
+            if self._file is not None:
+                self._file.write(line)
 
     def flush(self) -> None:
-        if self._file is not None:
-            self._file.flush()
+        with self._lock:
+            if self._file is not None:
+                self._file.flush()
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
 
 
 def read_event_log(path: str | Path) -> Iterator[EventLogRecord]:

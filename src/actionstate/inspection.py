@@ -32,14 +32,20 @@ def describe_state(path: Path, key: str | None = None) -> dict[str, Any]:
         "inputs_in_flight": len(checkpoint.pending), "stats": checkpoint.stats,
     }
     states = _states(checkpoint)
-    keys = sorted(set(checkpoint.next_seq) | {k for k, _ in states})
+    if key is not None:
+        found = state_dir.key_state(key)
+        kept = {key: found} if found is not None else {}
+    else:
+        kept = {k: (next_seq, memory) for k, next_seq, memory in state_dir.key_states()}
+    for k, next_seq in checkpoint.next_seq.items():  # a format 1 state dir, not run since
+        kept.setdefault(k, (next_seq, checkpoint.short_term.get(k, {})))
+    keys = sorted(set(kept) | {k for k, _ in states})
     for k in keys:
         if key is not None and k != key:
             continue
+        next_seq, memory = kept.get(k, (0, {}))
         report["keys"].append({
-            "key": k,
-            "next_seq": checkpoint.next_seq.get(k, 0),
-            "short_term_memory": checkpoint.short_term.get(k, {}),
+            "key": k, "next_seq": next_seq, "short_term_memory": memory,
             "states": [s for sk, s in states if sk == k],
         })
     return report

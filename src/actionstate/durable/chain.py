@@ -7,14 +7,19 @@ input's queue in process (the feedback channel); OutputEvents are returned.
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
+import functools
 import inspect
 from collections import deque
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any
 
 from actionstate.agent import Agent
 from actionstate.durable.execution import ActionContext, DivergencePolicy
 from actionstate.durable.stats import RunStats
+from actionstate.durable.threads import EngineLock
 from actionstate.errors import ActionFailedError
 from actionstate.eventlog import EventLogger
 from actionstate.events import Event, InputEvent, OutputEvent
@@ -43,6 +48,12 @@ class ChainSettings:
     """The run's default for durable calls (a call may pass its own ``retry=``)."""
     stats: RunStats = field(default_factory=RunStats)
     event_log: EventLogger = field(default_factory=lambda: EventLogger(None))
+    threads: Executor | None = None
+    """Where ``def`` actions and sync durable calls run (a runner sizes it to the inputs
+    it keeps in flight); None runs ``def`` actions on the event loop's thread."""
+    lock: EngineLock = field(default_factory=EngineLock)
+    """Held for every use of the store and the counters: ``def`` actions reach them
+    from pool threads while the event loop's thread runs the rest."""
 
 
 @dataclass
@@ -72,36 +83,55 @@ async def process_input(
             continue
         for action_id, method in agent.actions_for(event):
             state_key = StateKey(key, seq, action_id, event_id(event))
-            state = store.get(state_key)
-            if state is None and store.has_later(key, seq):
-                store.drop_after(key, seq)  # later seqs of this key did not happen
+            with settings.lock:
+                state = store.get(state_key)
+                if state is None and store.has_later(key, seq):
+                    store.drop_after(key, seq)  # later seqs of this key did not happen
             if state is not None and state.completed:
-                sent = _skip(state, short_term, sensory, settings)
+                with settings.lock:
+                    sent = _skip(state, short_term, sensory, settings)
                 updates.extend(u for u in state.memory_updates if u.scope is MemoryScope.SHORT_TERM)
                 queue.extend((e, action_id, True) for e in sent)
                 log.action_run(key, seq, action_id, True, _calls(state))
                 continue
             ctx = ActionContext(state_key, state, store, short_term, sensory,
                                 job=settings.job, policy=settings.policy, stats=settings.stats,
-                                retry=settings.retry, on_retry=log.retry)
+                                retry=settings.retry, on_retry=log.retry,
+                                threads=settings.threads, lock=settings.lock)
             try:
-                result = method(event, ctx)
-                if inspect.isawaitable(result):
-                    await result
+                await _run_action(method, event, ctx, settings.threads)
             except Exception as exc:
                 if ctx.store_failure is not None:
                     raise ctx.store_failure from None
                 raise ActionFailedError(key, seq, action_id, exc) from exc
             if ctx.store_failure is not None:  # the action caught it: still the store's failure
                 raise ctx.store_failure
-            settings.stats.actions_run += 1
-            store.put(CompleteRecord(state_key, event, tuple(ctx.sent),
-                                     tuple(ctx.memory_updates)))
+            with settings.lock:
+                settings.stats.actions_run += 1
+                # A skip hint, not a call's outcome (without it a replay serves the
+                # calls): it rides on the next durable write or the checkpoint's flush.
+                store.put(CompleteRecord(state_key, event, tuple(ctx.sent),
+                                         tuple(ctx.memory_updates)), sync=False)
             updates.extend(u for u in ctx.memory_updates if u.scope is MemoryScope.SHORT_TERM)
             queue.extend((e, action_id, False) for e in ctx.sent)
             if log.verbose:
-                log.action_run(key, seq, action_id, False, _calls(store.get(state_key)))
+                with settings.lock:
+                    calls = _calls(store.get(state_key))
+                log.action_run(key, seq, action_id, False, calls)
     return done
+
+
+async def _run_action(method: Any, event: Event, ctx: ActionContext,
+                      threads: Executor | None) -> None:
+    """Run an action: ``async def`` on the loop, ``def`` on a pool thread (a blocking
+    model call holds that thread, not every other key)."""
+    if threads is None or inspect.iscoroutinefunction(method):
+        result = method(event, ctx)
+    else:
+        call = functools.partial(contextvars.copy_context().run, method, event, ctx)
+        result = await asyncio.get_running_loop().run_in_executor(threads, call)
+    if inspect.isawaitable(result):
+        await result
 
 
 def _skip(state: ActionState, short_term: dict[str, Any], sensory: dict[str, Any],

@@ -10,13 +10,17 @@ by the configured :data:`DivergencePolicy`.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import hashlib
 import inspect
 import itertools
 import logging
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Executor
+from contextlib import AbstractContextManager
 from typing import Any, Literal, TypeVar, cast, get_args
 
 from actionstate.context import RunnerContext
@@ -92,7 +96,7 @@ class _Step:
     """One durable call being made; its idempotency key is computed on first use."""
 
     __slots__ = ("_call_id", "_id_parts", "digest", "fid", "is_coroutine", "position",
-                 "recorded", "wants_key")
+                 "recorded", "replayed", "wants_key")
 
     def __init__(self, position: int, info: tuple[str, bool, bool], digest: str,
                  recorded: CallResult | None, id_parts: list[Any]) -> None:
@@ -100,6 +104,7 @@ class _Step:
         self.position, self.digest, self.recorded = position, digest, recorded
         self._id_parts = id_parts
         self._call_id: str | None = None
+        self.replayed: Any = None
 
     @property
     def call_id(self) -> str:
@@ -129,7 +134,8 @@ class _Attempt:
         CURRENT_CALL.reset(self.token)
         if not isinstance(exc, Exception):
             return False  # success, or the run's own control flow (a crash, a cancel)
-        self.wait = self.ctx._after_failure(self.step, self.policy, self.number, exc)
+        self.wait = self.ctx._engine(self.ctx._after_failure, self.step, self.policy,
+                                     self.number, exc)
         return self.wait is not None
 
 
@@ -149,6 +155,8 @@ class ActionContext(RunnerContext):
         stats: RunStats | None = None,
         retry: RetryPolicy = NO_RETRY,
         on_retry: RetryListener | None = None,
+        threads: Executor | None = None,
+        lock: AbstractContextManager[Any] | None = None,
     ) -> None:
         if policy not in POLICIES:
             raise ConfigError(f"unknown divergence policy {policy!r}: use one of {POLICIES}")
@@ -165,6 +173,10 @@ class ActionContext(RunnerContext):
         self._short_term = MemoryObject(short_term, MemoryScope.SHORT_TERM, self.memory_updates)
         self._sensory = MemoryObject(sensory, MemoryScope.SENSORY, self.memory_updates)
         self._next_position = 0
+        self._threads = threads
+        # The engine (store, index, counters) is shared by the event loop's thread and
+        # the pool threads of ``def`` actions: each engine step holds this lock.
+        self._lock = lock if lock is not None else threading.RLock()
         self.store_failure: ActionStateError | None = None
         """A store write that failed during the action, even if the action caught it."""
 
@@ -200,16 +212,10 @@ class ActionContext(RunnerContext):
         self, fn: Callable[..., T], *args: Any, reconciler: Callable[[], T] | None = None,
         retry: RetryPolicy | None = None, **kwargs: Any,
     ) -> T:
-        step = self._begin(fn, args, kwargs)
-        if step.recorded is not None and step.recorded.status is not CallStatus.PENDING:
-            replayed: T = self._replay(step.recorded)
-            return replayed
-        if step.is_coroutine:
-            raise TypeError(
-                f"{function_id(fn)} is a coroutine function: use "
-                "`await ctx.durable_execute_async(...)` for it"
-            )
-        target, args, kwargs = self._target(step, fn, args, kwargs, reconciler)
+        step, target, args, kwargs = self._engine(self._start, fn, args, kwargs, reconciler,
+                                                  False)
+        if target is None:
+            return cast(T, step.replayed)
         policy = retry or self._retry
         for attempt in itertools.count(1):
             with _Attempt(self, step, policy, attempt) as tried:
@@ -217,33 +223,63 @@ class ActionContext(RunnerContext):
             if tried.wait is None:
                 break
             time.sleep(tried.wait)  # a sync action holds its thread anyway
-        self._record(step, CallResult(step.fid, step.digest, CallStatus.SUCCEEDED, result))
+        self._engine(self._succeeded, step, result)
         return cast(T, result)
 
     async def durable_execute_async(
         self, fn: Callable[..., Any], *args: Any, reconciler: Callable[[], Any] | None = None,
         retry: RetryPolicy | None = None, **kwargs: Any,
     ) -> Any:
-        step = self._begin(fn, args, kwargs)
-        if step.recorded is not None and step.recorded.status is not CallStatus.PENDING:
-            return self._replay(step.recorded)
-        target, args, kwargs = self._target(step, fn, args, kwargs, reconciler)
+        step, target, args, kwargs = self._engine(self._start, fn, args, kwargs, reconciler,
+                                                  True)
+        if target is None:
+            return step.replayed
         policy = retry or self._retry
+        loop = asyncio.get_running_loop()
         for attempt in itertools.count(1):
             with _Attempt(self, step, policy, attempt) as tried:
                 if inspect.iscoroutinefunction(target):
                     result = await target(*args, **kwargs)
-                else:
-                    result = await asyncio.to_thread(target, *args, **kwargs)
+                else:  # blocking: on a pool thread, with this call's context
+                    call = functools.partial(contextvars.copy_context().run, target,
+                                             *args, **kwargs)
+                    result = await loop.run_in_executor(self._threads, call)
                     if inspect.isawaitable(result):
                         result = await result
             if tried.wait is None:
                 break
             await asyncio.sleep(tried.wait)  # a timer: the backoff before the next attempt
-        self._record(step, CallResult(step.fid, step.digest, CallStatus.SUCCEEDED, result))
+        self._engine(self._succeeded, step, result)
         return result
 
     # -- the engine --------------------------------------------------------
+
+    def _engine(self, step: Callable[..., T], *args: Any) -> T:
+        """Run one engine step (take a position, record an outcome, decide a retry)
+        under the engine's lock: the caller may be a pool thread (a ``def`` action)."""
+        with self._lock:
+            return step(*args)
+
+    def _start(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+        reconciler: Callable[[], Any] | None, in_async: bool,
+    ) -> tuple[_Step, Callable[..., Any] | None, tuple[Any, ...], dict[str, Any]]:
+        """Take the call's position. A recorded outcome is served (``step.replayed``, or
+        its exception raised) and no target is returned; else what to call."""
+        step = self._begin(fn, args, kwargs)
+        if step.recorded is not None and step.recorded.status is not CallStatus.PENDING:
+            step.replayed = self._replay(step.recorded)
+            return step, None, args, kwargs
+        if step.is_coroutine and not in_async:
+            raise TypeError(
+                f"{function_id(fn)} is a coroutine function: use "
+                "`await ctx.durable_execute_async(...)` for it"
+            )
+        target, args, kwargs = self._target(step, fn, args, kwargs, reconciler)
+        return step, target, args, kwargs
+
+    def _succeeded(self, step: _Step, result: Any) -> None:
+        self._record(step, CallResult(step.fid, step.digest, CallStatus.SUCCEEDED, result))
 
     def _begin(self, fn: Callable[..., Any], args: tuple[Any, ...],
                kwargs: dict[str, Any]) -> _Step:

@@ -6,6 +6,10 @@ file, and checkpoints periodically (source position, per-key seq counters and
 short-term memory, inputs in flight, sink position, store marker). On start it
 restores the last checkpoint: the sink is cut back to the checkpoint, inputs
 in flight are run again, and their recorded work is replayed, not redone.
+
+Per-key state is held in memory only for the keys in flight or changed since
+the last checkpoint; a checkpoint writes those and drops the idle ones, and a
+key that shows up again is read back from the state dir.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from actionstate.agent import Agent
 from actionstate.checkpoint import Checkpoint, PendingInput
 from actionstate.durable.chain import ChainSettings, process_input
 from actionstate.durable.stats import RunStats
+from actionstate.durable.threads import ActionThreads, EngineLock
 from actionstate.errors import ConfigError, InputError
 from actionstate.memory import apply_update
 from actionstate.runners.files import JsonlSink, JsonlSource, SourceDigest
@@ -66,13 +71,16 @@ class LocalRunner:
                       else min(0.2, checkpoint_interval))
         self._progress = progress
         self._stop_grace = stop_grace
+        # Per key, for the keys in flight or changed since the last checkpoint: the
+        # next seq, and the short-term memory a checkpoint saves, as of the key's last
+        # completed input (never half an input). Other keys live in the state dir.
         self._next_seq: dict[str, int] = {}
-        self._done_seq: dict[str, int] = {}
-        self._pruned: set[str] = set()
-        # Short-term memory per key: the live one actions write into, and the one a
-        # checkpoint saves, as of the key's last completed input (never half an input).
-        self._working: dict[str, dict[str, Any]] = {}
         self._committed: dict[str, dict[str, Any]] = {}
+        self._changed: set[str] = set()
+        self._done_seq: dict[str, int] = {}  # keys whose inputs completed since the last prune
+        # The live short-term memory actions write into, per key with a worker.
+        self._working: dict[str, dict[str, Any]] = {}
+        self._fresh = False
         self._pending: dict[tuple[str, int], tuple[Any, int]] = {}
         self._queues: dict[str, deque[tuple[int, Any]]] = {}
         self._workers: dict[str, asyncio.Task[None]] = {}
@@ -89,6 +97,22 @@ class LocalRunner:
     async def run(self) -> RunStats:
         """Restore, process every input, checkpoint at the end; returns the counters."""
         started = time.monotonic()
+        own_threads = self.settings.threads is None
+        if own_threads:  # every input in flight may be in a blocking ``def`` action
+            self.settings.threads = ActionThreads(self._concurrency)
+        lock = self.settings.lock = EngineLock()  # this run's, closed when it ends
+        try:
+            return await self._run(started)
+        finally:
+            # An action abandoned on a pool thread stops at its next durable step:
+            # the caller may close the store once this returns.
+            lock.close()
+            if own_threads:
+                assert self.settings.threads is not None
+                self.settings.threads.shutdown(wait=False)  # abandoned calls may hang
+                self.settings.threads = None
+
+    async def _run(self, started: float) -> RunStats:
         self._restore()
         self._slots = asyncio.Semaphore(self._concurrency)
         self._space = asyncio.Semaphore(self._concurrency * 4)
@@ -152,13 +176,23 @@ class LocalRunner:
     async def _admit_all(self) -> None:
         for item in self.source.read(self._offset, self._line):
             await self._space.acquire()
-            seq = self._next_seq.get(item.key, 0)
+            seq = self._load(item.key)
             self._next_seq[item.key] = seq + 1
+            self._changed.add(item.key)
             self._pending[(item.key, seq)] = (item.record, item.line)
             self._offset, self._line = item.next_offset, item.line
             self._digest.update(item.raw)
             self._enqueue(item.key, seq, item.record)
             await asyncio.sleep(0)  # let workers run between reads
+
+    def _load(self, key: str) -> int:
+        """The next seq of ``key``, reading its checkpointed state when not held."""
+        next_seq = self._next_seq.get(key)
+        if next_seq is None:
+            found = self.state_dir.key_state(key)
+            next_seq, memory = found if found is not None else (0, {})
+            self._next_seq[key], self._committed[key] = next_seq, memory
+        return next_seq
 
     def _enqueue(self, key: str, seq: int, record: Any) -> None:
         queue = self._queues.get(key)
@@ -168,10 +202,11 @@ class LocalRunner:
         queue.append((seq, record))
 
     async def _work(self, key: str, queue: deque[tuple[int, Any]]) -> None:
+        self._load(key)
+        committed = self._committed[key]
         working = self._working.get(key)
         if working is None:
-            working = self._working[key] = copy.deepcopy(self._committed.get(key, {}))
-        committed = self._committed.setdefault(key, {})
+            working = self._working[key] = copy.deepcopy(committed)
         try:
             while queue and self.stopped_by is None:
                 seq, record = queue[0]
@@ -186,13 +221,15 @@ class LocalRunner:
                         raise
                 for update in done.memory_updates:
                     apply_update(committed, update.path, update.value)
+                self._changed.add(key)
                 queue.popleft()
                 del self._pending[(key, seq)]
                 self._done_seq[key] = seq
-                self._pruned.discard(key)
                 self.stats.inputs += 1
                 self._emit(done.outputs)
                 self._space.release()
+            if not queue:  # every input done: live and committed memory agree
+                del self._working[key]
         finally:
             del self._queues[key]
             del self._workers[key]
@@ -206,7 +243,8 @@ class LocalRunner:
 
     def _commit_group(self) -> None:
         """Make recorded work durable, then release the outputs that depend on it."""
-        self.store.flush()
+        with self.settings.lock:
+            self.store.flush()
         if self._held:
             self.sink.write(self._held)
             self.stats.outputs += len(self._held)
@@ -227,24 +265,32 @@ class LocalRunner:
     # -- checkpoints ---------------------------------------------------------
 
     def _checkpoint(self) -> None:
+        with self.settings.lock:  # pool threads of ``def`` actions use the store too
+            self._checkpoint_locked()
+
+    def _checkpoint_locked(self) -> None:
         self._commit_group()
         self.sink.sync()
         self.settings.event_log.flush()
         for key, seq in self._done_seq.items():
-            if key not in self._pruned:
-                self.store.prune(key, seq)
-                self._pruned.add(key)
+            self.store.prune(key, seq)
+        self._done_seq.clear()
         marker = self.store.recovery_marker()
+        changed = {key: (self._next_seq[key], self._committed[key]) for key in self._changed}
         self.state_dir.save_checkpoint(Checkpoint(
             job=self.settings.job, marker=marker, store=self.store.url,
             source_path=str(self.source.path.resolve()), source_offset=self._offset,
             source_line=self._line, source_sha256=self._digest.hexdigest(),
             sink_path=str(self.sink.path.resolve()),
-            sink_offset=self.sink.position(), next_seq=self._next_seq,
-            short_term=self._committed,
+            sink_offset=self.sink.position(),
             pending=[PendingInput(k, s, r, line) for (k, s), (r, line) in self._pending.items()],
             epoch=self.store.epoch, stats=vars(self.stats),
-        ))
+        ), changed, fresh=self._fresh)
+        self._fresh = False
+        self._changed.clear()
+        # Keys with nothing in flight are in the state dir now: let them go.
+        for key in [k for k in self._next_seq if k not in self._queues]:
+            del self._next_seq[key], self._committed[key]
         self.store.release(marker)
 
     def _restore(self) -> None:
@@ -256,6 +302,7 @@ class LocalRunner:
             self.sink.truncate(0)
             # The first checkpoint, before any input: from here on a crash resumes,
             # with every call this run records.
+            self._fresh = True
             self._checkpoint()
             return
         if checkpoint.job != self.settings.job:
@@ -277,8 +324,11 @@ class LocalRunner:
                                                  checkpoint.source_sha256)
         self.store.rebuild(checkpoint.marker)
         self.sink.truncate(checkpoint.sink_offset)
-        self._next_seq = checkpoint.next_seq
-        self._committed = checkpoint.short_term
+        # A format 1 state dir holds every key in the checkpoint: all move over.
+        for key, next_seq in checkpoint.next_seq.items():
+            self._next_seq[key] = next_seq
+            self._committed[key] = checkpoint.short_term.get(key, {})
+            self._changed.add(key)
         for pending in checkpoint.pending:
             self._pending[(pending.key, pending.seq)] = (pending.record, pending.line)
         # The rebuild may bring back states of inputs that completed before the
@@ -286,12 +336,10 @@ class LocalRunner:
         first_pending: dict[str, int] = {}
         for key, seq in self._pending:
             first_pending[key] = min(seq, first_pending.get(key, seq))
-        for key, next_seq in self._next_seq.items():
-            done = first_pending.get(key, next_seq) - 1
+        for key in {state_key.key for state_key, _ in self.store.states()}:
+            done = first_pending.get(key, self._load(key)) - 1
             if done >= 0:
                 self.store.prune(key, done)
-                self._done_seq[key] = done
-                self._pruned.add(key)
 
 
 def _install_signals(stop: Callable[[str], None]) -> list[signal.Signals]:

@@ -1,26 +1,48 @@
-"""The state directory of a run: format marker, lock, checkpoint, default store."""
+"""The state directory of a run: format marker, lock, checkpoint, default store.
+
+A checkpoint is one SQLite transaction in ``checkpoint.db``: a head row (the
+:class:`~actionstate.checkpoint.Checkpoint` as JSON: positions, marker, inputs
+in flight) and one row per key (its next seq and its short-term memory). A
+checkpoint rewrites the head and only the keys that changed since the last
+one; a restore reads the head, and a key's row when the key shows up again.
+State dirs of format 1 (the whole checkpoint in ``checkpoint.json``) are read
+and move to the new layout with their next checkpoint.
+"""
 
 from __future__ import annotations
 
 import fcntl
 import json
 import os
+import sqlite3
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
 from actionstate.checkpoint import Checkpoint
 from actionstate.errors import ConfigError, IncompatibleStateError, StateLockedError
-from actionstate.records.canonical import untag, wire
+from actionstate.records.canonical import stored_json, untag, wire
 from actionstate.runners.files import why_unwritable
 
 __all__ = ["STATE_FORMAT", "StateDir"]
 
-STATE_FORMAT = 1
+STATE_FORMAT = 2
+_READS = (1, STATE_FORMAT)  # format 1: the checkpoint in checkpoint.json
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS head (id INTEGER PRIMARY KEY CHECK (id = 1), body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS keys (
+    key TEXT PRIMARY KEY, next_seq INTEGER NOT NULL, memory TEXT NOT NULL
+);
+"""
+
+KeyState = tuple[int, dict[str, Any]]
+"""A key's checkpointed state: (next seq, short-term memory as of its last completed input)."""
 
 
 class StateDir:
     """A directory that one live run holds: ``actionstate.json``, ``lock``,
-    ``checkpoint.json`` and, by default, the SQLite store ``state.db``."""
+    ``checkpoint.db`` and, by default, the SQLite store ``state.db``."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -32,25 +54,33 @@ class StateDir:
         except OSError as exc:
             raise _unwritable(self.path, exc) from None
         self._lock: IO[str] | None = None
+        self._db: sqlite3.Connection | None = None
         marker = self.path / "actionstate.json"
         if marker.exists():
             try:
                 found = json.loads(marker.read_text())["format"]
             except (ValueError, KeyError, TypeError):
                 found = None
-            if found != STATE_FORMAT:
+            if found not in _READS or isinstance(found, bool):
                 raise IncompatibleStateError(
                     f"state dir {self.path} has format {found!r}, this actionstate uses "
                     f"{STATE_FORMAT}: run the version that wrote it, or use a new --state"
                 )
+            self._format = found
         else:
             try:
                 write_atomic(marker, {"format": STATE_FORMAT})
             except OSError as exc:
                 raise _unwritable(self.path, exc) from None
+            self._format = STATE_FORMAT
 
     @property
     def checkpoint_path(self) -> Path:
+        return self.path / "checkpoint.db"
+
+    @property
+    def legacy_checkpoint_path(self) -> Path:
+        """Where format 1 kept the whole checkpoint (read, then removed)."""
         return self.path / "checkpoint.json"
 
     @property
@@ -85,16 +115,109 @@ class StateDir:
             self._lock = None
 
     def load_checkpoint(self) -> Checkpoint | None:
-        """The last committed checkpoint, or None."""
+        """The last committed checkpoint, or None. Its per-key state is read with
+        :meth:`key_state` (from a format 1 state dir: in the checkpoint itself)."""
         path = self.checkpoint_path
-        if not path.exists():
+        if path.exists() or path.is_symlink():
+            row = self._read(path, lambda db: db.execute(
+                "SELECT body FROM head WHERE id = 1").fetchone())
+            if row is not None:
+                return self._parse(path, row[0])
+        legacy = self.legacy_checkpoint_path
+        if not legacy.exists():
             return None
         try:
-            data = json.loads(path.read_bytes(), object_hook=untag)
+            text = legacy.read_bytes()
         except OSError as exc:
             raise IncompatibleStateError(
-                f"checkpoint {path} cannot be read ({exc.strerror or exc}): restore it or "
+                f"checkpoint {legacy} cannot be read ({exc.strerror or exc}): restore it or "
                 "use a new --state") from None
+        return self._parse(legacy, text)
+
+    def key_state(self, key: str) -> KeyState | None:
+        """The checkpointed state of ``key``, or None for a key never checkpointed."""
+        if self._db is None and not self.checkpoint_path.exists():
+            return None
+        row = self._read(self.checkpoint_path, lambda db: db.execute(
+            "SELECT next_seq, memory FROM keys WHERE key = ?", (key,)).fetchone())
+        if row is None:
+            return None
+        next_seq = row[0]
+        if type(next_seq) is not int or next_seq < 0:
+            raise IncompatibleStateError(
+                f"checkpoint {self.checkpoint_path} holds no next seq for key {key!r} (found "
+                f"{next_seq!r}): it was changed outside actionstate; restore it or use a new "
+                "--state")
+        return next_seq, self._memory(key, row[1])
+
+    def key_states(self) -> Iterator[tuple[str, int, dict[str, Any]]]:
+        """Every checkpointed key, in key order: (key, next seq, short-term memory)."""
+        if not self.checkpoint_path.exists():
+            return
+        rows = self._read(self.checkpoint_path, lambda db: db.execute(
+            "SELECT key, next_seq, memory FROM keys ORDER BY key").fetchall())
+        for key, next_seq, memory in rows:
+            yield key, int(next_seq), self._memory(key, memory)
+
+    def save_checkpoint(self, checkpoint: Checkpoint,
+                        changed: Mapping[str, KeyState] | None = None, *,
+                        fresh: bool = False) -> None:
+        """Commit ``checkpoint`` and the keys in ``changed`` in one transaction (a crash
+        leaves the old or the new one); ``fresh`` forgets every key first."""
+        head = json.dumps(wire({"format": STATE_FORMAT, **checkpoint.to_json()},
+                               "the checkpoint"), ensure_ascii=False, separators=(",", ":"))
+        rows = [(key, next_seq, stored_json(memory, "short-term memory of key ", repr(key)))
+                for key, (next_seq, memory) in (changed or {}).items()]
+        try:
+            db = self._connect()
+            with db:  # BEGIN ... COMMIT, or ROLLBACK on error
+                if fresh:
+                    db.execute("DELETE FROM keys")
+                db.executemany("INSERT OR REPLACE INTO keys VALUES (?, ?, ?)", rows)
+                db.execute("INSERT OR REPLACE INTO head VALUES (1, ?)", (head,))
+        except sqlite3.Error as exc:
+            raise ConfigError(
+                f"checkpoint {self.checkpoint_path} cannot be written ({exc}): give a --state "
+                "directory that can be written") from None
+        except OSError as exc:
+            raise _unwritable(self.path, exc) from None
+        if self._format != STATE_FORMAT:  # format 1 moved over with this checkpoint
+            self.legacy_checkpoint_path.unlink(missing_ok=True)
+            write_atomic(self.path / "actionstate.json", {"format": STATE_FORMAT})
+            self._format = STATE_FORMAT
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._db is None:
+            db = sqlite3.connect(self.checkpoint_path, isolation_level=None,
+                                 check_same_thread=False)
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=FULL")  # a commit is on disk
+                db.executescript(_SCHEMA)
+            except BaseException:
+                db.close()
+                raise
+            db.isolation_level = "DEFERRED"  # `with db:` opens and commits a transaction
+            self._db = db
+        return self._db
+
+    def _read(self, path: Path, query: Any) -> Any:
+        try:
+            return query(self._connect())
+        except sqlite3.Error as exc:
+            self.close()
+            raise IncompatibleStateError(
+                f"checkpoint {path} cannot be read ({exc}): it was changed outside "
+                "actionstate; restore it or use a new --state") from None
+
+    def _parse(self, path: Path, text: str | bytes) -> Checkpoint:
+        try:
+            data = json.loads(text, object_hook=untag)
         except ValueError as exc:
             raise IncompatibleStateError(
                 f"checkpoint {path} is not valid JSON ({exc}): it was changed outside "
@@ -105,20 +228,24 @@ class StateDir:
                 f"checkpoint {path} is not a JSON object with a 'format' field: it was "
                 "changed outside actionstate; restore it or use a new --state")
         found = data["format"]
-        if found != STATE_FORMAT or isinstance(found, bool):
+        if found not in _READS or isinstance(found, bool):
             raise IncompatibleStateError(
                 f"checkpoint {path} has format {found!r}, "
                 f"this actionstate uses {STATE_FORMAT}: use the version that wrote it"
             )
         return Checkpoint.from_json(data, str(path))
 
-    def save_checkpoint(self, checkpoint: Checkpoint) -> None:
-        """Commit ``checkpoint`` atomically (write, fsync, rename, fsync dir)."""
+    def _memory(self, key: str, text: str) -> dict[str, Any]:
         try:
-            write_atomic(self.checkpoint_path,
-                         {"format": STATE_FORMAT, **checkpoint.to_json()})
-        except OSError as exc:
-            raise _unwritable(self.path, exc) from None
+            memory = json.loads(text, object_hook=untag)
+        except ValueError:
+            memory = None
+        if not isinstance(memory, dict):
+            raise IncompatibleStateError(
+                f"checkpoint {self.checkpoint_path} holds no short-term memory object for "
+                f"key {key!r}: it was changed outside actionstate; restore it or use a new "
+                "--state")
+        return memory
 
 
 def _unwritable(path: Path, exc: OSError) -> ConfigError:

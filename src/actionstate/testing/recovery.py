@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -34,7 +35,7 @@ __all__ = ["STORES", "Item", "Job", "Kill", "Reference", "by_id", "input_of", "r
 
 STORES = ["sqlite", "kafka", "fluss"]
 """The durable stores a recovery test runs on (see :func:`store_url`)."""
-CHECKPOINT = "checkpoint.json"
+CHECKPOINT = "checkpoint.db"
 Item = dict[str, Any]
 
 
@@ -206,13 +207,19 @@ class Job:
         data = self.output.read_bytes()
         return [json.loads(line) for line in data[:data.rfind(b"\n") + 1].splitlines()]
 
-    def checkpoint(self) -> tuple[int, int, bytes] | None:
-        """The last checkpoint written (it is replaced atomically), or None."""
-        try:
-            stat = self.checkpoint_path.stat()
-            return stat.st_ino, stat.st_mtime_ns, self.checkpoint_path.read_bytes()
-        except FileNotFoundError:
+    def checkpoint(self) -> str | None:
+        """The last checkpoint committed (its head row, which changes with every
+        checkpoint), or None."""
+        if not self.checkpoint_path.exists():
             return None
+        db = sqlite3.connect(f"file:{self.checkpoint_path}?mode=ro", uri=True)
+        try:
+            row = db.execute("SELECT body FROM head").fetchone()
+        except sqlite3.OperationalError:  # the run is creating the tables
+            return None
+        finally:
+            db.close()
+        return None if row is None else str(row[0])
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,198 @@
+"""Plain ``def`` actions and sync durable calls run as many inputs at once as the
+runner's concurrency allows, against a fake model server that holds every answer.
+
+The server counts requests as they arrive and answers none until the test
+releases them: the number of requests in flight is the number of inputs the
+runner runs at once. Run inline on the event loop (the behaviour before pool
+threads), the first blocking call stops every other key and the count stays
+at 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from actionstate import Agent, InputEvent, OutputEvent, RunnerContext, action
+from actionstate.durable.chain import ChainSettings
+from actionstate.durable.stats import RunStats
+from actionstate.durable.threads import ActionThreads
+from actionstate.errors import ActionFailedError
+from actionstate.llm import OpenAICompatibleModel
+from actionstate.runners.files import JsonlSink, JsonlSource
+from actionstate.runners.local import LocalRunner
+from actionstate.runners.statedir import StateDir
+from actionstate.stores import open_store
+from actionstate.testing.fake_llm import FakeLLMServer
+
+KEYS, CONCURRENCY = 24, 12  # more than the default executor's 6 threads on 2 cores
+
+
+class SyncAgent(Agent):
+    """A ``def`` action that asks the model once per input (blocking HTTP)."""
+
+    model: OpenAICompatibleModel
+
+    @action(InputEvent)
+    def classify(self, event: InputEvent, ctx: RunnerContext) -> None:
+        prompt = f"ticket {event.input['id']}"
+        reply = ctx.durable_execute(self.model.reply, [{"role": "user", "content": prompt}])
+        count = ctx.short_term_memory.get("count") or 0
+        ctx.short_term_memory.set("count", count + 1)
+        ctx.send_event(OutputEvent(output={"id": event.input["id"], "text": reply["text"],
+                                           "count": count + 1}))
+
+
+class AsyncAgentWithSyncCall(SyncAgent):
+    """An ``async def`` action whose durable call is a blocking function."""
+
+    @action(InputEvent)
+    async def classify(self, event: InputEvent, ctx: RunnerContext) -> None:  # type: ignore[override]
+        prompt = f"ticket {event.input['id']}"
+        reply = await ctx.durable_execute_async(self.model.reply,
+                                                [{"role": "user", "content": prompt}])
+        ctx.send_event(OutputEvent(output={"id": event.input["id"], "text": reply["text"],
+                                           "count": 1}))
+
+
+def run_in_thread(tmp: Path, agent: Agent, inputs: int) -> tuple[threading.Thread, list[Any]]:
+    with open(tmp / "in.jsonl", "w") as f:
+        for i in range(inputs):
+            f.write(json.dumps({"id": i, "k": f"key_{i % KEYS}"}) + "\n")
+    result: list[Any] = []
+
+    def main() -> None:
+        state = StateDir(tmp / "state")
+        store = open_store(state.default_store_url, durability="sync")
+        sink = JsonlSink(tmp / "out.jsonl")
+        runner = LocalRunner(agent, source=JsonlSource(tmp / "in.jsonl", "k"), sink=sink,
+                             store=store, state_dir=state, settings=ChainSettings(job="t"),
+                             concurrency=CONCURRENCY)
+        try:
+            result.append(asyncio.run(runner.run()))
+        except BaseException as exc:
+            result.append(exc)
+        finally:
+            sink.close()
+            store.close()
+
+    thread = threading.Thread(target=main)
+    thread.start()
+    return thread, result
+
+
+@pytest.mark.parametrize("agent_type", [SyncAgent, AsyncAgentWithSyncCall])
+def test_blocking_calls_run_concurrency_inputs_at_once(tmp_path: Path,
+                                                       agent_type: type[SyncAgent]) -> None:
+    with FakeLLMServer(hold_timeout=60) as server:
+        for i in range(2 * KEYS):
+            server.hold(f"ticket {i}")
+        full = threading.Event()
+        server.on_call = lambda total: full.set() if total >= CONCURRENCY else None
+        agent = agent_type()
+        agent.model = OpenAICompatibleModel(server.base_url, "fake", timeout=60)
+        thread, result = run_in_thread(tmp_path, agent, 2 * KEYS)
+        try:
+            assert full.wait(30), (f"only {server.total_calls} of {CONCURRENCY} blocking "
+                                   "calls in flight at once")
+            # Every one of them is held: no input can finish, so no other call can start.
+            assert server.total_calls == CONCURRENCY
+        finally:
+            server.release()
+            thread.join(60)
+    assert not thread.is_alive()
+    stats = result[0]
+    assert isinstance(stats, RunStats), stats
+    assert stats.inputs == 2 * KEYS and stats.calls_executed == 2 * KEYS
+    assert server.total_calls == 2 * KEYS
+    out = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert sorted(o["id"] for o in out) == list(range(2 * KEYS))
+    if agent_type is SyncAgent:  # per-key order and memory, as with async actions
+        for key in range(KEYS):
+            mine = [o for o in out if o["id"] % KEYS == key]
+            assert [o["id"] for o in mine] == [key, key + KEYS]
+            assert [o["count"] for o in mine] == [1, 2]
+
+
+class FailsOnce(SyncAgent):
+    """Fails after its paid call on the first run; the restart serves the call."""
+
+    fail = True
+
+    @action(InputEvent)
+    def classify(self, event: InputEvent, ctx: RunnerContext) -> None:
+        super().classify(event, ctx)
+        if self.fail:
+            raise RuntimeError("the action broke after its call")
+
+
+def test_a_def_action_serves_its_recorded_call_after_a_failure(tmp_path: Path) -> None:
+    with FakeLLMServer() as server:
+        agent = FailsOnce()
+        agent.model = OpenAICompatibleModel(server.base_url, "fake", timeout=60)
+        thread, result = run_in_thread(tmp_path, agent, 1)
+        thread.join(60)
+        assert not isinstance(result[0], RunStats) and server.total_calls == 1
+        agent.fail = False
+        thread, again = run_in_thread(tmp_path, agent, 1)
+        thread.join(60)
+    stats = again[0]
+    assert isinstance(stats, RunStats), stats
+    assert (stats.calls_executed, stats.calls_replayed, server.total_calls) == (0, 1, 1)
+
+
+class OneFails(SyncAgent):
+    """Input 0 waits on the model; input 1 fails once that call is out, ending the run."""
+
+    arrived: threading.Event
+
+    @action(InputEvent)
+    def classify(self, event: InputEvent, ctx: RunnerContext) -> None:
+        if event.input["id"] == 1:
+            self.arrived.wait(30)
+            raise RuntimeError("a bug in the action")
+        super().classify(event, ctx)
+
+
+def test_an_action_abandoned_on_its_thread_does_not_touch_the_store_after_the_run(
+        tmp_path: Path) -> None:
+    (tmp_path / "in.jsonl").write_text('{"id": 0, "k": "a"}\n{"id": 1, "k": "b"}\n')
+    state = StateDir(tmp_path / "state")
+    store = open_store(state.default_store_url, durability="sync")
+    late: list[object] = []
+    put = store.put
+
+    def watched_put(record: Any, **kw: Any) -> None:
+        if store_closed:
+            late.append(record)
+        put(record, **kw)
+
+    store.put = watched_put  # type: ignore[method-assign]
+    store_closed = False
+    threads = ActionThreads(4)
+    sink = JsonlSink(tmp_path / "out.jsonl")
+    with FakeLLMServer(hold_timeout=60) as server:
+        server.hold("ticket 0")
+        agent = OneFails()
+        arrived = agent.arrived = threading.Event()
+        server.on_call = lambda total: arrived.set()
+        agent.model = OpenAICompatibleModel(server.base_url, "fake", timeout=60)
+        runner = LocalRunner(agent, source=JsonlSource(tmp_path / "in.jsonl", "k"),
+                             sink=sink, store=store, state_dir=state,
+                             settings=ChainSettings(job="t", threads=threads), concurrency=4,
+                             stop_grace=0.1)
+        with pytest.raises(ActionFailedError):
+            asyncio.run(runner.run())
+        assert arrived.is_set(), "input 0's call was in flight when the run ended"
+        sink.close()
+        store.close()
+        store_closed = True
+        server.release()  # the abandoned call returns; its action goes on, on its thread
+        threads.shutdown(wait=True)
+    assert late == [], "nothing recorded into a closed store"
+    assert server.succeeded["ticket 0"] == 1
