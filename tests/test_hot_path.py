@@ -172,3 +172,98 @@ def test_decoded_records_of_one_action_share_their_key() -> None:
                         + b'"],"e":1,"p":0}', "test")
     assert isinstance(odd, TruncateRecord)
     assert odd.key == KEY and type(odd.key.seq) is int
+
+
+# -- a SQLite group commit on another thread --------------------------------------------------
+
+
+def _call(n: int) -> CallRecord:
+    key = StateKey(f"k{n % 7}", n // 7, "act", "e" * 64)
+    return CallRecord(key, n % 3, CallResult("f", "d", CallStatus.SUCCEEDED, n))
+
+
+def _stored(path: Any, namespace: str) -> list[int]:
+    """The results of the call records of ``namespace`` in ``path``, in log order."""
+    import sqlite3
+
+    db = sqlite3.connect(path)
+    try:
+        rows = db.execute("SELECT payload FROM records WHERE namespace=? ORDER BY id",
+                          (namespace,)).fetchall()
+    finally:
+        db.close()
+    records = [decode_record(payload, "test") for (payload,) in rows]
+    return [r.call.result for r in records if isinstance(r, CallRecord)]
+
+
+def test_flushes_on_a_thread_and_puts_on_another_lose_and_repeat_nothing(tmp_path: Any) -> None:
+    import threading
+
+    from actionstate.stores.sqlite import SqliteActionStateStore
+
+    path = tmp_path / "state.db"
+    store = SqliteActionStateStore(path, "group")
+    store.rebuild(None)
+    stop = threading.Event()
+    flushes = [0]
+
+    def flusher() -> None:
+        while not stop.is_set():
+            store.flush()
+            flushes[0] += 1
+
+    thread = threading.Thread(target=flusher)
+    thread.start()
+    try:
+        for n in range(6000):
+            store.put(_call(n), sync=n % 500 == 499)  # now and then a sync put
+    finally:
+        stop.set()
+        thread.join()
+    store.flush()
+    assert flushes[0] > 1
+    assert _stored(path, store.namespace) == list(range(6000))
+    marker = store.recovery_marker()
+    store.close()
+    again = SqliteActionStateStore(path, "group")
+    assert again.rebuild(marker, read_only=True) >= 6000
+    assert again.get(_call(5999).key) is not None
+    again.close()
+
+
+def test_a_group_put_does_not_wait_for_a_flush_in_progress(tmp_path: Any) -> None:
+    import threading
+
+    from actionstate.stores.sqlite import SqliteActionStateStore
+
+    path = tmp_path / "state.db"
+    store = SqliteActionStateStore(path, "group")
+    store.rebuild(None)
+    inserting, release = threading.Event(), threading.Event()
+    insert_many = store._insert_many
+
+    def slow_insert(rows: list[Any]) -> int:
+        inserting.set()
+        assert release.wait(10)
+        return insert_many(rows)
+
+    store._insert_many = slow_insert  # type: ignore[method-assign]
+    for n in range(10):
+        store.put(_call(n))
+    thread = threading.Thread(target=store.flush)
+    thread.start()
+    try:
+        assert inserting.wait(10)
+        for n in range(10, 20):  # while the commit of the first ten is held up
+            store.put(_call(n))
+        assert _stored(path, store.namespace) == []
+        sync = threading.Thread(target=store.put, args=(_call(20),), kwargs={"sync": True})
+        sync.start()  # a sync put waits for the commit in progress, then goes after it
+        sync.join(0.2)
+        assert sync.is_alive()
+    finally:
+        release.set()
+        thread.join()
+    sync.join()
+    assert _stored(path, store.namespace) == list(range(21))
+    store.close()
