@@ -267,3 +267,15 @@ def test_a_group_put_does_not_wait_for_a_flush_in_progress(tmp_path: Any) -> Non
     sync.join()
     assert _stored(path, store.namespace) == list(range(21))
     store.close()
+
+
+def test_a_group_commit_uses_few_statements_of_few_sizes() -> None:
+    from actionstate.stores.sqlite import _row_counts
+
+    sizes: set[int] = set()
+    for total in range(1, 5000):
+        counts = list(_row_counts(total, 1024))
+        assert sum(counts) == total and all(0 < c <= 1024 for c in counts)
+        assert len(counts) <= total // 1024 + 3
+        sizes.update(counts)
+    assert len(sizes) <= 30  # prepared statements sqlite3 keeps cached
