@@ -6,8 +6,10 @@
 yields to the event loop once per action (as an action awaiting I/O would).
 A ticker task commits the group like ``LocalRunner._ticker`` /
 ``_commit_group``: ``asyncio.wait_for(done.wait(), 0.005)`` then
-``store.flush()``. The clock stops after the final flush, so every counted
-call's record is durable (flushed).
+``await asyncio.to_thread(store.flush)`` (the tasks go on putting while the
+group commits on a worker thread). The clock stops after the final flush, so
+every counted call's record is durable (flushed); a call counts once the
+flush that started after it was recorded has returned.
 
 Two call variants: ``ctx.durable_execute(fn)`` with a plain function, and
 ``await ctx.durable_execute_async(coro_fn)`` with a coroutine no-op.
@@ -98,14 +100,15 @@ async def drive(store: ActionStateStore, variant: str, actions: int) -> Outcome:
             pending_records[0] += CALLS_PER_ACTION + 1
             await asyncio.sleep(0)
 
-    def commit() -> None:
+    async def commit() -> None:
+        calls, records = recorded[0], pending_records[0]  # put before the flush starts
+        pending_records[0] = 0
         t0 = time.perf_counter()
-        store.flush()
-        if pending_records[0]:  # a group commit that wrote something
+        await asyncio.to_thread(store.flush)  # as the runner commits a group
+        if records:  # a group commit that wrote something
             outcome.flush_seconds.append(time.perf_counter() - t0)
-            outcome.flushed_records.append(pending_records[0])
-            pending_records[0] = 0
-        outcome.calls = recorded[0]  # every call recorded before this flush is durable
+            outcome.flushed_records.append(records)
+        outcome.calls = calls  # every call recorded before this flush is durable
 
     async def ticker() -> None:
         while not done.is_set():
@@ -113,14 +116,14 @@ async def drive(store: ActionStateStore, variant: str, actions: int) -> Outcome:
                 await asyncio.wait_for(done.wait(), TICK)
             except TimeoutError:
                 pass
-            commit()
+            await commit()
 
     started, cpu_started = time.perf_counter(), time.process_time()
     tick_task = asyncio.create_task(ticker())
     await asyncio.gather(*(worker(k) for k in range(KEYS)))
     done.set()
     await tick_task
-    commit()
+    await commit()
     outcome.elapsed = time.perf_counter() - started
     outcome.cpu = time.process_time() - cpu_started
     outcome.flushes = len(outcome.flushed_records)
@@ -197,7 +200,7 @@ def main() -> None:
                      f"{median(flush_ms[config]):.2f}"])
     print(table(["subject", "flushed calls/s", "vs memory://", "calls per CPU-s",
                  "records/flush",
-                 "ms between flushes", "flush p50 ms"], rows))
+                 "ms between flushes", "flush p50 ms (worker thread)"], rows))
     for variant in ("sync", "async"):
         got = median(rates[("sqlite", variant)])
         verdict = "meets" if got >= TARGET else "MISSES"

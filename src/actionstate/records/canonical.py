@@ -48,6 +48,7 @@ import enum
 import hashlib
 import importlib
 import json
+import json.encoder
 import uuid
 import zoneinfo
 from collections.abc import Callable
@@ -59,6 +60,7 @@ from actionstate.events import Event, event_class, event_type_name
 
 __all__ = [
     "STORED",
+    "STORED_TEXT",
     "TAG",
     "UnstorableValueError",
     "UndecodableValueError",
@@ -179,8 +181,7 @@ def to_wire(obj: Any) -> Any:
     if kind is bytes or kind is bytearray or kind is memoryview:
         return {TAG: "bytes", "b64": base64.b64encode(bytes(obj)).decode("ascii")}
     if isinstance(obj, Event):
-        data = {f.name: to_wire(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-        return {TAG: "event", "type": event_type_name(kind), "data": data}
+        return {TAG: "event", "type": event_type_name(kind), "data": _fields_wire(obj)}
     if kind is set or kind is frozenset:
         return {TAG: kind.__name__, "items": [to_wire(v) for v in obj]}
     if kind is dt.datetime:
@@ -203,12 +204,29 @@ def to_wire(obj: Any) -> Any:
         return {TAG: "enum", "type": path, "value": to_wire(obj.value)}
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         path = _class_path(kind)
-        fields = {f.name: to_wire(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-        return {TAG: "dataclass", "type": path, "fields": fields}
+        return {TAG: "dataclass", "type": path, "fields": _fields_wire(obj)}
     if callable(getattr(kind, "model_dump", None)) and callable(
             getattr(kind, "model_validate", None)):
         return {TAG: "model", "type": _class_path(kind), "data": to_wire(obj.model_dump())}
     raise _Refused(obj)
+
+
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+"""The field names of each dataclass (and Event) class met, in order."""
+
+
+def _fields_wire(obj: Any) -> dict[str, Any]:
+    """The fields of dataclass instance ``obj`` by name, as :func:`to_wire` gives them (a
+    value that is JSON as it is is not copied)."""
+    kind = type(obj)
+    names = _FIELD_NAMES.get(kind)
+    if names is None:
+        names = _FIELD_NAMES[kind] = tuple(f.name for f in dataclasses.fields(obj))
+    out = {}
+    for name in names:
+        value = getattr(obj, name)
+        out[name] = value if _is_plain(value) else to_wire(value)
+    return out
 
 
 def _locate(obj: Any, where: str) -> tuple[str, Any, str]:
@@ -289,7 +307,7 @@ def stored_json(obj: Any, what: str = "a value", name: str = "") -> str:
     """The stored JSON text of ``obj``; an error names it as ``what`` + ``name``."""
     if type(obj) is str:
         return encode_basestring(obj)
-    return _STORED_PLAIN(wire(obj, what, name))
+    return STORED_TEXT(wire(obj, what, name))
 
 
 def wire(obj: Any, what: str = "a value", name: str = "") -> Any:
@@ -391,23 +409,51 @@ def _digest_default(obj: Any) -> Any:
     return {TAG: "repr", "type": _type_name(type(obj)), "repr": text}
 
 
+def _prebuilt(encoder: json.JSONEncoder) -> Callable[[Any], str]:
+    """``encoder.encode``, the same text, without building a C encoder per call.
+
+    ``JSONEncoder.encode`` makes a new ``c_make_encoder`` object (and a dict of
+    circular-reference markers) for every value. The one built here once has no
+    markers, so it keeps no state between calls (threads may share it): a value
+    that contains itself recurses until the interpreter stops it, and is then
+    encoded again by ``encoder`` itself, which raises the error it always did.
+    """
+    c_make_encoder = getattr(json.encoder, "c_make_encoder", None)
+    if c_make_encoder is None:  # pragma: no cover - an interpreter without _json
+        return encoder.encode
+    assert encoder.indent is None and not encoder.ensure_ascii
+    make = c_make_encoder(None, encoder.default, encode_basestring, None,
+                          encoder.key_separator, encoder.item_separator, encoder.sort_keys,
+                          encoder.skipkeys, encoder.allow_nan)
+    join, slow = "".join, encoder.encode
+
+    def encode(value: Any) -> str:
+        try:
+            return join(make(value, 0))
+        except RecursionError:  # a cycle (or a value nested too deep): as it always was
+            return slow(value)
+    return encode
+
+
 _CANONICAL = json.JSONEncoder(
     sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_digest_default)
 _CANONICAL_KEYED = json.JSONEncoder(
     sort_keys=True, separators=(",", ":"), ensure_ascii=False,
     default=lambda obj: _keyed(_digest_default(obj)))
+_CANONICAL_TEXT, _CANONICAL_KEYED_TEXT = _prebuilt(_CANONICAL), _prebuilt(_CANONICAL_KEYED)
 STORED = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=to_wire_default)
 """A ``json`` encoder of stored values (built once: ``json.dumps`` with options builds one
 per call); tuples and dict keys come out as JSON makes them: use :func:`stored_json`."""
-_STORED_PLAIN = STORED.encode
+STORED_TEXT = _prebuilt(STORED)
+"""``STORED.encode``: the same text, faster (see :func:`_prebuilt`)."""
 
 
 def canonical_bytes(value: Any) -> bytes:
     """Sorted-key, compact UTF-8 JSON of ``value`` (see module docs for fallbacks)."""
     try:
-        return _CANONICAL.encode(value).encode()
+        return _CANONICAL_TEXT(value).encode()
     except TypeError:  # a dict whose keys JSON refuses: digest its sorted pairs instead
-        return _CANONICAL_KEYED.encode(_keyed(value)).encode()
+        return _CANONICAL_KEYED_TEXT(_keyed(value)).encode()
 
 
 def _json_keys(obj: dict[Any, Any]) -> bool:
@@ -436,29 +482,13 @@ def _keyed(obj: Any) -> Any:
     return obj
 
 
-def _scalar_json(value: Any) -> str | None:
-    """The canonical JSON of a str, int, bool or None; None for anything else."""
-    kind = type(value)
-    if kind is str:
-        return encode_basestring(value)
-    if kind is int:
-        return int.__repr__(value)
-    if value is None:
-        return "null"
-    if kind is bool:
-        return "true" if value else "false"
-    return None
-
-
 def args_digest(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
-    """``digest([list(args), kwargs])``, composed directly (same bytes, less work) when
-    every argument is a positional str, int, bool or None: the common case of a call."""
-    if not kwargs:
-        parts = [_scalar_json(a) for a in args]
-        if None not in parts:
-            text = "[[" + ",".join(p for p in parts if p is not None) + "],{}]"
-            return hashlib.sha256(text.encode()).hexdigest()
-    return digest([list(args), kwargs])
+    """``digest([list(args), kwargs])`` (the same bytes: JSON writes a tuple as a list)."""
+    try:
+        text = _CANONICAL_TEXT([args, kwargs])
+    except TypeError:  # a dict whose keys JSON refuses, somewhere in the arguments
+        return digest([list(args), kwargs])
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def event_id(event: Event) -> str:

@@ -7,12 +7,14 @@ reject any other ``v`` with an error naming the record; no pickle.
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Callable
+from json.encoder import encode_basestring
+from typing import Any, cast
 
 from actionstate.errors import CorruptRecordError
 from actionstate.events import event_type_name
 from actionstate.records.canonical import (
-    STORED,
+    STORED_TEXT,
     TAG,
     UndecodableValueError,
     stored_json,
@@ -44,18 +46,72 @@ def _k(key: StateKey) -> list[Any]:
     return [key.key, key.seq, key.action, key.event_id]
 
 
+_KEYS: dict[int, tuple[StateKey, str]] = {}
+"""id(key) -> (key, its JSON text): the records of an action run share their key (it is
+held here, so its id is not reused while cached)."""
+_FIDS: dict[str, str] = {}
+"""function id -> its JSON text."""
+_CACHED = 4096
+"""Entries each cache holds at most (it is emptied when full)."""
+
+
+def _json(value: Any) -> str:
+    """``STORED.encode(value)``: a str (the common case) without the encoder."""
+    return encode_basestring(value) if type(value) is str else STORED_TEXT(value)
+
+
+def _key_json(key: StateKey) -> str:
+    """The JSON text of ``key`` as records hold it (``"k"``), built once per action run."""
+    cached = _KEYS.get(id(key))
+    if cached is not None and cached[0] is key:
+        return cached[1]
+    text = STORED_TEXT(_k(key))
+    if len(_KEYS) >= _CACHED:
+        _KEYS.clear()
+    _KEYS[id(key)] = (key, text)
+    return text
+
+
+def _fid_json(function_id: str) -> str:
+    text = _FIDS.get(function_id)
+    if text is None:
+        text = _json(function_id)
+        if type(function_id) is str:
+            if len(_FIDS) >= _CACHED:
+                _FIDS.clear()
+            _FIDS[function_id] = text
+    return text
+
+
 def _encode_call(record: CallRecord, epoch: int) -> bytes:
     """A SUCCEEDED or PENDING call's envelope, composed directly: the hot path of a call.
 
     The bytes equal those of the generic path below (tests/test_golden.py checks it).
     """
-    call, enc = record.call, STORED.encode
-    text = (f'{{"v":1,"t":"call","k":{enc(_k(record.key))},"e":{int(epoch)},'
-            f'"p":{int(record.position)},"f":{enc(call.function_id)},'
-            f'"d":{enc(call.args_digest)},"s":"{call.status.value}"')
-    if call.status is CallStatus.SUCCEEDED:
-        text += f',"r":{stored_json(call.result, "the result of durable call ", call.function_id)}'
-    return (text + "}").encode()
+    call = record.call
+    text = (f'{{"v":1,"t":"call","k":{_key_json(record.key)},"e":{int(epoch)},'
+            f'"p":{int(record.position)},"f":{_fid_json(call.function_id)},'
+            f'"d":{_json(call.args_digest)},"s":"{call.status.value}"')
+    if call.status is not CallStatus.SUCCEEDED:
+        return (text + "}").encode()
+    result = call.result
+    if type(result) is str:
+        return f'{text},"r":{encode_basestring(result)}}}'.encode()
+    stored = stored_json(result, "the result of durable call ", call.function_id)
+    return f'{text},"r":{stored}}}'.encode()
+
+
+def _encode_done(record: CompleteRecord, epoch: int) -> bytes:
+    """A CompleteRecord's envelope: ``{"v","t","k","e"}`` composed, the rest encoded."""
+    key = record.key
+    sent_by = f" sent by action {key.action!r}"
+    body = STORED_TEXT({
+        "ev": wire(record.task_event, "the event that triggered action ", key.action),
+        "out": [wire(e, f"event {event_type_name(type(e))}", sent_by)
+                for e in record.output_events],
+        "mem": [[m.scope, m.path, wire(m.value, f"{m.scope} memory ", repr(m.path))]
+                for m in record.memory_updates]})
+    return f'{{"v":1,"t":"done","k":{_key_json(key)},"e":{int(epoch)},{body[1:]}'.encode()
 
 
 def encode_record(record: Record, epoch: int | None = None) -> bytes:
@@ -65,6 +121,8 @@ def encode_record(record: Record, epoch: int | None = None) -> bytes:
         epoch = record.epoch
     if type(record) is CallRecord and record.call.status is not CallStatus.FAILED:
         return _encode_call(record, epoch)
+    if type(record) is CompleteRecord:
+        return _encode_done(record, epoch)
     env: dict[str, Any]
     match record:
         case CallRecord(key=key, position=pos, call=call):
@@ -77,14 +135,8 @@ def encode_record(record: Record, epoch: int | None = None) -> bytes:
                                 call.function_id)
                 if call.retryable:
                     env["rt"] = 1
-        case CompleteRecord(key=key):
-            sent_by = f" sent by action {key.action!r}"
-            env = {"v": 1, "t": "done", "k": _k(key), "e": epoch,
-                   "ev": wire(record.task_event, "the event that triggered action ", key.action),
-                   "out": [wire(e, f"event {event_type_name(type(e))}", sent_by)
-                           for e in record.output_events],
-                   "mem": [[m.scope, m.path, wire(m.value, f"{m.scope} memory ", repr(m.path))]
-                           for m in record.memory_updates]}
+        case CompleteRecord():
+            return _encode_done(record, epoch)
         case TruncateRecord(key=key, position=pos):
             env = {"v": 1, "t": "trunc", "k": _k(key), "e": epoch, "p": pos}
         case DropRecord(key=key, after_seq=after):
@@ -93,7 +145,25 @@ def encode_record(record: Record, epoch: int | None = None) -> bytes:
             env = {"v": 1, "t": "fence", "e": record.epoch}
             if claim:
                 env["w"] = claim
-    return STORED.encode(env).encode()
+    return STORED_TEXT(env).encode()
+
+
+_Scan = Callable[[str, int], tuple[Any, int]]
+_PLAIN_SCAN: _Scan = cast(Any, json.JSONDecoder()).scan_once
+_TAGGED_SCAN: _Scan = cast(Any, json.JSONDecoder(object_hook=untag)).scan_once
+"""Built once (``json.loads`` with a hook builds a decoder per call)."""
+
+
+def _loads(data: bytes, tagged: bool) -> Any:
+    """``json.loads(data)``, with the :func:`untag` hook if ``tagged``: the same value and
+    errors, without its per-call work for what a record is (UTF-8, one object)."""
+    if type(data) is bytes and data[:1] == b"{" and data[1:2] != b"\0":
+        # what json.detect_encoding takes for UTF-8; a record starts with "{"
+        text = data.decode("utf-8", "surrogatepass")
+        value, end = (_TAGGED_SCAN if tagged else _PLAIN_SCAN)(text, 0)
+        if end == len(text):
+            return value
+    return json.loads(data, object_hook=untag) if tagged else json.loads(data)
 
 
 def decode_record(data: bytes, where: str) -> Record:
@@ -103,7 +173,7 @@ def decode_record(data: bytes, where: str) -> Record:
         CorruptRecordError: the bytes are not a record of a known version.
     """
     try:
-        env = json.loads(data, object_hook=untag) if _TAG_BYTES in data else json.loads(data)
+        env = _loads(data, _TAG_BYTES in data)
     except UndecodableValueError as exc:
         raise CorruptRecordError(
             f"record at {where} holds {exc}") from None
@@ -131,20 +201,39 @@ def decode_record(data: bytes, where: str) -> Record:
         ) from None
 
 
+_DECODED_KEYS: dict[tuple[Any, ...], StateKey] = {}
+"""The StateKeys decoded lately, by their ``"k"`` values: the records of an action run
+share one (a rebuild builds it once, the index holds it once)."""
+
+
+def _state_key(k: Any) -> StateKey:
+    try:
+        found = _DECODED_KEYS.get(tuple(k))
+    except TypeError:  # unhashable parts: not a key this cache holds
+        found = None
+    if found is not None:
+        return found
+    key = StateKey(str(k[0]), int(k[1]), str(k[2]), str(k[3]))
+    if (len(k) == 4 and type(k[0]) is str and type(k[1]) is int and type(k[2]) is str
+            and type(k[3]) is str):  # only exact types: an equal "k" then makes this key
+        if len(_DECODED_KEYS) >= _CACHED:
+            _DECODED_KEYS.clear()
+        _DECODED_KEYS[tuple(k)] = key
+    return key
+
+
 def _from_envelope(env: dict[str, Any]) -> Record:
     kind = env["t"]
+    if kind == "call":
+        call = CallResult(env["f"], env["d"], _STATUS[env["s"]], env.get("r"), env.get("x"),
+                          env.get("rt") == 1)
+        return CallRecord(_state_key(env["k"]), int(env["p"]), call, int(env["e"]))
     if kind == "fence":
         return FenceRecord(int(env["e"]), str(env.get("w", "")))
     if kind == "drop":
         return DropRecord(str(env["key"]), int(env["after"]), int(env["e"]))
-    k = env["k"]
-    key = StateKey(str(k[0]), int(k[1]), str(k[2]), str(k[3]))
+    key = _state_key(env["k"])
     epoch = int(env["e"])
-    if kind == "call":
-        status = _STATUS[env["s"]]
-        call = CallResult(env["f"], env["d"], status, env.get("r"), env.get("x"),
-                          env.get("rt") == 1)
-        return CallRecord(key, int(env["p"]), call, epoch)
     if kind == "done":
         mem = tuple(MemoryUpdate(MemoryScope(s), str(p), v) for s, p, v in env["mem"])
         return CompleteRecord(key, env["ev"], tuple(env["out"]), mem, epoch)

@@ -52,6 +52,11 @@ class StateIndex:
         partition: a log store writes a fence to every partition.
         """
         partition = position[0]
+        if type(record) is CallRecord:  # the common case first
+            if epoch < self._fence.get(partition, 0):
+                return False
+            self._state(record.key, position).calls[record.position] = record.call
+            return True
         if isinstance(record, FenceRecord):
             fence = record.epoch or position[1] + 1
             if fence > self._fence.get(partition, 0):
@@ -63,14 +68,7 @@ class StateIndex:
         if isinstance(record, DropRecord):
             self.drop_after(record.key, record.after_seq)
             return True
-        key = record.key
-        state = self._states.get(key)
-        if state is None:
-            state = self._states[key] = ActionState()
-            self._seqs.setdefault(key.key, {}).setdefault(key.seq, set()).add(key)
-            if key.seq > self._max_seq.get(key.key, -1):
-                self._max_seq[key.key] = key.seq
-            self._first[key] = position
+        state = self._state(record.key, position)
         if isinstance(record, CallRecord):
             state.calls[record.position] = record.call
         elif isinstance(record, CompleteRecord):
@@ -82,6 +80,18 @@ class StateIndex:
             for pos in [p for p in state.calls if p >= record.position]:
                 del state.calls[pos]
         return True
+
+    def _state(self, key: StateKey, position: Position) -> ActionState:
+        """The state of ``key``, a new one (first seen at ``position``) if it has none."""
+        state = self._states.get(key)
+        if state is not None:
+            return state
+        state = self._states[key] = ActionState()
+        self._seqs.setdefault(key.key, {}).setdefault(key.seq, set()).add(key)
+        if key.seq > self._max_seq.get(key.key, -1):
+            self._max_seq[key.key] = key.seq
+        self._first[key] = position
+        return state
 
     def fence_before(self, partition: int, offset: int) -> int:
         """The epoch of the fence in force just before ``offset`` of ``partition``."""

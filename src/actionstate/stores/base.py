@@ -90,7 +90,17 @@ class ActionStateStore(ABC):
 
     @abstractmethod
     def flush(self) -> None:
-        """Make every appended record durable."""
+        """Make every appended record durable.
+
+        It may be called on another thread than :meth:`put` (a runner commits a
+        group with ``await asyncio.to_thread(store.flush)`` so that the event loop
+        goes on meanwhile), while :meth:`put` keeps being called on the event-loop
+        thread. A backend then takes the records appended so far under a lock and
+        makes them durable on the flushing thread; a record put meanwhile goes to
+        the next flush. A flush never interleaves its write with a ``sync`` put's
+        (that put waits for it): records reach the medium in the order they were put.
+        Only one thread puts; flushes may come from any thread (they take turns).
+        """
 
     @abstractmethod
     def end_offsets(self) -> dict[int, int]:

@@ -4,7 +4,14 @@ One table of records ``(id, namespace, agent_key, payload)``; ``id`` is the
 log offset (reads and deletes are ``id`` ranges, so no other index is kept).
 ``sync`` durability commits (and fsyncs the WAL) per record; ``group``
 durability buffers records and commits them together in :meth:`flush`,
-across keys.
+across keys. :meth:`flush` may run on another thread than :meth:`put` (a
+runner calls ``await asyncio.to_thread(store.flush)`` so that a group commit
+does not stall the event loop): it takes the buffer under a lock and commits
+it on its own thread, and one lock around the connection keeps its commit and
+a ``sync`` put's from interleaving, in log order. A batch is written in a few
+multi-row INSERTs: each statement lets go of the GIL while SQLite works, and
+waits (up to the interpreter's switch interval, 5 ms) to get it back from a
+busy event loop, so a batch costs a few waits, not one per row.
 
 Fencing is done by SQLite: a claim and the ``fences`` row of its namespace are
 written in one transaction, and every write is conditional on that row still
@@ -14,7 +21,9 @@ holding the writer's epoch, so a zombie's write is refused (:class:`FencedError`
 from __future__ import annotations
 
 import contextlib
+import functools
 import sqlite3
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -43,6 +52,12 @@ _INSERT = "INSERT INTO records (namespace, agent_key, payload) VALUES (?,?,?)"
 _INSERT_IF_CURRENT = (
     "INSERT INTO records (namespace, agent_key, payload) SELECT ?,?,? "
     "WHERE coalesce((SELECT epoch FROM fences WHERE namespace=?), 0) <= ?")
+_ROWS_PER_INSERT = 1024
+"""Rows a multi-row INSERT of a group commit writes at most (3 parameters each)."""
+_REMAINDER_UNITS = (128, 16, 1)
+"""The rest of a batch goes in at most three INSERTs, of a multiple of each unit: their
+prepared statements stay few and small in sqlite3's cache (one of every size up to 1,023
+rows would hold ~25 MB: ~0.4 KB per row)."""
 _FENCE = ("INSERT INTO fences VALUES (?,?) ON CONFLICT (namespace) "
           "DO UPDATE SET epoch=max(epoch, excluded.epoch)")
 _CURRENT = "SELECT coalesce((SELECT epoch FROM fences WHERE namespace=?), 0)"
@@ -56,7 +71,12 @@ class SqliteActionStateStore(ActionStateStore):
     def __init__(self, path: str | Path, durability: Durability = "sync") -> None:
         super().__init__(durability)
         self.path = Path(path)
-        self._pending: list[tuple[str, str | None, bytes]] = []
+        self._pending: list[Any] = []
+        """Rows to commit, flat: namespace, agent key, payload, namespace, ..."""
+        self._pending_lock = threading.Lock()
+        """Guards ``_pending`` and ``_next_id`` (put on one thread, flush on another)."""
+        self._lock = threading.RLock()
+        """Held while the connection is used: one commit at a time, in log order."""
         self._closed = False
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -72,6 +92,8 @@ class SqliteActionStateStore(ActionStateStore):
                     f"{self.path} has store schema {row[0]}, this actionstate uses "
                     f"{SCHEMA_VERSION}: use the version that wrote it, or a new state path"
                 )
+            self._rows_per_insert = min(
+                _ROWS_PER_INSERT, self._db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // 3)
         except sqlite3.DatabaseError as exc:
             raise StoreError(
                 f"cannot open SQLite store {self.path}: {exc}; check the path is a "
@@ -97,25 +119,33 @@ class SqliteActionStateStore(ActionStateStore):
         if isinstance(record, FenceRecord):
             return self._claim_row(data)
         agent_key = record.key if isinstance(record, DropRecord) else record.key.key
-        self._pending.append((self.namespace, agent_key, data))
         if not sync:
-            position = (0, self._next_id)
-            self._next_id += 1
+            with self._pending_lock:
+                self._pending += (self.namespace, agent_key, data)
+                position = (0, self._next_id)
+                self._next_id += 1
             return position
-        return (0, self._write())
+        with self._lock:  # after a flush running on another thread, in log order
+            with self._pending_lock:
+                self._pending += (self.namespace, agent_key, data)
+            return (0, self._write())
 
     def flush(self) -> None:
-        if self._pending:
+        """Commit the buffered records; safe on another thread than :meth:`put`'s."""
+        with self._lock:
             self._write()
 
     def _write(self) -> int:
-        """Commit the buffered rows if this writer still holds the namespace's
-        epoch; returns the id of the last one."""
-        rows, self._pending = self._pending, []
+        """Commit the buffered rows (the caller holds ``_lock``) if this writer still holds
+        the namespace's epoch; returns the id of the last one (0: none)."""
+        with self._pending_lock:
+            rows, self._pending = self._pending, []
+        if not rows:
+            return 0
         db = self._db
         with self._errors():
-            if len(rows) == 1:
-                cursor = db.execute(_INSERT_IF_CURRENT, (*rows[0], self.namespace, self.epoch))
+            if len(rows) == 3:
+                cursor = db.execute(_INSERT_IF_CURRENT, (*rows, self.namespace, self.epoch))
                 if cursor.rowcount != 1:
                     self._fenced()
                 last = int(cursor.lastrowid or 0)
@@ -124,22 +154,34 @@ class SqliteActionStateStore(ActionStateStore):
                 if db.execute(_CURRENT, (self.namespace,)).fetchone()[0] > self.epoch:
                     db.execute("ROLLBACK")
                     self._fenced()
-                db.executemany(_INSERT, rows)
-                last = int(db.execute("SELECT last_insert_rowid()").fetchone()[0])
+                last = self._insert_many(rows)
                 db.execute("COMMIT")
-        self._next_id = max(self._next_id, last + 1)
+        with self._pending_lock:
+            self._next_id = max(self._next_id, last + 1)
         return last
+
+    def _insert_many(self, rows: list[Any]) -> int:
+        """INSERT the flat ``rows``, many per statement; the id of the last one."""
+        cursor, start = None, 0
+        for count in _row_counts(len(rows) // 3, self._rows_per_insert):
+            end = start + 3 * count
+            cursor = self._db.execute(_insert_rows(count), rows[start:end])
+            start = end
+        assert cursor is not None
+        return int(cursor.lastrowid or 0)
 
     def _claim_row(self, data: bytes) -> Position:
         """Write a fence row and, in the same transaction, raise the namespace's epoch."""
         db = self._db
-        self.flush()
-        with self._errors():
-            db.execute("BEGIN IMMEDIATE")
-            row_id = int(db.execute(_INSERT, (self.namespace, None, data)).lastrowid or 0)
-            db.execute(_FENCE, (self.namespace, row_id + 1))
-            db.execute("COMMIT")
-        self._next_id = max(self._next_id, row_id + 1)
+        with self._lock:
+            self._write()
+            with self._errors():
+                db.execute("BEGIN IMMEDIATE")
+                row_id = int(db.execute(_INSERT, (self.namespace, None, data)).lastrowid or 0)
+                db.execute(_FENCE, (self.namespace, row_id + 1))
+                db.execute("COMMIT")
+        with self._pending_lock:
+            self._next_id = max(self._next_id, row_id + 1)
         return (0, row_id)
 
     @contextlib.contextmanager
@@ -163,40 +205,66 @@ class SqliteActionStateStore(ActionStateStore):
 
     def end_offsets(self) -> dict[int, int]:
         # sqlite_sequence holds the highest id ever used, even if deleted since.
-        row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name='records'").fetchone()
+        with self._lock:  # not inside a commit running on another thread
+            row = self._db.execute(
+                "SELECT seq FROM sqlite_sequence WHERE name='records'").fetchone()
         return {0: (row[0] if row else 0) + 1}
 
     def read(
         self, namespace: str, start: dict[int, int], stop: dict[int, int]
     ) -> Iterator[tuple[Position, bytes, str]]:
-        cursor = self._db.execute(
-            "SELECT id, payload FROM records WHERE namespace=? AND id>=? AND id<? ORDER BY id",
-            (namespace, start.get(0, 0), stop.get(0, 0)),
-        )
-        for row_id, payload in cursor:
-            yield (0, row_id), payload, f"{self.path} records.id={row_id}"
+        with self._lock:
+            cursor = self._db.execute(
+                "SELECT id, payload FROM records WHERE namespace=? AND id>=? AND id<? "
+                "ORDER BY id", (namespace, start.get(0, 0), stop.get(0, 0)))
+        while True:
+            with self._lock:  # a batch at a time, between commits of other threads
+                rows = cursor.fetchmany(1000)
+            if not rows:
+                return
+            for row_id, payload in rows:
+                yield (0, row_id), payload, f"{self.path} records.id={row_id}"
 
     def release(self, marker: Marker) -> None:
         """Delete this namespace's records below the marker's offset."""
-        self.flush()
-        with self._errors():
-            self._db.execute("DELETE FROM records WHERE namespace=? AND id<?",
-                             (marker.namespace, marker.offsets.get(0, 0)))
+        with self._lock:
+            self._write()
+            with self._errors():
+                self._db.execute("DELETE FROM records WHERE namespace=? AND id<?",
+                                 (marker.namespace, marker.offsets.get(0, 0)))
 
     def discard_other_runs(self) -> None:
-        self.flush()
-        with self._errors():
-            self._db.execute("DELETE FROM records WHERE namespace<>?", (self.namespace,))
-            self._db.execute("DELETE FROM fences WHERE namespace<>?", (self.namespace,))
+        with self._lock:
+            self._write()
+            with self._errors():
+                self._db.execute("DELETE FROM records WHERE namespace<>?", (self.namespace,))
+                self._db.execute("DELETE FROM fences WHERE namespace<>?", (self.namespace,))
 
     def close(self) -> None:
-        if self._closed:
-            return
-        try:
-            self.flush()
-        finally:
-            self._closed = True
-            self._db.close()
+        with self._lock:
+            if self._closed:
+                return
+            try:
+                self._write()
+            finally:
+                self._closed = True
+                self._db.close()
+
+
+def _row_counts(total: int, most: int) -> Iterator[int]:
+    """How many rows each INSERT of a batch of ``total`` writes (``most`` at most)."""
+    full, rest = divmod(total, most)
+    yield from [most] * full
+    for unit in _REMAINDER_UNITS:
+        if rest >= unit:
+            yield rest - rest % unit
+            rest %= unit
+
+
+@functools.lru_cache(maxsize=64)
+def _insert_rows(count: int) -> str:
+    """An INSERT of ``count`` rows."""
+    return _INSERT + ",(?,?,?)" * (count - 1)
 
 
 def _fix(exc: sqlite3.Error) -> str:

@@ -118,6 +118,10 @@ def split_config(servers: str, config: Mapping[str, str]) -> ClientConfigs:
         "enable.auto.offset.store": False, "auto.offset.reset": "error",
         "enable.partition.eof": True, "isolation.level": "read_uncommitted",
         "fetch.wait.max.ms": 100, "queued.max.messages.kbytes": 32768,
+        # A partition whose prefetch queue is full (the rebuild decodes slower than the
+        # broker sends) is fetched again this soon: librdkafka's default, 1 s, halved
+        # the rebuild's speed (about 55k -> 110k records/s read, 1.2 KB records).
+        "fetch.queue.backoff.ms": 20,
     }
     for name, value in config.items():
         if name.removeprefix("producer.") == "transactional.id":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping
@@ -33,6 +34,9 @@ log = logging.getLogger("actionstate.stores.kafka")
 
 WAIT_STEP = 5.0
 """Seconds between "still waiting for the broker" warnings while records are unacknowledged."""
+_FLUSH_STEP = 0.05
+"""Seconds a flush waits in librdkafka at a time before it looks at what was acknowledged
+(records put meanwhile, on another thread, are left to the next flush)."""
 _READ_STALL = 60.0
 """Seconds a read may go without any message or end-of-partition event before it fails."""
 
@@ -116,6 +120,10 @@ class KafkaActionStateStore(ActionStateStore):
         self._writer = uuid.uuid4().hex[:16]
         self._prefix = f"{self.namespace}/{self._writer}/".encode()
         self._counter = 0
+        self._produced = 0  # messages handed to the producer (by the putting thread)
+        self._acknowledged = 0  # of those, the ones whose delivery report came
+        self._reports = threading.Lock()
+        """Delivery reports run on whichever thread polls: a put's or a flush's."""
         self._next: dict[int, int] = {}
         self._failures: list[tuple[int, KafkaError]] = []
         self._fatal: KafkaError | None = None
@@ -310,6 +318,7 @@ class KafkaActionStateStore(ActionStateStore):
                     self._producer.produce(self.topic, value, key, partition)
                 else:
                     self._producer.produce(self.topic, value, key, partition, on_delivery)
+                self._produced += 1
                 return
             except BufferError:  # the local queue is full: serve deliveries, then retry
                 self._producer.poll(0.1)
@@ -329,15 +338,22 @@ class KafkaActionStateStore(ActionStateStore):
                                  "resumes from its last checkpoint)") from None
 
     def _drain(self) -> None:
-        started = time.monotonic()
-        while (left := self._producer.flush(WAIT_STEP)) > 0:
-            log.warning(
-                "Kafka at %s has not acknowledged %d record(s) for topic %s after %.0fs; the "
-                "producer keeps retrying (up to delivery.timeout.ms=%s) and this call waits",
-                self.servers, left, self.topic, time.monotonic() - started,
-                self._producer_conf["delivery.timeout.ms"])
-        if self._failures:
+        """Wait for the delivery reports of every message produced so far (not of those a
+        put on another thread produces meanwhile: a flush on a worker thread ends)."""
+        target = self._produced
+        started = warned = time.monotonic()
+        while self._acknowledged < target:
+            self._producer.flush(_FLUSH_STEP)  # sends at once (no linger), serves reports
+            if time.monotonic() - warned >= WAIT_STEP:
+                warned = time.monotonic()
+                log.warning(
+                    "Kafka at %s has not acknowledged %d record(s) for topic %s after %.0fs; "
+                    "the producer keeps retrying (up to delivery.timeout.ms=%s) and this call "
+                    "waits", self.servers, target - self._acknowledged, self.topic,
+                    warned - started, self._producer_conf["delivery.timeout.ms"])
+        with self._reports:
             failures, self._failures = self._failures, []
+        if failures:
             partition, error = failures[0]
             raise StoreError(
                 f"Kafka did not store {len(failures)} record(s) in topic {self.topic} (first: "
@@ -347,18 +363,25 @@ class KafkaActionStateStore(ActionStateStore):
             )
 
     def _on_delivery(self, error: KafkaError | None, message: Any) -> None:
-        partition = message.partition()
-        if error is not None:
-            self._failures.append((partition, error))
-            return
-        offset = message.offset()
-        if offset >= self._next.get(partition, 0):
-            self._next[partition] = offset + 1
-        key = message.key()
-        if not self._rebuilding and key.startswith(self._prefix):
-            self._retention.track(partition, offset, self._prefix, key[len(self._prefix):])
+        with self._reports:
+            try:
+                partition = message.partition()
+                if error is not None:
+                    self._failures.append((partition, error))
+                    return
+                offset = message.offset()
+                if offset >= self._next.get(partition, 0):
+                    self._next[partition] = offset + 1
+                key = message.key()
+                if not self._rebuilding and key.startswith(self._prefix):
+                    self._retention.track(partition, offset, self._prefix,
+                                          key[len(self._prefix):])
+            finally:  # counted last: a waiting put then finds its offset in _next
+                self._acknowledged += 1
 
     def _on_tombstone(self, error: KafkaError | None, message: Any) -> None:
+        with self._reports:
+            self._acknowledged += 1
         if error is not None:
             log.warning("Kafka tombstone for topic %s partition %s failed (%s); the record "
                         "stays until a later release", self.topic, message.partition(),
