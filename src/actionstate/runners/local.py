@@ -86,7 +86,8 @@ class LocalRunner:
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._reader: asyncio.Task[InputError | None] | None = None
         self._grace: asyncio.TimerHandle | None = None
-        self._held: list[Any] = []
+        self._held: list[Any] = []  # outputs waiting for the next group commit
+        self._committing: list[Any] = []  # outputs of the group commit in progress
         self._offset = 0
         self._line = 0
         self._digest = SourceDigest()  # of the source's bytes before self._offset
@@ -245,16 +246,27 @@ class LocalRunner:
         """Make recorded work durable, then release the outputs that depend on it."""
         with self.settings.lock:
             self.store.flush()
-        if self._held:
-            self.sink.write(self._held)
-            self.stats.outputs += len(self._held)
-            self._held = []
+        self._release(self._committing + self._held)
+        self._committing, self._held = [], []
+
+    async def _commit_group_off_loop(self) -> None:
+        """:meth:`_commit_group` with the commit on a worker thread: the keys go on while
+        it waits for the disk. The outputs held now wait for it; later ones, for the next."""
+        self._committing, self._held = self._held, []
+        await asyncio.to_thread(self.store.flush)  # the store allows flush beside put
+        self._release(self._committing)
+        self._committing = []
+
+    def _release(self, outputs: list[Any]) -> None:
+        if outputs:
+            self.sink.write(outputs)
+            self.stats.outputs += len(outputs)
 
     async def _ticker(self, started: float) -> None:
         last_checkpoint = time.monotonic()
         while not self._done.is_set():
             await asyncio.sleep(self._tick)  # a timer: commit and checkpoint periodically
-            self._commit_group()
+            await self._commit_group_off_loop()
             now = time.monotonic()
             if now - last_checkpoint >= self._checkpoint_interval:
                 self._checkpoint()
