@@ -4,7 +4,8 @@ An agent with one action that makes 3 ``ctx.durable_execute`` calls of a
 no-op and sends one OutputEvent, run by LocalRunner in process (as
 tests/test_runner.py does: JsonlSource -> LocalRunner -> JsonlSink, StateDir
 with checkpoints every 1 s, concurrency 64) over 10,000 inputs on 1,000 keys.
-Stores: sqlite:// in ``sync`` durability (commit + fsync per record),
+The action is a ``def``: LocalRunner runs it on a pool thread.
+Stores: sqlite:// in ``sync`` durability (commit + fsync per durable call),
 sqlite:// in ``group`` durability (commit every 5 ms) and, as the baseline,
 memory:// (no I/O). Each round runs every store once (order rotated), on a new
 state dir; medians over rounds. Each run's outputs are checked (one per input).
@@ -110,9 +111,10 @@ def main() -> None:
     print(table(["store", "inputs/s", "calls/s", "s per run", "vs memory://",
                  "inputs per CPU-s"], rows))
     print(f"\nRecords per input: {CALLS} CallRecords + 1 CompleteRecord; in sync durability "
-          "each is its own commit + WAL fsync, so sync throughput is bounded by "
-          f"~1 / ({CALLS + 1} x fsync latency). inputs per CPU-s: inputs / process CPU time "
-          "(fsync waits use no CPU).")
+          "each CallRecord is its own commit + WAL fsync and the CompleteRecord rides on the "
+          f"next one, so sync throughput is bounded by ~1 / ({CALLS} x fsync latency). The "
+          "agent is a `def` action: it runs on a pool thread. inputs per CPU-s: inputs / "
+          "process CPU time (fsync waits use no CPU).")
 
 
 if __name__ == "__main__":

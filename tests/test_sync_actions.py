@@ -21,8 +21,8 @@ import pytest
 from actionstate import Agent, InputEvent, OutputEvent, RunnerContext, action
 from actionstate.durable.chain import ChainSettings
 from actionstate.durable.stats import RunStats
-from actionstate.durable.threads import ActionThreads
-from actionstate.errors import ActionFailedError
+from actionstate.durable.threads import ActionThreads, SyncCommitter
+from actionstate.errors import ActionFailedError, StoreError
 from actionstate.llm import OpenAICompatibleModel
 from actionstate.runners.files import JsonlSink, JsonlSource
 from actionstate.runners.local import LocalRunner
@@ -196,3 +196,62 @@ def test_an_action_abandoned_on_its_thread_does_not_touch_the_store_after_the_ru
         threads.shutdown(wait=True)
     assert late == [], "nothing recorded into a closed store"
     assert server.succeeded["ticket 0"] == 1
+
+
+def test_calls_waiting_during_a_commit_share_the_next_one() -> None:
+    entered, release = threading.Event(), threading.Event()
+    flushed: list[int] = []
+
+    def flush() -> None:
+        flushed.append(len(flushed))
+        if len(flushed) == 1:  # the first commit waits for the test
+            entered.set()
+            assert release.wait(30)
+
+    committer = SyncCommitter(flush)
+    first = committer.ticket()
+    waiters = [threading.Thread(target=committer.wait, args=(first,))]
+    waiters[0].start()
+    assert entered.wait(30), "the first record's commit began"
+    later = [committer.ticket() for _ in range(7)]
+    waiters += [threading.Thread(target=committer.wait, args=(t,)) for t in later]
+    for thread in waiters[1:]:
+        thread.start()
+    release.set()
+    for thread in waiters:
+        thread.join(30)
+    assert not any(thread.is_alive() for thread in waiters)
+    assert committer.commits == 2, "seven calls, one commit"
+    committer.close()
+
+
+def test_a_failed_commit_fails_every_call_it_covered_and_later_ones() -> None:
+    def flush() -> None:
+        raise StoreError("cannot write to the store: disk full")
+
+    committer = SyncCommitter(flush)
+    with pytest.raises(StoreError, match="disk full"):
+        committer.wait(committer.ticket())
+    with pytest.raises(StoreError, match="disk full"):
+        asyncio.run(committer.wait_async(committer.ticket()))
+    committer.close()
+
+
+def test_a_call_still_waiting_when_the_run_ends_is_told_so() -> None:
+    hold = threading.Event()
+    committer = SyncCommitter(lambda: None if hold.wait(30) else None)
+    ticket = committer.ticket()
+    errors: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            committer.wait(ticket + 1)  # a ticket no commit will cover
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=wait)
+    thread.start()
+    hold.set()
+    committer.close()
+    thread.join(30)
+    assert len(errors) == 1 and isinstance(errors[0], asyncio.CancelledError)

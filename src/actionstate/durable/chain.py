@@ -19,7 +19,7 @@ from typing import Any
 from actionstate.agent import Agent
 from actionstate.durable.execution import ActionContext, DivergencePolicy
 from actionstate.durable.stats import RunStats
-from actionstate.durable.threads import EngineLock
+from actionstate.durable.threads import EngineLock, SyncCommitter
 from actionstate.errors import ActionFailedError
 from actionstate.eventlog import EventLogger
 from actionstate.events import Event, InputEvent, OutputEvent
@@ -51,6 +51,9 @@ class ChainSettings:
     threads: Executor | None = None
     """Where ``def`` actions and sync durable calls run (a runner sizes it to the inputs
     it keeps in flight); None runs ``def`` actions on the event loop's thread."""
+    committer: SyncCommitter | None = None
+    """In ``sync`` durability, commits durable calls' records on its own thread, shared
+    by the calls waiting then (a runner sets it); None: each call commits itself."""
     lock: EngineLock = field(default_factory=EngineLock)
     """Held for every use of the store and the counters: ``def`` actions reach them
     from pool threads while the event loop's thread runs the rest."""
@@ -97,7 +100,8 @@ async def process_input(
             ctx = ActionContext(state_key, state, store, short_term, sensory,
                                 job=settings.job, policy=settings.policy, stats=settings.stats,
                                 retry=settings.retry, on_retry=log.retry,
-                                threads=settings.threads, lock=settings.lock)
+                                threads=settings.threads, lock=settings.lock,
+                                committer=settings.committer)
             try:
                 await _run_action(method, event, ctx, settings.threads)
             except Exception as exc:

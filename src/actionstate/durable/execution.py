@@ -25,6 +25,7 @@ from typing import Any, Literal, TypeVar, cast, get_args
 
 from actionstate.context import RunnerContext
 from actionstate.durable.stats import RunStats
+from actionstate.durable.threads import SyncCommitter
 from actionstate.errors import (
     ActionStateError,
     ConfigError,
@@ -157,6 +158,7 @@ class ActionContext(RunnerContext):
         on_retry: RetryListener | None = None,
         threads: Executor | None = None,
         lock: AbstractContextManager[Any] | None = None,
+        committer: SyncCommitter | None = None,
     ) -> None:
         if policy not in POLICIES:
             raise ConfigError(f"unknown divergence policy {policy!r}: use one of {POLICIES}")
@@ -177,6 +179,9 @@ class ActionContext(RunnerContext):
         # The engine (store, index, counters) is shared by the event loop's thread and
         # the pool threads of ``def`` actions: each engine step holds this lock.
         self._lock = lock if lock is not None else threading.RLock()
+        # In ``sync`` durability, a call's record is committed by the committer's thread,
+        # shared with the other calls waiting then; the caller waits outside the lock.
+        self._committer = committer
         self.store_failure: ActionStateError | None = None
         """A store write that failed during the action, even if the action caught it."""
 
@@ -223,7 +228,9 @@ class ActionContext(RunnerContext):
             if tried.wait is None:
                 break
             time.sleep(tried.wait)  # a sync action holds its thread anyway
-        self._engine(self._succeeded, step, result)
+        ticket = self._engine(self._succeeded, step, result)
+        if ticket is not None:
+            self._durable(ticket)
         return cast(T, result)
 
     async def durable_execute_async(
@@ -249,7 +256,9 @@ class ActionContext(RunnerContext):
             if tried.wait is None:
                 break
             await asyncio.sleep(tried.wait)  # a timer: the backoff before the next attempt
-        self._engine(self._succeeded, step, result)
+        ticket = self._engine(self._succeeded, step, result)
+        if ticket is not None:
+            await self._durable_async(ticket)
         return result
 
     # -- the engine --------------------------------------------------------
@@ -278,8 +287,27 @@ class ActionContext(RunnerContext):
         target, args, kwargs = self._target(step, fn, args, kwargs, reconciler)
         return step, target, args, kwargs
 
-    def _succeeded(self, step: _Step, result: Any) -> None:
-        self._record(step, CallResult(step.fid, step.digest, CallStatus.SUCCEEDED, result))
+    def _succeeded(self, step: _Step, result: Any) -> int | None:
+        """Record the call's result; with a committer, the ticket to wait for (outside
+        the engine's lock) before the call returns."""
+        return self._record(step, CallResult(step.fid, step.digest, CallStatus.SUCCEEDED,
+                                             result), shared=self._committer is not None)
+
+    def _durable(self, ticket: int) -> None:
+        assert self._committer is not None
+        try:
+            self._committer.wait(ticket)
+        except ActionStateError as exc:  # the store's failure, even if the action catches it
+            self.store_failure = exc
+            raise
+
+    async def _durable_async(self, ticket: int) -> None:
+        assert self._committer is not None
+        try:
+            await self._committer.wait_async(ticket)
+        except ActionStateError as exc:
+            self.store_failure = exc
+            raise
 
     def _begin(self, fn: Callable[..., Any], args: tuple[Any, ...],
                kwargs: dict[str, Any]) -> _Step:
@@ -342,13 +370,15 @@ class ActionContext(RunnerContext):
             raise decode_exception(recorded.exception)
         return recorded.result
 
-    def _record(self, step: _Step, result: CallResult) -> None:
+    def _record(self, step: _Step, result: CallResult, shared: bool = False) -> int | None:
         """Record the call's outcome. A result that cannot be stored is recorded as the
         call's failure, the error naming the type and the call, and raised: a replay
-        raises the same error instead of running the call again."""
+        raises the same error instead of running the call again. ``shared``: put it
+        into the buffer and return the committer's ticket for it."""
         before = self.store_failure
         try:
-            self._put(CallRecord(self._sk, step.position, result))
+            self._put(CallRecord(self._sk, step.position, result),
+                      sync=False if shared else None)
         except UnstorableValueError as exc:
             if result.status is not CallStatus.SUCCEEDED:
                 raise
@@ -356,6 +386,10 @@ class ActionContext(RunnerContext):
             self._put(CallRecord(self._sk, step.position, CallResult(
                 step.fid, step.digest, CallStatus.FAILED, exception=encode_exception(exc))))
             raise
+        if shared:
+            assert self._committer is not None
+            return self._committer.ticket()
+        return None
 
     def _put(self, record: CallRecord | TruncateRecord, sync: bool | None = None) -> None:
         try:

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from typing import Any
 
-__all__ = ["ActionThreads", "EngineLock"]
+__all__ = ["ActionThreads", "EngineLock", "SyncCommitter"]
 
 _Work = tuple[Future[Any], Callable[..., Any], tuple[Any, ...], dict[str, Any]]
 
@@ -114,3 +114,115 @@ class EngineLock:
         """Wait for the step in progress, then refuse every later one."""
         with self._lock:
             self._closed = True
+
+
+class SyncCommitter:
+    """``sync`` durability with shared commits: a durable call's record is put into the
+    store's buffer, and the caller waits (on its thread, or awaiting) until a commit
+    covers it. One thread commits whatever was put so far, again and again while
+    callers wait, so concurrent calls share an fsync and the event loop and the other
+    keys go on while the disk works. A call still returns only once its record is
+    durable. A failed commit fails every call it was to cover, and every later one.
+    """
+
+    def __init__(self, flush: Callable[[], None]) -> None:
+        self._flush = flush
+        self._cond = threading.Condition()
+        self._issued = 0  # records put so far (tickets handed out)
+        self._durable = 0  # tickets a finished commit covered
+        self._error: BaseException | None = None
+        self._waiting: list[tuple[int, asyncio.Future[None]]] = []
+        self._closed = False
+        self.commits = 0
+        self._thread = threading.Thread(target=self._serve, daemon=True,
+                                        name="actionstate-commit")
+        self._thread.start()
+
+    def ticket(self) -> int:
+        """Call right after putting a record (under the engine lock): its ticket."""
+        with self._cond:
+            self._issued += 1
+            self._cond.notify_all()
+            return self._issued
+
+    def wait(self, ticket: int) -> None:
+        """Block until the record of ``ticket`` is durable (raise the commit's error)."""
+        with self._cond:
+            while self._durable < ticket and not self._closed:
+                self._cond.wait()
+            self._check(ticket)
+
+    async def wait_async(self, ticket: int) -> None:
+        """:meth:`wait` for a coroutine: the event loop goes on meanwhile."""
+        with self._cond:
+            if self._durable < ticket:
+                future = asyncio.get_running_loop().create_future()
+                self._waiting.append((ticket, future))
+            else:
+                future = None
+        if future is not None:
+            await future
+        with self._cond:
+            self._check(ticket)
+
+    def _check(self, ticket: int) -> None:
+        if self._error is not None:
+            raise self._error
+        if self._durable < ticket:  # closed first: the run ended without this commit
+            raise asyncio.CancelledError("the run ended: this abandoned action stops here")
+
+    def close(self) -> None:
+        """At the run's end: wait for a commit in progress (the store may be closed
+        next); a caller still waiting then is told the run ended."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join()
+        with self._cond:
+            _wake([future for _, future in self._waiting])
+            self._waiting = []
+
+    def _serve(self) -> None:
+        while True:
+            with self._cond:
+                while self._durable >= self._issued and not self._closed:
+                    self._cond.wait()
+                if self._closed:
+                    return
+                target = self._issued
+            error: BaseException | None = None
+            try:
+                self._flush()  # every record put so far: at least those of the tickets
+            except BaseException as exc:  # handed to every caller it was to cover
+                error = exc
+            with self._cond:
+                self.commits += 1
+                if error is not None and self._error is None:
+                    self._error = error
+                self._durable = max(self._durable, target)
+                self._release()
+                self._cond.notify_all()
+
+    def _release(self) -> None:
+        """Wake the coroutines whose tickets are durable (the caller holds the lock)."""
+        ready = [f for t, f in self._waiting if t <= self._durable]
+        self._waiting = [(t, f) for t, f in self._waiting if t > self._durable]
+        _wake(ready)
+
+
+def _wake(futures: list[asyncio.Future[None]]) -> None:
+    """Complete ``futures`` on their event loops: one wake-up per loop, not per future."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
+    for future in futures:
+        by_loop.setdefault(future.get_loop(), []).append(future)
+    for loop, batch in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_set_done, batch)
+        except RuntimeError:  # the loop is closed: nobody waits for them any more
+            pass
+
+
+def _set_done(futures: list[asyncio.Future[None]]) -> None:
+    for future in futures:
+        if not future.done():
+            future.set_result(None)

@@ -20,17 +20,17 @@ import copy
 import signal
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from actionstate.agent import Agent
 from actionstate.checkpoint import Checkpoint, PendingInput
 from actionstate.durable.chain import ChainSettings, process_input
 from actionstate.durable.stats import RunStats
-from actionstate.durable.threads import ActionThreads, EngineLock
+from actionstate.durable.threads import ActionThreads, EngineLock, SyncCommitter
 from actionstate.errors import ConfigError, InputError
 from actionstate.memory import apply_update
-from actionstate.runners.files import JsonlSink, JsonlSource, SourceDigest
+from actionstate.runners.files import InputRecord, JsonlSink, JsonlSource, SourceDigest
 from actionstate.runners.statedir import StateDir
 from actionstate.stores.base import ActionStateStore
 
@@ -81,6 +81,7 @@ class LocalRunner:
         # The live short-term memory actions write into, per key with a worker.
         self._working: dict[str, dict[str, Any]] = {}
         self._fresh = False
+        self._reading: set[str] = set()  # keys of the lines being admitted (loaded ahead)
         self._pending: dict[tuple[str, int], tuple[Any, int]] = {}
         self._queues: dict[str, deque[tuple[int, Any]]] = {}
         self._workers: dict[str, asyncio.Task[None]] = {}
@@ -102,12 +103,18 @@ class LocalRunner:
         if own_threads:  # every input in flight may be in a blocking ``def`` action
             self.settings.threads = ActionThreads(self._concurrency)
         lock = self.settings.lock = EngineLock()  # this run's, closed when it ends
+        committer = None
+        if self.store.durability == "sync" and not self.store.url.startswith("memory://"):
+            committer = self.settings.committer = SyncCommitter(self.store.flush)
         try:
             return await self._run(started)
         finally:
             # An action abandoned on a pool thread stops at its next durable step:
             # the caller may close the store once this returns.
             lock.close()
+            if committer is not None:
+                committer.close()  # after the final checkpoint's flush: all is durable
+                self.settings.committer = None
             if own_threads:
                 assert self.settings.threads is not None
                 self.settings.threads.shutdown(wait=False)  # abandoned calls may hang
@@ -175,16 +182,33 @@ class LocalRunner:
         return None
 
     async def _admit_all(self) -> None:
-        for item in self.source.read(self._offset, self._line):
-            await self._space.acquire()
-            seq = self._load(item.key)
-            self._next_seq[item.key] = seq + 1
-            self._changed.add(item.key)
-            self._pending[(item.key, seq)] = (item.record, item.line)
-            self._offset, self._line = item.next_offset, item.line
-            self._digest.update(item.raw)
-            self._enqueue(item.key, seq, item.record)
-            await asyncio.sleep(0)  # let workers run between reads
+        for batch in _batches(self.source.read(self._offset, self._line), _READ_BATCH):
+            # One lookup for the keys of many lines (a lookup per new key would wait
+            # for the interpreter lock each time, the pool threads being busy).
+            self._reading = {item.key for item in batch}
+            self._load_many(self._reading)
+            for item in batch:
+                await self._admit(item)
+            self._reading = set()
+
+    async def _admit(self, item: InputRecord) -> None:
+        await self._space.acquire()
+        seq = self._load(item.key)
+        self._next_seq[item.key] = seq + 1
+        self._changed.add(item.key)
+        self._pending[(item.key, seq)] = (item.record, item.line)
+        self._offset, self._line = item.next_offset, item.line
+        self._digest.update(item.raw)
+        self._enqueue(item.key, seq, item.record)
+        await asyncio.sleep(0)  # let workers run between reads
+
+    def _load_many(self, keys: set[str]) -> None:
+        missing = [key for key in keys if key not in self._next_seq]
+        if not missing:
+            return
+        found = self.state_dir.key_states_of(missing)
+        for key in missing:
+            self._next_seq[key], self._committed[key] = found.get(key, (0, {}))
 
     def _load(self, key: str) -> int:
         """The next seq of ``key``, reading its checkpointed state when not held."""
@@ -301,7 +325,8 @@ class LocalRunner:
         self._fresh = False
         self._changed.clear()
         # Keys with nothing in flight are in the state dir now: let them go.
-        for key in [k for k in self._next_seq if k not in self._queues]:
+        for key in [k for k in self._next_seq
+                    if k not in self._queues and k not in self._reading]:
             del self._next_seq[key], self._committed[key]
         self.store.release(marker)
 
@@ -352,6 +377,29 @@ class LocalRunner:
             done = first_pending.get(key, self._load(key)) - 1
             if done >= 0:
                 self.store.prune(key, done)
+
+
+_READ_BATCH = 256
+"""Lines read ahead at a time, so that their keys are looked up together."""
+
+
+def _batches(items: Iterator[InputRecord], size: int) -> Iterator[list[InputRecord]]:
+    """``items`` in lists of up to ``size``; a bad line ends them after the good lines
+    before it (so those are processed before its error is raised)."""
+    batch: list[InputRecord] = []
+    error: InputError | None = None
+    try:
+        for item in items:
+            batch.append(item)
+            if len(batch) == size:
+                yield batch
+                batch = []
+    except InputError as exc:
+        error = exc
+    if batch:
+        yield batch
+    if error is not None:
+        raise error
 
 
 def _install_signals(stop: Callable[[str], None]) -> list[signal.Signals]:

@@ -140,15 +140,21 @@ class StateDir:
             return None
         row = self._read(self.checkpoint_path, lambda db: db.execute(
             "SELECT next_seq, memory FROM keys WHERE key = ?", (key,)).fetchone())
-        if row is None:
-            return None
-        next_seq = row[0]
-        if type(next_seq) is not int or next_seq < 0:
-            raise IncompatibleStateError(
-                f"checkpoint {self.checkpoint_path} holds no next seq for key {key!r} (found "
-                f"{next_seq!r}): it was changed outside actionstate; restore it or use a new "
-                "--state")
-        return next_seq, self._memory(key, row[1])
+        return None if row is None else self._key_row(key, row[0], row[1])
+
+    def key_states_of(self, keys: list[str]) -> dict[str, KeyState]:
+        """The checkpointed states of those of ``keys`` that have one (one query)."""
+        if self._db is None and not self.checkpoint_path.exists():
+            return {}
+        found: dict[str, KeyState] = {}
+        for start in range(0, len(keys), 500):
+            chunk = keys[start:start + 500]
+            rows = self._read(self.checkpoint_path, lambda db, chunk=chunk: db.execute(
+                "SELECT key, next_seq, memory FROM keys WHERE key IN "
+                f"({','.join('?' * len(chunk))})", chunk).fetchall())
+            for key, next_seq, memory in rows:
+                found[key] = self._key_row(key, next_seq, memory)
+        return found
 
     def key_states(self) -> Iterator[tuple[str, int, dict[str, Any]]]:
         """Every checkpointed key, in key order: (key, next seq, short-term memory)."""
@@ -157,7 +163,7 @@ class StateDir:
         rows = self._read(self.checkpoint_path, lambda db: db.execute(
             "SELECT key, next_seq, memory FROM keys ORDER BY key").fetchall())
         for key, next_seq, memory in rows:
-            yield key, int(next_seq), self._memory(key, memory)
+            yield (key, *self._key_row(key, next_seq, memory))
 
     def save_checkpoint(self, checkpoint: Checkpoint,
                         changed: Mapping[str, KeyState] | None = None, *,
@@ -234,6 +240,14 @@ class StateDir:
                 f"this actionstate uses {STATE_FORMAT}: use the version that wrote it"
             )
         return Checkpoint.from_json(data, str(path))
+
+    def _key_row(self, key: str, next_seq: Any, memory: str) -> KeyState:
+        if type(next_seq) is not int or next_seq < 0:
+            raise IncompatibleStateError(
+                f"checkpoint {self.checkpoint_path} holds no next seq for key {key!r} (found "
+                f"{next_seq!r}): it was changed outside actionstate; restore it or use a new "
+                "--state")
+        return next_seq, self._memory(key, memory)
 
     def _memory(self, key: str, text: str) -> dict[str, Any]:
         try:

@@ -49,6 +49,8 @@ class Request:
 
 
 class _Server(ThreadingHTTPServer):
+    request_queue_size = 1024  # listen backlog: many clients connect at once (default 5)
+
     def handle_error(self, request: Any, client_address: Any) -> None:
         if isinstance(sys.exc_info()[1], ConnectionError):
             return  # the client is gone (a test killed it mid-call): nothing to report
