@@ -198,60 +198,65 @@ def test_an_action_abandoned_on_its_thread_does_not_touch_the_store_after_the_ru
     assert server.succeeded["ticket 0"] == 1
 
 
-def test_calls_waiting_during_a_commit_share_the_next_one() -> None:
-    entered, release = threading.Event(), threading.Event()
+def test_calls_put_before_a_commit_share_it() -> None:
     flushed: list[int] = []
 
-    def flush() -> None:
-        flushed.append(len(flushed))
-        if len(flushed) == 1:  # the first commit waits for the test
-            entered.set()
-            assert release.wait(30)
+    async def main() -> list[BaseException | None]:
+        committer = SyncCommitter(lambda: flushed.append(1), asyncio.get_running_loop())
+        tickets = [committer.ticket() for _ in range(8)]  # before the loop runs the commit
+        errors: list[BaseException | None] = []
 
-    committer = SyncCommitter(flush)
-    first = committer.ticket()
-    waiters = [threading.Thread(target=committer.wait, args=(first,))]
-    waiters[0].start()
-    assert entered.wait(30), "the first record's commit began"
-    later = [committer.ticket() for _ in range(7)]
-    waiters += [threading.Thread(target=committer.wait, args=(t,)) for t in later]
-    for thread in waiters[1:]:
+        def wait_on_a_thread() -> None:  # as a ``def`` action does
+            try:
+                committer.wait(tickets[-1])
+                errors.append(None)
+            except BaseException as exc:
+                errors.append(exc)
+
+        thread = threading.Thread(target=wait_on_a_thread)
         thread.start()
-    release.set()
-    for thread in waiters:
-        thread.join(30)
-    assert not any(thread.is_alive() for thread in waiters)
-    assert committer.commits == 2, "seven calls, one commit"
-    committer.close()
+        await asyncio.gather(*(committer.wait_async(t) for t in tickets[:-1]))
+        await asyncio.to_thread(thread.join, 30)
+        assert committer.commits == 1
+        committer.close()
+        return errors
+
+    assert asyncio.run(main()) == [None], "the thread's call was covered too"
+    assert flushed == [1], "eight calls, one commit"
 
 
 def test_a_failed_commit_fails_every_call_it_covered_and_later_ones() -> None:
     def flush() -> None:
         raise StoreError("cannot write to the store: disk full")
 
-    committer = SyncCommitter(flush)
-    with pytest.raises(StoreError, match="disk full"):
-        committer.wait(committer.ticket())
-    with pytest.raises(StoreError, match="disk full"):
-        asyncio.run(committer.wait_async(committer.ticket()))
-    committer.close()
+    async def main() -> None:
+        committer = SyncCommitter(flush, asyncio.get_running_loop())
+        for _ in range(2):
+            with pytest.raises(StoreError, match="disk full"):
+                await committer.wait_async(committer.ticket())
+        committer.close()
+
+    asyncio.run(main())
 
 
 def test_a_call_still_waiting_when_the_run_ends_is_told_so() -> None:
-    hold = threading.Event()
-    committer = SyncCommitter(lambda: None if hold.wait(30) else None)
-    ticket = committer.ticket()
-    errors: list[BaseException] = []
+    async def main() -> list[BaseException]:
+        committer = SyncCommitter(lambda: None, asyncio.get_running_loop())
+        ticket = committer.ticket()
+        errors: list[BaseException] = []
 
-    def wait() -> None:
-        try:
-            committer.wait(ticket + 1)  # a ticket no commit will cover
-        except BaseException as exc:
-            errors.append(exc)
+        def wait() -> None:
+            try:
+                committer.wait(ticket + 1)  # a ticket no commit will cover
+            except BaseException as exc:
+                errors.append(exc)
 
-    thread = threading.Thread(target=wait)
-    thread.start()
-    hold.set()
-    committer.close()
-    thread.join(30)
+        thread = threading.Thread(target=wait)
+        thread.start()
+        await committer.wait_async(ticket)
+        committer.close()
+        await asyncio.to_thread(thread.join, 30)
+        return errors
+
+    errors = asyncio.run(main())
     assert len(errors) == 1 and isinstance(errors[0], asyncio.CancelledError)

@@ -105,7 +105,8 @@ class LocalRunner:
         lock = self.settings.lock = EngineLock()  # this run's, closed when it ends
         committer = None
         if self.store.durability == "sync" and not self.store.url.startswith("memory://"):
-            committer = self.settings.committer = SyncCommitter(self.store.flush)
+            committer = self.settings.committer = SyncCommitter(self.store.flush,
+                                                                asyncio.get_running_loop())
         try:
             return await self._run(started)
         finally:
