@@ -39,6 +39,23 @@ def refund(order_id: str, amount: float, idempotency_key: str) -> dict[str, Any]
     return {"order": order_id, "refunded": amount}
 
 
+def _issued(idempotency_key: str) -> bool:
+    """Whether the refund with this key happened (what a payments API lets one ask)."""
+    directory = os.environ.get("ACTIONSTATE_DEMO_DIR")
+    path = os.path.join(directory, "calls.jsonl") if directory else ""
+    if not path or not os.path.exists(path):
+        return False
+    with open(path, encoding="utf-8") as f:
+        return any(json.loads(line).get("call_id") == idempotency_key
+                   for line in f if line.strip())
+
+
+def _reconcile(event: Assessed, idempotency_key: str) -> dict[str, Any]:
+    if _issued(idempotency_key):
+        return {"order": event.order_id, "refunded": event.amount}
+    return refund(event.order_id, event.amount, idempotency_key)
+
+
 class Assessed(Event):
     order_id: str
     label: str
@@ -58,9 +75,12 @@ class OrderDesk(Agent):
     def settle(self, event: Assessed, ctx: RunnerContext) -> None:
         outcome: dict[str, Any] = {"order_id": event.order_id, "label": event.label}
         if event.label == "refund":
+            # After a crash between the PENDING record and the refund's own record,
+            # the reconciler looks the refund up by its key; if it never happened, it
+            # issues it now.
             outcome["refund"] = ctx.durable_execute(
                 refund, event.order_id, event.amount,
-                reconciler=lambda: {"order": event.order_id, "refunded": event.amount})
+                reconciler=lambda: _reconcile(event, ctx.call_id or ""))
         count = ctx.short_term_memory.get("orders", 0) + 1
         ctx.short_term_memory.set("orders", count)
         outcome["customer_orders"] = count
