@@ -2,7 +2,8 @@
 
 The same number of inputs spread over 64, 10,000, 100,000 and 1,000,000
 distinct keys (1,000,000 inputs; ``--inputs=N`` caps both the inputs and the
-key counts at N; ``--quick``: 20,000 inputs over 64, 1,000 and 20,000 keys).
+key counts at N; ``--keys=64,1000000`` picks the key counts; ``--quick``:
+20,000 inputs over 64, 1,000 and 20,000 keys).
 The agent has one action: one ``ctx.durable_execute`` of a no-op and a 1 KB
 string written to the key's short-term memory, then one output.
 LocalRunner in process, sqlite:// ``group`` durability, concurrency 64,
@@ -89,13 +90,16 @@ def run(work: Path, inputs: Path, interval: float) -> tuple[float, int, TimedSta
 
 def main() -> None:
     cap = [a for a in sys.argv if a.startswith("--inputs=")]
-    sys.argv = [a for a in sys.argv if not a.startswith("--inputs=")]
+    only = [a for a in sys.argv if a.startswith("--keys=")]
+    sys.argv = [a for a in sys.argv if not a.startswith(("--inputs=", "--keys="))]
     args = parse_args(__doc__.splitlines()[0])
     n, counts = (20_000, [64, 1_000, 20_000]) if args.quick else (
         1_000_000, [64, 10_000, 100_000, 1_000_000])
     if cap:
         n = int(cap[0].split("=", 1)[1])
         counts = sorted({min(c, n) for c in counts})
+    if only:
+        counts = [int(c) for c in only[0].split("=", 1)[1].split(",")]
     more = 2_000
     rows = []
     base_rate = 0.0
