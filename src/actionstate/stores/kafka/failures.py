@@ -18,11 +18,13 @@ _SETTLING = frozenset({
     KafkaError.OFFSET_NOT_AVAILABLE, KafkaError.REPLICA_NOT_AVAILABLE,
     KafkaError.BROKER_NOT_AVAILABLE, KafkaError.NOT_ENOUGH_REPLICAS,
     KafkaError._UNKNOWN_PARTITION, KafkaError._UNKNOWN_TOPIC, KafkaError._TIMED_OUT,
-    KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN,
+    KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._NOENT,
 })
 """Errors that pass: a topic whose partitions are still getting leaders (just created;
 e.g. "Leader epoch is newer than broker epoch" while the broker catches up with the
-new leader epoch), a busy controller, a broker connection being re-established.
+new leader epoch; the admin client's ListOffsets says "Failed to query partition
+leaders: No leaders found", a local _NOENT, right after a broker restart), a busy
+controller, a broker connection being re-established.
 They are retried until the connect timeout."""
 
 _UNREACHABLE = frozenset({KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN,
