@@ -7,9 +7,6 @@ input's queue in process (the feedback channel); OutputEvents are returned.
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
-import functools
 import inspect
 from collections import deque
 from concurrent.futures import Executor
@@ -19,7 +16,7 @@ from typing import Any
 from actionstate.agent import Agent
 from actionstate.durable.execution import ActionContext, DivergencePolicy
 from actionstate.durable.stats import RunStats
-from actionstate.durable.threads import EngineLock, SyncCommitter
+from actionstate.durable.threads import EngineLock, SyncCommitter, in_thread
 from actionstate.errors import ActionFailedError
 from actionstate.eventlog import EventLogger
 from actionstate.events import Event, InputEvent, OutputEvent
@@ -132,8 +129,7 @@ async def _run_action(method: Any, event: Event, ctx: ActionContext,
     if threads is None or inspect.iscoroutinefunction(method):
         result = method(event, ctx)
     else:
-        call = functools.partial(contextvars.copy_context().run, method, event, ctx)
-        result = await asyncio.get_running_loop().run_in_executor(threads, call)
+        result = await in_thread(threads, method, event, ctx)
     if inspect.isawaitable(result):
         await result
 

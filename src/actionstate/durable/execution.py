@@ -10,7 +10,6 @@ by the configured :data:`DivergencePolicy`.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import functools
 import hashlib
 import inspect
@@ -25,7 +24,7 @@ from typing import Any, Literal, TypeVar, cast, get_args
 
 from actionstate.context import RunnerContext
 from actionstate.durable.stats import RunStats
-from actionstate.durable.threads import SyncCommitter
+from actionstate.durable.threads import SyncCommitter, in_thread
 from actionstate.errors import (
     ActionStateError,
     ConfigError,
@@ -242,15 +241,12 @@ class ActionContext(RunnerContext):
         if target is None:
             return step.replayed
         policy = retry or self._retry
-        loop = asyncio.get_running_loop()
         for attempt in itertools.count(1):
             with _Attempt(self, step, policy, attempt) as tried:
                 if inspect.iscoroutinefunction(target):
                     result = await target(*args, **kwargs)
                 else:  # blocking: on a pool thread, with this call's context
-                    call = functools.partial(contextvars.copy_context().run, target,
-                                             *args, **kwargs)
-                    result = await loop.run_in_executor(self._threads, call)
+                    result = await in_thread(self._threads, target, *args, **kwargs)
                     if inspect.isawaitable(result):
                         result = await result
             if tried.wait is None:

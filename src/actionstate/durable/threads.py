@@ -15,13 +15,15 @@ a thread stops at its next durable step instead of using a closed store.
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import queue
 import threading
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from typing import Any
 
-__all__ = ["ActionThreads", "EngineLock", "SyncCommitter"]
+__all__ = ["ActionThreads", "EngineLock", "SyncCommitter", "in_thread"]
 
 _Work = tuple[Future[Any], Callable[..., Any], tuple[Any, ...], dict[str, Any]]
 
@@ -92,6 +94,17 @@ class ActionThreads(Executor):
                 thread.join()
 
 
+async def in_thread(threads: Executor | None, fn: Callable[..., Any], *args: Any,
+                    **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)`` on ``threads`` (the loop's default executor if None), with the
+    caller's context variables (the running call), awaited without blocking the loop."""
+    call = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
+    return await asyncio.get_running_loop().run_in_executor(threads, call)
+
+
+_RUN_ENDED = "the run ended: this abandoned action stops here"
+
+
 class EngineLock:
     """The lock every use of one run's engine holds (re-entrant); closed at the run's
     end, after which entering it raises :class:`asyncio.CancelledError`."""
@@ -104,7 +117,7 @@ class EngineLock:
         self._lock.acquire()
         if self._closed:
             self._lock.release()
-            raise asyncio.CancelledError("the run ended: this abandoned action stops here")
+            raise asyncio.CancelledError(_RUN_ENDED)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -185,7 +198,7 @@ class SyncCommitter:
         if self._error is not None:
             raise self._error
         if self._durable < ticket:  # closed first: the run ended without this commit
-            raise asyncio.CancelledError("the run ended: this abandoned action stops here")
+            raise asyncio.CancelledError(_RUN_ENDED)
 
     def close(self) -> None:
         """At the run's end (on the loop's thread): no more commits; a caller still

@@ -215,9 +215,8 @@ class LocalRunner:
         """The next seq of ``key``, reading its checkpointed state when not held."""
         next_seq = self._next_seq.get(key)
         if next_seq is None:
-            found = self.state_dir.key_state(key)
-            next_seq, memory = found if found is not None else (0, {})
-            self._next_seq[key], self._committed[key] = next_seq, memory
+            self._load_many({key})
+            next_seq = self._next_seq[key]
         return next_seq
 
     def _enqueue(self, key: str, seq: int, record: Any) -> None:

@@ -136,11 +136,7 @@ class StateDir:
 
     def key_state(self, key: str) -> KeyState | None:
         """The checkpointed state of ``key``, or None for a key never checkpointed."""
-        if self._db is None and not self.checkpoint_path.exists():
-            return None
-        row = self._read(self.checkpoint_path, lambda db: db.execute(
-            "SELECT next_seq, memory FROM keys WHERE key = ?", (key,)).fetchone())
-        return None if row is None else self._key_row(key, row[0], row[1])
+        return self.key_states_of([key]).get(key)
 
     def key_states_of(self, keys: list[str]) -> dict[str, KeyState]:
         """The checkpointed states of those of ``keys`` that have one (one query)."""
