@@ -7,6 +7,7 @@ The tree::
     ├── ActionFailedError         an action raised (its recorded calls are kept)
     ├── AgentDefinitionError      an agent or event class that cannot work
     ├── InputError                an input record that cannot be processed
+    ├── ConnectorError            a source or sink that cannot be reached or used
     ├── StoreError                a store that cannot be reached or used
     │   ├── CorruptRecordError    a stored record that cannot be decoded
     │   ├── StateLockedError      a state dir held by another live run
@@ -26,6 +27,7 @@ __all__ = [
     "ActionStateError",
     "AgentDefinitionError",
     "ConfigError",
+    "ConnectorError",
     "CorruptRecordError",
     "FencedError",
     "IncompatibleStateError",
@@ -63,6 +65,10 @@ class AgentDefinitionError(ActionStateError):
 
 class InputError(ActionStateError):
     """An input record cannot be decoded or has no usable key."""
+
+
+class ConnectorError(ActionStateError):
+    """A source or sink (an input or output topic, ...) cannot be reached or used."""
 
 
 class StoreError(ActionStateError):
