@@ -148,8 +148,8 @@ def run_local(agent: Any, inputs: Path, work: Path, *, durability: Durability = 
               checkpoint_interval: float = 1.0, state: Any = None) -> tuple[float, Any]:
     """One LocalRunner run of ``agent`` over ``inputs`` (key field ``k``) in ``work``,
     as ``actionstate run`` does; returns (wall seconds, RunStats)."""
+    from actionstate.connectors.files import JsonlSink, JsonlSource
     from actionstate.durable.chain import ChainSettings
-    from actionstate.runners.files import JsonlSink, JsonlSource
     from actionstate.runners.local import LocalRunner
     from actionstate.runners.statedir import StateDir
     from actionstate.stores import open_store

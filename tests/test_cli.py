@@ -20,6 +20,9 @@ from actionstate.testing.crash import command, make_tickets
 from actionstate.testing.services import CHECKOUT
 from tests.agents.counter import AGENT, input_line
 
+_FILE_IN = {"path": "in", "offset": 0, "line": 0}
+_FILE_OUT = {"path": "out", "offset": 0}
+
 
 def test_malformed_line_is_named_and_a_rerun_after_the_fix_repeats_nothing(
         tmp_path: Path) -> None:
@@ -98,8 +101,8 @@ def test_corrupted_store_record_is_named_on_restore(tmp_path: Path) -> None:
     checkpoint = Checkpoint(
         job="counter:Counter", marker=Marker("ns", {0: 0}, {0: 0}),
         store=f"sqlite://{state / 'state.db'}",
-        source_path=str((tmp_path / "in.jsonl").resolve()),
-        sink_path=str((tmp_path / "out.jsonl").resolve()))
+        source={"path": str((tmp_path / "in.jsonl").resolve()), "offset": 0, "line": 0},
+        sink={"path": str((tmp_path / "out.jsonl").resolve()), "offset": 0})
     StateDir(state).save_checkpoint(checkpoint)
     (tmp_path / "out.jsonl").write_text("")
     db = sqlite3.connect(state / "state.db")
@@ -223,7 +226,7 @@ def test_inspect_reads_the_agent_s_own_events_when_given_the_agent(tmp_path: Pat
     store.put(CompleteRecord(key, InputEvent(input={"id": "T1"}), (event_cls(
         ticket_id="T1", customer="c1", label="refund", confidence=90, amount=5.0),), ()))
     state.save_checkpoint(Checkpoint(job="triage:Triage", marker=store.recovery_marker(),
-                                     store=store.url, source_path="in", sink_path="out"))
+                                     store=store.url, source=_FILE_IN, sink=_FILE_OUT))
     store.close()
     bare = actionstate("inspect", "--state", str(tmp_path / "state"))
     assert_clean_error(bare, "unknown event type", "--agent path/to/file.py:Class")

@@ -343,20 +343,22 @@ def test_a_checkpoint_that_is_a_directory_is_named(tmp_path: Path) -> None:
              "new --state")
 
 
-def test_checkpoint_reads_versions_1_and_2_and_writes_version_3() -> None:
+def test_checkpoint_reads_versions_1_to_3_and_writes_version_4() -> None:
     checkpoint = Checkpoint(job="j", marker=Marker("ns", {0: 3}, {0: 1}), store="memory://",
-                            source_path="/in", sink_path="/out", source_offset=10,
-                            source_line=2, source_sha256="ab" * 32)
+                            source={"path": "/in", "offset": 10, "line": 2,
+                                    "sha256": "ab" * 32},
+                            sink={"path": "/out", "offset": 0})
     data = checkpoint.to_json()
-    assert data["version"] == 3 and data["source"]["sha256"] == "ab" * 32
+    assert data["version"] == 4 and data["source"]["sha256"] == "ab" * 32
     assert "next_seq" not in data and "short_term" not in data, "kept per key, beside it"
-    assert Checkpoint.from_json(data, "x").source_sha256 == "ab" * 32
+    assert Checkpoint.from_json(data, "x").source["sha256"] == "ab" * 32
+    assert Checkpoint.from_json({**data, "version": 3}, "x").source == checkpoint.source
     version_1 = {"job": "j", "marker": {"namespace": "ns", "offsets": {"0": 3}, "epoch": 1},
                  "source": {"path": "/in", "offset": 10, "line": 2},
                  "sink": {"path": "/out", "offset": 0}, "next_seq": {"k": 2},
                  "short_term": {"k": {"n": 1}}, "pending": []}
     read = Checkpoint.from_json(version_1, "x")
-    assert read.source_sha256 is None and read.source_offset == 10
+    assert "sha256" not in read.source and read.source["offset"] == 10
     assert read.marker.fences == {0: 1}
     assert read.next_seq == {"k": 2} and read.short_term == {"k": {"n": 1}}
     version_2 = {**version_1, "version": 2, "next_seq": {"k0": "x"}}

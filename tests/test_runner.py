@@ -11,9 +11,9 @@ import pytest
 
 from actionstate import Agent, InputEvent, OutputEvent, RunnerContext, action
 from actionstate.checkpoint import Checkpoint
+from actionstate.connectors.files import JsonlSink, JsonlSource
 from actionstate.durable.chain import ChainSettings
 from actionstate.durable.stats import RunStats
-from actionstate.runners.files import JsonlSink, JsonlSource
 from actionstate.runners.local import LocalRunner
 from actionstate.runners.statedir import StateDir
 from actionstate.stores import Durability, open_store
@@ -124,7 +124,7 @@ def test_group_mode_holds_outputs_until_their_records_are_durable(tmp_path: Path
     assert stats.outputs == 300
     checkpoint = StateDir(tmp_path / "state").load_checkpoint()
     assert checkpoint is not None
-    assert checkpoint.pending == [] and checkpoint.sink_offset == (
+    assert checkpoint.pending == [] and checkpoint.sink["offset"] == (
         tmp_path / "out.jsonl").stat().st_size
 
 

@@ -19,12 +19,12 @@ from typing import Any
 import pytest
 
 from actionstate import Agent, InputEvent, OutputEvent, RunnerContext, action
+from actionstate.connectors.files import JsonlSink, JsonlSource
 from actionstate.durable.chain import ChainSettings
 from actionstate.durable.stats import RunStats
 from actionstate.durable.threads import ActionThreads, SyncCommitter
 from actionstate.errors import ActionFailedError, StoreError
 from actionstate.llm import OpenAICompatibleModel
-from actionstate.runners.files import JsonlSink, JsonlSource
 from actionstate.runners.local import LocalRunner
 from actionstate.runners.statedir import StateDir
 from actionstate.stores import open_store

@@ -393,7 +393,8 @@ def test_checkpointed_memory_keeps_its_types(tmp_path: Path) -> None:
     memory = {"pair": (1, "a"), "by_id": {1: "x", (2, 3): {4}}, "tagged": {"__as__": 1}}
     state = StateDir(tmp_path / "state")
     state.save_checkpoint(Checkpoint(job="j", marker=Marker("ns", {0: 1}, {0: 1}), store="",
-                                     source_path="in", sink_path="out"), {"k": (3, memory)})
+                                     source={"path": "in", "offset": 0, "line": 0},
+                                     sink={"path": "out", "offset": 0}), {"k": (3, memory)})
     assert state.load_checkpoint() is not None
     again = StateDir(tmp_path / "state")  # as a restart reads it
     assert again.key_state("k") == (3, memory) and again.key_state("other") is None

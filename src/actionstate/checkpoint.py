@@ -6,14 +6,16 @@ in each partition a rebuild starts, and the fence in force there. A
 sink positions, per-key sequence numbers and short-term memory (as of each
 key's last completed input), and the inputs in flight.
 
-Both are plain JSON. ``version`` 3 is written: the per-key state is not in it
+Both are plain JSON. ``version`` 4 is written: the per-key state is not in it
 but in rows beside it (see :class:`~actionstate.runners.statedir.StateDir`), so
-that a checkpoint costs what changed, not every key ever seen. Versions 1 (the
-first release's dicts, whose marker had one ``epoch`` for every partition) and
-2 (with ``next_seq`` and ``short_term`` inline) are read.
-``source.sha256`` (the SHA-256 of the input's bytes before ``source.offset``) is
-optional: a checkpoint without it (version 1, or written before it existed)
-restores without checking that the input is unchanged.
+that a checkpoint costs what changed, not every key ever seen; the source and
+sink positions are what the source and sink say (a file's, a Kafka topic's...).
+Versions 1 (the first release's dicts, whose marker had one ``epoch`` for every
+partition), 2 (with ``next_seq`` and ``short_term`` inline) and 3 (file
+positions only) are read. A file source's ``sha256`` (the SHA-256 of the
+input's bytes before its offset) is optional: a checkpoint without it (version
+1, or written before it existed) restores without checking that the input is
+unchanged.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from actionstate.errors import ConfigError, IncompatibleStateError
 
 __all__ = ["CHECKPOINT_VERSION", "Checkpoint", "Marker", "PendingInput"]
 
-CHECKPOINT_VERSION = 3
+CHECKPOINT_VERSION = 4
 
 
 @dataclass(frozen=True)
@@ -87,13 +89,13 @@ class Checkpoint:
     job: str
     marker: Marker
     store: str
-    source_path: str
-    sink_path: str
-    source_offset: int = 0
-    source_line: int = 0
-    source_sha256: str | None = None
-    """Hex SHA-256 of the input's bytes before ``source_offset`` (None: not known)."""
-    sink_offset: int = 0
+    source: dict[str, Any]
+    """The source's position (:meth:`~actionstate.connectors.base.Source.state`). A
+    file's is ``{"path", "offset", "line"[, "sha256"]}`` (the SHA-256 of the input's
+    bytes before ``offset``; None: not known); another source's names its ``kind``."""
+    sink: dict[str, Any]
+    """The sink's prepared state (:meth:`~actionstate.connectors.base.Sink.prepare`).
+    A file's is ``{"path", "offset"}``; another sink's names its ``kind``."""
     next_seq: dict[str, int] = field(default_factory=dict)
     """Read from a version 1 or 2 checkpoint only (later ones keep it per key, beside)."""
     short_term: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -102,49 +104,52 @@ class Checkpoint:
     epoch: int = 0
     stats: dict[str, int] = field(default_factory=dict)
     time: float = field(default_factory=time.time)
+    dead_letter: dict[str, Any] | None = None
+    """The dead-letter sink's prepared state, when the run has one."""
 
     def to_json(self) -> dict[str, Any]:
-        source: dict[str, Any] = {"path": self.source_path, "offset": self.source_offset,
-                                  "line": self.source_line}
-        if self.source_sha256 is not None:
-            source["sha256"] = self.source_sha256
-        return {
+        data = {
             "version": CHECKPOINT_VERSION, "job": self.job, "time": self.time,
-            "source": source,
-            "sink": {"path": self.sink_path, "offset": self.sink_offset},
+            "source": self.source, "sink": self.sink,
             "pending": [[p.key, p.seq, p.record, p.line] for p in self.pending],
             "store": self.store, "marker": self.marker.to_json(), "epoch": self.epoch,
             "stats": self.stats,
         }
+        if self.dead_letter is not None:
+            data["dead_letter"] = self.dead_letter
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any], where: str) -> Checkpoint:
-        """Read a checkpoint of version 1, 2 or 3; ``where`` names it in errors.
+        """Read a checkpoint of version 1 to 4; ``where`` names it in errors.
 
         Every field is checked for its type (a count is a non-negative integer, not
         a bool or a string): a field that is missing or of the wrong type raises
         :class:`IncompatibleStateError` naming the checkpoint and the field.
         """
         version = data.get("version", 1)
-        if version not in (1, 2, CHECKPOINT_VERSION) or isinstance(version, bool):
+        if version not in (1, 2, 3, CHECKPOINT_VERSION) or isinstance(version, bool):
             raise IncompatibleStateError(
                 f"checkpoint {where} has version {version!r}, this actionstate reads 1 to "
                 f"{CHECKPOINT_VERSION}: use the version that wrote it")
         inline = version < 3  # per-key state inside the checkpoint itself
         read = _Fields(data, where)
         source, sink = read.obj("source"), read.obj("sink")
-        digest = source.get("sha256")
-        if digest is not None and not _is_sha256(digest):
-            read.bad("source.sha256", "a hex SHA-256")
+        if "kind" not in source.data:  # a file: checked here, the rest by their sources
+            source.text("path"), source.count("offset"), source.count("line")
+            digest = source.get("sha256")
+            if digest is not None and not _is_sha256(digest):
+                read.bad("source.sha256", "a hex SHA-256")
+        if "kind" not in sink.data:
+            sink.text("path"), sink.count("offset")
+        dead_letter = read.obj("dead_letter").data if "dead_letter" in data else None
         try:
             marker = Marker.from_json(read.obj("marker").data)
         except ConfigError:
             read.bad("marker", "a recovery marker")
         return cls(
             job=read.text("job"), marker=marker, store=read.text("store", ""),
-            source_path=source.text("path"), source_offset=source.count("offset"),
-            source_line=source.count("line"), source_sha256=digest,
-            sink_path=sink.text("path"), sink_offset=sink.count("offset"),
+            source=source.data, sink=sink.data, dead_letter=dead_letter,
             next_seq=read.counts("next_seq") if inline else {},
             short_term={key: read.obj("short_term").obj(key).data
                         for key in read.obj("short_term").data} if inline else {},

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-from actionstate.durable.chain import ChainSettings
+from actionstate.api import run_async
 from actionstate.durable.execution import POLICIES
 from actionstate.durable.stats import RunStats
 from actionstate.errors import (
@@ -20,13 +20,9 @@ from actionstate.errors import (
     AgentDefinitionError,
     ConfigError,
 )
-from actionstate.eventlog import LEVELS, EventLogger
+from actionstate.eventlog import LEVELS
 from actionstate.loader import load_agent_class
 from actionstate.retry import RetryPolicy
-from actionstate.runners.files import JsonlSink, JsonlSource
-from actionstate.runners.local import LocalRunner
-from actionstate.runners.statedir import StateDir
-from actionstate.stores import open_store, url_from_options
 from actionstate.stores.base import DURABILITIES
 
 __all__ = ["main"]
@@ -60,12 +56,24 @@ def _parser() -> argparse.ArgumentParser:
                         version=f"actionstate {_version()}")
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
-    run = sub.add_parser("run", help="run an agent over a JSONL file, resuming after a crash")
+    run = sub.add_parser("run", help="run an agent over a JSONL file or a Kafka topic, "
+                         "resuming after a crash")
     run.add_argument("agent", help="path/to/file.py:AgentClass or package.module:AgentClass")
-    run.add_argument("--input", required=True, help="JSONL input file, one record per line")
-    run.add_argument("--key", required=True, help="record field that partitions the inputs")
+    run.add_argument("--input", required=True, metavar="FILE|URL",
+                     help="JSONL input file (one record per line) or kafka://host:port/topic "
+                     "(every partition; ?partitions=0,1 for some)")
+    run.add_argument("--key", required=True, metavar="FIELD",
+                     help="record field that partitions the inputs (@key: a Kafka message's "
+                     "own key)")
     run.add_argument("--state", required=True, help="state directory (checkpoint, lock, store)")
-    run.add_argument("--output", required=True, help="JSONL output file (exactly once)")
+    run.add_argument("--output", required=True, metavar="FILE|URL",
+                     help="JSONL output file or kafka://host:port/topic (exactly once)")
+    run.add_argument("--until-end", action="store_true",
+                     help="a Kafka input: stop at the end offsets the topic has when the run "
+                     "starts (default: run until SIGTERM or Ctrl-C)")
+    run.add_argument("--dead-letter", metavar="FILE|URL",
+                     help="send input records that cannot be inputs (not JSON, no key) here, "
+                     "with what was wrong, instead of stopping the run")
     run.add_argument("--store",
                      help="store URL (default: sqlite inside --state; memory:// for none)")
     run.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",
@@ -106,38 +114,23 @@ def _parser() -> argparse.ArgumentParser:
 
 def _run(args: argparse.Namespace) -> int:
     agent_cls = load_agent_class(args.agent)
-    state_dir = StateDir(args.state)
-    state_dir.lock()
-    source = JsonlSource(args.input, args.key)
-    options = _options(args.option)
-    url = args.store or (url_from_options(options) if "actionStateStoreBackend" in options
-                         else state_dir.default_store_url)
-    store = open_store(url, durability=args.durability, **options)
-    sink = JsonlSink(args.output)
-    event_log = EventLogger(args.event_log, args.event_log_level)
-    job = args.job or _default_job(args.agent)
     if args.max_retries < 0 or args.retry_wait_interval < 0:
         raise ConfigError("--max-retries and --retry-wait-interval must not be negative")
     retry = RetryPolicy(max_attempts=args.max_retries + 1,
                         initial_interval=args.retry_wait_interval)
-    settings = ChainSettings(job=job, policy=args.divergence, retry=retry, event_log=event_log)
     progress = None if args.quiet else _Progress(sys.stderr)
-    runner = LocalRunner(
-        agent_cls(), source=source, sink=sink, store=store, state_dir=state_dir,
-        settings=settings, concurrency=args.concurrency,
-        checkpoint_interval=args.checkpoint_interval, progress=progress)
-    try:
-        stats = asyncio.run(runner.run())
-    finally:
-        event_log.close()
-        sink.close()
-        store.close()
-        state_dir.unlock()
+    stats = asyncio.run(run_async(
+        agent_cls, source=args.input, sink=args.output, key=args.key, state=args.state,
+        store=args.store, store_options=_options(args.option), durability=args.durability,
+        checkpoint_interval=args.checkpoint_interval, concurrency=args.concurrency,
+        event_log=args.event_log, event_log_level=args.event_log_level,
+        divergence=args.divergence, retry=retry, job=args.job or _default_job(args.agent),
+        until_end=args.until_end, dead_letter=args.dead_letter, progress=progress))
     if progress is not None:
         progress.finish()
-    if runner.stopped_by is not None:
-        print(f"stopped by {runner.stopped_by} after {stats.inputs} inputs; checkpoint "
-              f"written to {state_dir.path}: run the same command to resume", file=sys.stderr)
+    if stats.stopped_by is not None:
+        print(f"stopped by {stats.stopped_by} after {stats.inputs} inputs; checkpoint "
+              f"written to {args.state}: run the same command to resume", file=sys.stderr)
     return 0
 
 

@@ -26,9 +26,8 @@ def describe_state(path: Path, key: str | None = None) -> dict[str, Any]:
         return report
     report["checkpoint"] = {
         "time": checkpoint.time, "store": checkpoint.store, "epoch": checkpoint.epoch,
-        "source": {"path": checkpoint.source_path, "offset": checkpoint.source_offset,
-                   "line": checkpoint.source_line},
-        "sink": {"path": checkpoint.sink_path, "offset": checkpoint.sink_offset},
+        "source": checkpoint.source,
+        "sink": {k: v for k, v in checkpoint.sink.items() if k != "records"},
         "inputs_in_flight": len(checkpoint.pending), "stats": checkpoint.stats,
     }
     states = _states(checkpoint)
@@ -84,8 +83,7 @@ def render_text(report: dict[str, Any]) -> str:
     stats = ckpt["stats"]
     lines += [
         f"last checkpoint: {ckpt['time']:.3f} (epoch {ckpt['epoch']}), store {ckpt['store']}",
-        f"  input {ckpt['source']['path']} at line {ckpt['source']['line']}, "
-        f"output {ckpt['sink']['path']} at byte {ckpt['sink']['offset']}",
+        f"  input {_position(ckpt['source'])}, output {_position(ckpt['sink'])}",
         f"  {ckpt['inputs_in_flight']} inputs in flight; counters: "
         + ", ".join(f"{k}={v}" for k, v in stats.items()),
         f"keys: {len(report['keys'])}",
@@ -101,3 +99,19 @@ def render_text(report: dict[str, Any]) -> str:
                 lines.append(f"      call {call['position']}: {call['function']} "
                              f"{call['status']} {call['size']} bytes")
     return "\n".join(lines)
+
+
+def _position(state: dict[str, Any]) -> str:
+    """Where a source or sink was at the checkpoint, in words."""
+    kind = state.get("kind")
+    if kind is None:  # a file
+        if "line" in state:
+            return f"{state['path']} at line {state['line']}"
+        return f"{state['path']} at byte {state['offset']}"
+    if kind == "kafka":
+        where = f"kafka://{state.get('servers')}/{state.get('topic')}"
+        if "offsets" in state:
+            offsets = ", ".join(f"{p}:{o}" for p, o in sorted(state["offsets"].items()))
+            return f"{where} at offsets {{{offsets}}}"
+        return f"{where} (transaction {state.get('txn')})"
+    return f"{kind} {({k: v for k, v in state.items() if k != 'kind'})}"

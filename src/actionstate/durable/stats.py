@@ -20,3 +20,11 @@ class RunStats:
     calls_truncated: int = 0
     actions_run: int = 0
     actions_skipped: int = 0
+    dead_letters: int = 0
+    """Input records that could not be inputs, sent to the dead-letter sink."""
+    stopped_by: str | None = None
+    """The signal that stopped the run early (``"SIGTERM"``, ``"SIGINT"``), or None."""
+
+    def counters(self) -> dict[str, int]:
+        """The counters (what a checkpoint keeps)."""
+        return {name: value for name, value in vars(self).items() if isinstance(value, int)}

@@ -1,11 +1,13 @@
 """LocalRunner: one process, asyncio, many keys in flight, strict order per key.
 
-Reads a JSONL file, runs each input's chain of actions through
-:func:`~actionstate.durable.chain.process_input`, writes outputs to a JSONL
-file, and checkpoints periodically (source position, per-key seq counters and
-short-term memory, inputs in flight, sink position, store marker). On start it
-restores the last checkpoint: the sink is cut back to the checkpoint, inputs
-in flight are run again, and their recorded work is replayed, not redone.
+Reads inputs from a :class:`~actionstate.connectors.base.Source` (a JSONL file,
+a Kafka topic, an iterable), runs each input's chain of actions through
+:func:`~actionstate.durable.chain.process_input`, writes outputs to a
+:class:`~actionstate.connectors.base.Sink`, and checkpoints periodically (source
+position, per-key seq counters and short-term memory, inputs in flight, the
+sink's prepared state, store marker; then the sink commits). On start it
+restores the last checkpoint: the sink goes back to the checkpoint, inputs in
+flight are run again, and their recorded work is replayed, not redone.
 
 Per-key state is held in memory only for the keys in flight or changed since
 the last checkpoint; a checkpoint writes those and drops the idle ones, and a
@@ -15,22 +17,23 @@ key that shows up again is read back from the state dir.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import copy
 import signal
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 from actionstate.agent import Agent
 from actionstate.checkpoint import Checkpoint, PendingInput
+from actionstate.connectors.base import InputRecord, Rejected, Sink, Source
 from actionstate.durable.chain import ChainSettings, process_input
 from actionstate.durable.stats import RunStats
 from actionstate.durable.threads import ActionThreads, EngineLock, SyncCommitter
 from actionstate.errors import ConfigError, InputError
 from actionstate.memory import apply_update
-from actionstate.runners.files import InputRecord, JsonlSink, JsonlSource, SourceDigest
 from actionstate.runners.statedir import StateDir
 from actionstate.stores.base import ActionStateStore
 
@@ -49,20 +52,23 @@ class LocalRunner:
             outputs are held until the commit that covers them.
         stop_grace: after SIGTERM or Ctrl-C, seconds the inputs in flight get to
             finish before they are abandoned (they run again on the next start).
+        dead_letter: where records the source rejects (not JSON, no key) go, with
+            what was wrong; without one, such a record stops the run.
     """
 
     def __init__(
-        self, agent: Agent, *, source: JsonlSource, sink: JsonlSink,
+        self, agent: Agent, *, source: Source, sink: Sink,
         store: ActionStateStore, state_dir: StateDir, settings: ChainSettings,
         concurrency: int = 64, checkpoint_interval: float = 1.0,
         group_interval: float = 0.005, progress: ProgressFn | None = None,
-        stop_grace: float = 10.0,
+        stop_grace: float = 10.0, dead_letter: Sink | None = None,
     ) -> None:
         if concurrency < 1:
             raise ConfigError(f"concurrency must be at least 1, got {concurrency}")
         if checkpoint_interval <= 0:
             raise ConfigError(f"checkpoint interval must be positive, got {checkpoint_interval}")
         self.agent, self.source, self.sink, self.store = agent, source, sink, store
+        self.dead_letter = dead_letter
         self.state_dir, self.settings = state_dir, settings
         self.stats = settings.stats
         self._concurrency = concurrency
@@ -87,11 +93,10 @@ class LocalRunner:
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._reader: asyncio.Task[InputError | None] | None = None
         self._grace: asyncio.TimerHandle | None = None
-        self._held: list[Any] = []  # outputs waiting for the next group commit
-        self._committing: list[Any] = []  # outputs of the group commit in progress
-        self._offset = 0
-        self._line = 0
-        self._digest = SourceDigest()  # of the source's bytes before self._offset
+        # (key, output) pairs waiting for the next group commit, and those of the group
+        # commit in progress.
+        self._held: list[tuple[str, Any]] = []
+        self._committing: list[tuple[str, Any]] = []
         self._failed = False
         self.stopped_by: str | None = None
         """The signal that stopped the run early (``"SIGTERM"``, ``"SIGINT"``), or None."""
@@ -163,7 +168,7 @@ class LocalRunner:
         if self.stopped_by is not None:
             self._abandon()
             return
-        self.stopped_by = reason
+        self.stopped_by = self.stats.stopped_by = reason
         if self._reader is not None:
             self._reader.cancel()
         self._grace = asyncio.get_running_loop().call_later(self._stop_grace, self._abandon)
@@ -183,25 +188,45 @@ class LocalRunner:
         return None
 
     async def _admit_all(self) -> None:
-        for batch in _batches(self.source.read(self._offset, self._line), _READ_BATCH):
-            # One lookup for the keys of many lines (a lookup per new key would wait
+        async for batch in self.source.batches():
+            # One lookup for the keys of many records (a lookup per new key would wait
             # for the interpreter lock each time, the pool threads being busy).
-            self._reading = {item.key for item in batch}
+            self._reading = {item.key for item in batch if isinstance(item, InputRecord)}
             self._load_many(self._reading)
             for item in batch:
-                await self._admit(item)
+                if isinstance(item, Rejected):
+                    self._reject(item)
+                else:
+                    await self._admit(item)
             self._reading = set()
+            await asyncio.sleep(0)  # an empty batch (nothing arrived yet): let workers run
 
     async def _admit(self, item: InputRecord) -> None:
         await self._space.acquire()
         seq = self._load(item.key)
         self._next_seq[item.key] = seq + 1
         self._changed.add(item.key)
-        self._pending[(item.key, seq)] = (item.record, item.line)
-        self._offset, self._line = item.next_offset, item.line
-        self._digest.update(item.raw)
+        self._pending[(item.key, seq)] = (item.record, item.where)
+        self.source.admitted(item)
         self._enqueue(item.key, seq, item.record)
         await asyncio.sleep(0)  # let workers run between reads
+
+    def _reject(self, item: Rejected) -> None:
+        """Send a rejected record to the dead-letter sink, or stop reading (the inputs
+        before it finish and are checkpointed first)."""
+        if self.dead_letter is None:
+            raise InputError(item.error)
+        try:
+            text: str | None = item.raw.decode("utf-8")
+        except UnicodeDecodeError:
+            text = None
+        letter: dict[str, Any] = {"error": item.error, "source": self.source.describe(),
+                                  "where": item.where, "record": text}
+        if text is None:
+            letter["record_base64"] = base64.b64encode(item.raw).decode()
+        self.dead_letter.write([(item.key, letter)])
+        self.source.admitted(item)
+        self.stats.dead_letters += 1
 
     def _load_many(self, keys: set[str]) -> None:
         missing = [key for key in keys if key not in self._next_seq]
@@ -251,7 +276,7 @@ class LocalRunner:
                 del self._pending[(key, seq)]
                 self._done_seq[key] = seq
                 self.stats.inputs += 1
-                self._emit(done.outputs)
+                self._emit([(key, output) for output in done.outputs])
                 self._space.release()
             if not queue:  # every input done: live and committed memory agree
                 del self._working[key]
@@ -259,7 +284,7 @@ class LocalRunner:
             del self._queues[key]
             del self._workers[key]
 
-    def _emit(self, outputs: list[Any]) -> None:
+    def _emit(self, outputs: list[tuple[str, Any]]) -> None:
         if self.store.durability == "group":
             self._held.extend(outputs)
         else:
@@ -281,7 +306,7 @@ class LocalRunner:
         self._release(self._committing)
         self._committing = []
 
-    def _release(self, outputs: list[Any]) -> None:
+    def _release(self, outputs: list[tuple[str, Any]]) -> None:
         if outputs:
             self.sink.write(outputs)
             self.stats.outputs += len(outputs)
@@ -306,7 +331,8 @@ class LocalRunner:
 
     def _checkpoint_locked(self) -> None:
         self._commit_group()
-        self.sink.sync()
+        sink = self.sink.prepare()  # the outputs so far are durable (not yet committed)
+        dead_letter = self.dead_letter.prepare() if self.dead_letter is not None else None
         self.settings.event_log.flush()
         for key, seq in self._done_seq.items():
             self.store.prune(key, seq)
@@ -315,13 +341,14 @@ class LocalRunner:
         changed = {key: (self._next_seq[key], self._committed[key]) for key in self._changed}
         self.state_dir.save_checkpoint(Checkpoint(
             job=self.settings.job, marker=marker, store=self.store.url,
-            source_path=str(self.source.path.resolve()), source_offset=self._offset,
-            source_line=self._line, source_sha256=self._digest.hexdigest(),
-            sink_path=str(self.sink.path.resolve()),
-            sink_offset=self.sink.position(),
+            source=self.source.state(), sink=sink, dead_letter=dead_letter,
             pending=[PendingInput(k, s, r, line) for (k, s), (r, line) in self._pending.items()],
-            epoch=self.store.epoch, stats=vars(self.stats),
+            epoch=self.store.epoch, stats=self.stats.counters(),
         ), changed, fresh=self._fresh)
+        # The checkpoint holds what the sinks need to finish their commits after a crash.
+        self.sink.commit()
+        if self.dead_letter is not None:
+            self.dead_letter.commit()
         self._fresh = False
         self._changed.clear()
         # Keys with nothing in flight are in the state dir now: let them go.
@@ -336,7 +363,10 @@ class LocalRunner:
             self.store.rebuild(None)
             if self.store.url == self.state_dir.default_store_url:
                 self.store.discard_other_runs()  # this state dir's own file: no one else's
-            self.sink.truncate(0)
+            self.source.restore(None)
+            self.sink.restore(None)
+            if self.dead_letter is not None:
+                self.dead_letter.restore(None)
             # The first checkpoint, before any input: from here on a crash resumes,
             # with every call this run records.
             self._fresh = True
@@ -347,20 +377,11 @@ class LocalRunner:
                 f"state dir {self.state_dir.path} belongs to job {checkpoint.job!r}, not "
                 f"{self.settings.job!r}: use a new --state for a different agent"
             )
-        for role, path, recorded in (("input", self.source.path, checkpoint.source_path),
-                                     ("output", self.sink.path, checkpoint.sink_path)):
-            if recorded != str(path.resolve()):
-                raise ConfigError(
-                    f"state dir {self.state_dir.path} was run with --{role} {recorded}, "
-                    f"not {path}: use the same file, or a new --state"
-                )
-        self._offset, self._line = checkpoint.source_offset, checkpoint.source_line
-        # The input must hold the same bytes before the checkpoint's position (lines
-        # may only be appended); a checkpoint without a digest is not checked.
-        self._digest = self.source.digest_before(self._offset, self._line,
-                                                 checkpoint.source_sha256)
+        self.source.restore(checkpoint.source)
         self.store.rebuild(checkpoint.marker)
-        self.sink.truncate(checkpoint.sink_offset)
+        self.sink.restore(checkpoint.sink)
+        if self.dead_letter is not None:
+            self.dead_letter.restore(checkpoint.dead_letter)
         # A format 1 state dir holds every key in the checkpoint: all move over.
         for key, next_seq in checkpoint.next_seq.items():
             self._next_seq[key] = next_seq
@@ -377,29 +398,6 @@ class LocalRunner:
             done = first_pending.get(key, self._load(key)) - 1
             if done >= 0:
                 self.store.prune(key, done)
-
-
-_READ_BATCH = 256
-"""Lines read ahead at a time, so that their keys are looked up together."""
-
-
-def _batches(items: Iterator[InputRecord], size: int) -> Iterator[list[InputRecord]]:
-    """``items`` in lists of up to ``size``; a bad line ends them after the good lines
-    before it (so those are processed before its error is raised)."""
-    batch: list[InputRecord] = []
-    error: InputError | None = None
-    try:
-        for item in items:
-            batch.append(item)
-            if len(batch) == size:
-                yield batch
-                batch = []
-    except InputError as exc:
-        error = exc
-    if batch:
-        yield batch
-    if error is not None:
-        raise error
 
 
 def _install_signals(stop: Callable[[str], None]) -> list[signal.Signals]:

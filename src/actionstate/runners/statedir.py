@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import IO, Any
 
 from actionstate.checkpoint import Checkpoint
+from actionstate.connectors.files import why_unwritable
 from actionstate.errors import ConfigError, IncompatibleStateError, StateLockedError
 from actionstate.records.canonical import stored_json, untag, wire
-from actionstate.runners.files import why_unwritable
 
 __all__ = ["STATE_FORMAT", "StateDir"]
 
