@@ -22,6 +22,7 @@ LAYERS: dict[str, set[str]] = {
     "loader": {"errors", "agent"},
     "eventlog": {"errors", "events", "records"},
     "stores": {"errors", "records", "checkpoint"},
+    "connectors": {"errors", "records", "stores"},
     "durable": {"errors", "events", "records", "memory", "context", "agent", "eventlog",
                 "stores", "retry"},
     "runners": {"errors", "records", "checkpoint", "memory", "agent", "durable", "stores"},
