@@ -176,9 +176,12 @@ class KafkaSink:
         """Close the clients without committing: an open transaction is aborted (by the
         producer now, or by the next run's restore, or by the broker's timeout)."""
         if self._producer is not None:
-            self._producer.purge()
-            self._producer.close()
-            self._producer = None
+            producer, self._producer = self._producer, None
+            try:
+                producer.purge()
+                producer.close()
+            except (KafkaException, SystemError) as exc:  # fenced, broker gone: nothing kept
+                log.info("Kafka output %s: closed (%s)", self.endpoint.topic, exc)
         if self._marker is not None:
             self._marker.close()
             self._marker = None
@@ -201,8 +204,15 @@ class KafkaSink:
 
     def _flush(self) -> None:
         assert self._producer is not None
-        while self._producer.flush(1.0):
-            pass
+        try:
+            while self._producer.flush(1.0):
+                pass
+        except KafkaException as exc:  # fatal: fenced
+            raise self._error("write to", exc) from None
+        except SystemError as exc:
+            # The same, met while a delivery callback ran: confluent-kafka 2.16 then
+            # raises a SystemError (with or without the KafkaException as its cause).
+            raise self._error("write to", self._fatal(exc)) from None
         if self._failed:
             error, self._failed = self._failed[0], []
             raise self._error("write to", KafkaException(error))
@@ -211,6 +221,19 @@ class KafkaSink:
         producer = self._producer
         assert producer is not None
         self._call("begin a transaction on", lambda _: producer.begin_transaction())
+
+    def _fatal(self, exc: SystemError) -> KafkaException:
+        """The fatal client error behind ``exc``; a SystemError of another cause is raised."""
+        if isinstance(exc.__cause__, KafkaException):
+            return exc.__cause__
+        assert self._producer is not None
+        try:
+            self._producer.poll(0)  # raises the client's fatal error again
+        except KafkaException as fatal:
+            return fatal
+        if self._failed:
+            return KafkaException(self._failed[0])
+        raise exc
 
     def _commit(self, txn: int) -> None:
         """Add marker ``txn`` to the open transaction and commit it."""

@@ -15,9 +15,16 @@ from confluent_kafka import TopicPartition as TP
 
 from actionstate.connectors.base import InputRecord, Item, Rejected
 from actionstate.connectors.kafka.endpoint import Endpoint, parse_endpoint, unreachable
-from actionstate.errors import ConfigError, ConnectorError, IncompatibleStateError, InputError
+from actionstate.errors import (
+    ConfigError,
+    ConnectorError,
+    IncompatibleStateError,
+    InputError,
+    StoreError,
+)
 from actionstate.stores.kafka.config import client
 from actionstate.stores.kafka.failures import passes, reason
+from actionstate.stores.kafka.topic import retrying
 from actionstate.stores.options import Option
 
 __all__ = ["KEY_OF_MESSAGE", "KafkaSource"]
@@ -115,6 +122,7 @@ class KafkaSource:
         longer holds (deleted by retention, or the topic recreated) is an
         :class:`InputError`."""
         endpoint = self.endpoint
+        saved_offsets: dict[str, int] = {}
         if state is not None:
             endpoint.check_state(state, {"offsets": dict})
             for name, offset in state["offsets"].items():
@@ -123,31 +131,28 @@ class KafkaSource:
                         f"the state dir's Kafka input state has an invalid 'offsets' entry "
                         f"{name!r}: {offset!r}: it was written by another version or "
                         "edited; use a new --state")
-            self._saved = dict(state["offsets"])
-        assignment = []
+            saved_offsets = dict(state["offsets"])
+        assignment, reads, ends = [], {}, {}
         for p in self.partitions:
-            try:
-                low, high = self._consumer.get_watermark_offsets(
-                    TP(endpoint.topic, p), timeout=endpoint.timeout, cached=False)
-            except KafkaException as exc:
-                raise unreachable(endpoint, exc) from None
-            saved = self._saved.get(str(p))
+            low, high = self._watermarks(p)
+            saved = saved_offsets.get(str(p))
             if saved is not None and not low <= saved <= high:
                 where = f"Kafka input topic {endpoint.topic}[{p}]"
                 if saved < low:
                     raise InputError(
                         f"{where}: the checkpoint's position is offset {saved}, but the "
-                        f"partition now starts at offset {low}: records {saved}-{low - 1} "
+                        f"partition now starts at offset {low}: the records before it "
                         "were deleted (retention) before this run read them and are lost; "
                         "raise the topic's retention.ms, and start a new --state")
                 raise InputError(
                     f"{where}: the checkpoint's position is offset {saved}, but the partition "
                     f"ends at {high}: the topic was deleted and created again since; start "
                     "a new --state")
-            self._read[p] = low if saved is None else saved
-            self._ends[p] = high
+            reads[p], ends[p] = (low if saved is None else saved), high
             assignment.append(TP(endpoint.topic, p, OFFSET_BEGINNING if saved is None else saved))
         self._consumer.assign(assignment)
+        self._saved, self._read, self._ends = saved_offsets, reads, ends
+        self._admitted, self._yielded, self._eof = {}, {}, {}
         self._restored = True
 
     async def batches(self) -> AsyncIterator[Sequence[Item]]:
@@ -186,6 +191,27 @@ class KafkaSource:
         self._pool.submit(self._consumer.close).result()
         self._pool.shutdown()
 
+    def _watermarks(self, partition: int) -> tuple[int, int]:
+        """The partition's first offset and its last stable one (read committed: the
+        end before the first open transaction), retried while the partition settles."""
+        endpoint = self.endpoint
+
+        def query(timeout: float) -> tuple[int, int]:
+            low, high = self._consumer.get_watermark_offsets(
+                TP(endpoint.topic, partition), timeout=timeout, cached=False)
+            return int(low), int(high)
+
+        try:
+            return retrying(f"read the offsets of Kafka input topic {endpoint.topic}[{partition}]",
+                            query, endpoint.servers, endpoint.timeout)
+        except StoreError as exc:
+            raise ConnectorError(str(exc)) from None
+        except KafkaException as exc:
+            raise ConnectorError(
+                f"cannot read the offsets of Kafka input topic {endpoint.topic}[{partition}] "
+                f"from {endpoint.servers} ({reason(exc)}): check this client's ACLs (Describe "
+                "on the topic)") from None
+
     def _at_end(self) -> bool:
         return all(self._read[p] >= end for p, end in self._ends.items())
 
@@ -196,6 +222,8 @@ class KafkaSource:
         if error is not None:
             if error.code() == KafkaError._PARTITION_EOF and partition is not None:
                 end = offset or 0
+                if self.until_end:  # never past the records this run leaves unread
+                    end = min(end, self._ends[partition])
                 self._read[partition] = max(self._read[partition], end)
                 self._eof[partition] = (end, self._yielded.get(partition))
                 return None
@@ -208,6 +236,9 @@ class KafkaSource:
                 f"{self.endpoint.servers} ({reason(KafkaException(error))}): check the "
                 "topic, this client's ACLs (Read, Describe) and the broker's log")
         assert partition is not None and offset is not None
+        if self.until_end and offset >= self._ends[partition]:
+            self._read[partition] = max(self._read[partition], self._ends[partition])
+            return None  # produced after the run started: left for the next run
         self._read[partition] = self._yielded[partition] = offset + 1
         return self._decode(partition, offset, message.key(), message.value())
 
