@@ -57,6 +57,7 @@ class KafkaSource:
             "group.id": "actionstate-input", "enable.auto.commit": False,
             "isolation.level": "read_committed", "enable.partition.eof": True})
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kafka-input")
+        self._closed = False
         try:
             found = self._consumer.list_topics(endpoint.topic, timeout=endpoint.timeout)
         except KafkaException as exc:
@@ -187,9 +188,11 @@ class KafkaSource:
         return {**self.endpoint.identity(), "offsets": offsets}
 
     def close(self) -> None:
-        """Close the consumer (after a consume in flight) and its thread."""
-        self._pool.submit(self._consumer.close).result()
-        self._pool.shutdown()
+        """Close the consumer (after a consume in flight) and its thread; once."""
+        if not self._closed:
+            self._closed = True
+            self._pool.submit(self._consumer.close).result()
+            self._pool.shutdown()
 
     def _watermarks(self, partition: int) -> tuple[int, int]:
         """The partition's first offset and its last stable one (read committed: the
