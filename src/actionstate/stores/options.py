@@ -54,10 +54,12 @@ class Parsed:
 def parse_options(
     backend: str, specs: Sequence[Option], query: str, given: Mapping[str, Any], *,
     from_url: Mapping[str, str] | None = None,
-    passthrough: Callable[[str], bool] = lambda name: False,
+    passthrough: Callable[[str], bool] = lambda name: False, what: str = "store",
 ) -> Parsed:
     """Merge the URL's ``query``, the keyword options ``given`` and the values the URL's
-    host and path give (``from_url``: option name -> value) under the rules above."""
+    host and path give (``from_url``: option name -> value) under the rules above.
+    Messages name the options ``f"{backend} {what} option"`` (a connector passes its
+    own ``what``: ``"input"``, ``"output"``)."""
     by_name = {spec.name: spec for spec in specs}
     canonical = {alias: spec.name for spec in specs for alias in spec.aliases}
     canonical.update({name: name for name in by_name})
@@ -78,12 +80,12 @@ def parse_options(
                 if not passthrough(raw_name):
                     known = sorted([*by_name, *(a for s in specs for a in s.aliases)])
                     fix = (f"use one of {', '.join(known)}" if known
-                           else f"the {backend} store takes no options")
-                    raise ConfigError(f"unknown {backend} store option {raw_name!r}: {fix}")
+                           else f"the {backend} {what} takes no options")
+                    raise ConfigError(f"unknown {backend} {what} option {raw_name!r}: {fix}")
                 name = raw_name
             label = f"{raw_name}={text!r} in {where}"
             if name in found and found[name][0] != text:
-                raise ConfigError(f"{backend} store: {found[name][1]} and {label} disagree: "
+                raise ConfigError(f"{backend} {what}: {found[name][1]} and {label} disagree: "
                                   "give the setting once")
             found.setdefault(name, (text, label))
             if name not in by_name:
@@ -95,7 +97,7 @@ def parse_options(
             try:
                 int(value)
             except ValueError:
-                raise ConfigError(f"{backend} store option {spec.name}={value!r} must be an "
+                raise ConfigError(f"{backend} {what} option {spec.name}={value!r} must be an "
                                   "integer") from None
         values[spec.name] = value
     return Parsed(values, extra)

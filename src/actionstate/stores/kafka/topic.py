@@ -20,7 +20,7 @@ from actionstate.errors import StoreError
 from actionstate.stores.kafka.config import client
 from actionstate.stores.kafka.failures import FIX_BROKER, error_of, passes, reason, settle_error
 
-__all__ = ["KafkaTopic"]
+__all__ = ["KafkaTopic", "retrying"]
 
 _T = TypeVar("_T")
 
@@ -170,21 +170,25 @@ class KafkaTopic:
             ) from None
 
     def _retrying(self, what: str, attempt: Callable[[float], _T]) -> _T:
-        """``attempt(timeout)``, again while it fails with an error that passes, until
-        the timeout; then a :class:`StoreError` saying ``what`` failed and why. An error
-        that does not pass is raised as it is."""
-        deadline = time.monotonic() + self.timeout
-        pause = 0.05
-        while True:
-            try:
-                return attempt(max(deadline - time.monotonic(), 1.0))
-            except KafkaException as exc:
-                error = error_of(exc)
-                if error is None or not passes(error):
-                    raise
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise settle_error(what, error, self.servers, self.timeout) from None
-                log.debug("%s: %s; retrying", what, error.str())
-                time.sleep(min(pause, left))
-                pause = min(pause * 2, 0.5)
+        return retrying(what, attempt, self.servers, self.timeout)
+
+
+def retrying(what: str, attempt: Callable[[float], _T], servers: str, timeout: float) -> _T:
+    """``attempt(timeout left)``, again while it fails with an error that passes, for
+    ``timeout`` seconds; then a :class:`StoreError` saying ``what`` failed on ``servers``
+    and why. An error that does not pass is raised as it is."""
+    deadline = time.monotonic() + timeout
+    pause = 0.05
+    while True:
+        try:
+            return attempt(max(deadline - time.monotonic(), 1.0))
+        except KafkaException as exc:
+            error = error_of(exc)
+            if error is None or not passes(error):
+                raise
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise settle_error(what, error, servers, timeout) from None
+            log.debug("%s: %s; retrying", what, error.str())
+            time.sleep(min(pause, left))
+            pause = min(pause * 2, 0.5)
