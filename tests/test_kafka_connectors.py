@@ -8,49 +8,18 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from actionstate.connectors.base import InputRecord, Item, Rejected, Sink, Source
 from actionstate.connectors.kafka import KafkaSink, KafkaSource
 from actionstate.errors import ConfigError, ConnectorError, IncompatibleStateError, InputError
-from actionstate.testing.services import CHECKOUT, delete_topics
-
-Message = tuple[int, bytes | None, bytes | None]
-"""(partition, key, value) to produce."""
-
-
-class Topics:
-    """New topics with unique names; :meth:`delete` deletes them."""
-
-    def __init__(self, servers: str) -> None:
-        self.servers = servers
-        self.names: list[str] = []
-
-    def name(self) -> str:
-        self.names.append(f"actionstate-test-{uuid.uuid4().hex[:12]}")
-        return self.names[-1]
-
-    def create(self, partitions: int = 1) -> str:
-        name = self.name()
-        admin = AdminClient({"bootstrap.servers": self.servers})
-        admin.create_topics([NewTopic(name, num_partitions=partitions,
-                                      replication_factor=1)])[name].result()
-        deadline = time.monotonic() + 30
-        while True:  # until every partition has a leader
-            found = admin.list_topics(name, timeout=10).topics.get(name)
-            if (found is not None and found.error is None and len(found.partitions) == partitions
-                    and all(p.leader >= 0 for p in found.partitions.values())):
-                return name
-            assert time.monotonic() < deadline, f"topic {name} got no leaders in 30 s"
-
-    def delete(self) -> None:
-        delete_topics(self.servers, self.names)
+from actionstate.testing.services import CHECKOUT
+from actionstate.testing.topics import Topics, produce, read_committed
 
 
 @pytest.fixture
@@ -58,22 +27,6 @@ def topics(kafka_servers: str) -> Iterator[Topics]:
     made = Topics(kafka_servers)
     yield made
     made.delete()
-
-
-def produce(servers: str, topic: str, messages: list[Message], *, commit: bool = True) -> None:
-    """Produce ``messages`` in one transaction (so that commit markers follow them), then
-    commit it (or abort it)."""
-    producer = Producer({"bootstrap.servers": servers,
-                         "transactional.id": f"actionstate-test-{uuid.uuid4().hex}"})
-    producer.init_transactions(30)
-    producer.begin_transaction()
-    for partition, key, value in messages:
-        producer.produce(topic, value, key, partition=partition)
-    if commit:
-        producer.commit_transaction(30)
-    else:
-        producer.flush(30)
-        producer.abort_transaction(30)
 
 
 def record(key: str, n: int) -> bytes:
@@ -99,35 +52,6 @@ def collect(source: Source, admit: int | None = None, stop_after: int | None = N
         return items
 
     return asyncio.run(asyncio.wait_for(run(), 60))
-
-
-def read_committed(servers: str, topic: str) -> list[tuple[bytes | None, bytes | None]]:
-    """(key, value) of every committed record of ``topic``, as a read_committed consumer
-    sees it now."""
-    consumer = Consumer({"bootstrap.servers": servers, "group.id": "actionstate-test",
-                         "enable.auto.commit": False, "enable.partition.eof": True,
-                         "isolation.level": "read_committed"})
-    partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-    ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10,
-                                              cached=False)[1] for p in partitions}
-    todo = {p for p, end in ends.items() if end > 0}
-    consumer.assign([TopicPartition(topic, p, 0) for p in todo])
-    found: list[tuple[bytes | None, bytes | None]] = []
-    deadline = time.monotonic() + 30
-    while todo:
-        assert time.monotonic() < deadline, f"{topic}: partitions {todo} not read in 30 s"
-        for message in consumer.consume(500, 1.0):
-            p, offset, error = message.partition(), message.offset(), message.error()
-            assert p is not None and offset is not None
-            if error is None:
-                found.append((message.key(), message.value()))
-                offset += 1
-            elif error.code() != KafkaError._PARTITION_EOF:
-                raise AssertionError(error.str())
-            if offset >= ends[p]:
-                todo.discard(p)
-    consumer.close()
-    return found
 
 
 def high_watermark(servers: str, topic: str) -> int:

@@ -17,14 +17,16 @@ import signal
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from actionstate.testing.fake_llm import FakeLLMServer
 from actionstate.testing.services import CHECKOUT
 
-__all__ = ["command", "crash_check", "labels", "ledger", "make_tickets", "run_to_end",
-           "with_reference"]
+__all__ = ["Streams", "command", "crash_check", "labels", "ledger", "make_tickets",
+           "run_to_end", "with_reference"]
 
 TRIAGE = CHECKOUT / "examples" / "triage.py"
 TEXTS = ["I was charged twice, please refund", "the app shows an error", "password reset?",
@@ -41,18 +43,35 @@ def make_tickets(path: Path, n: int, customers: int) -> None:
                                 "amount": 10 + i % 50}) + "\n")
 
 
-def command(tmp: Path, store: str | None, durability: str) -> list[str]:
-    """The triage run over ``tmp/tickets.jsonl`` into ``tmp/labels.jsonl`` (``store``
-    None: the state dir's SQLite file)."""
+@dataclass(frozen=True)
+class Streams:
+    """Where a run reads and writes instead of ``tickets.jsonl`` and ``labels.jsonl``
+    (e.g. Kafka topics): the ``--input`` and ``--output`` values, more arguments, and a
+    function giving the output's records as a reader sees them."""
+
+    input: str
+    output: str
+    outputs: Callable[[], list[dict[str, Any]]] | None = None
+    extra: tuple[str, ...] = ()
+
+
+def command(tmp: Path, store: str | None, durability: str,
+            streams: Streams | None = None) -> list[str]:
+    """The triage run over ``tmp/tickets.jsonl`` into ``tmp/labels.jsonl`` (or the
+    ``streams``; ``store`` None: the state dir's SQLite file)."""
+    source = streams.input if streams else str(tmp / "tickets.jsonl")
+    sink = streams.output if streams else str(tmp / "labels.jsonl")
     cmd = [sys.executable, "-m", "actionstate", "run", f"{TRIAGE}:Triage",
-           "--input", str(tmp / "tickets.jsonl"), "--key", "customer", "--state",
-           str(tmp / "state"), "--output", str(tmp / "labels.jsonl"), "--quiet",
-           "--checkpoint-interval", "0.05", "--durability", durability]
+           "--input", source, "--key", "customer", "--state",
+           str(tmp / "state"), "--output", sink, "--quiet",
+           "--checkpoint-interval", "0.05", "--durability", durability,
+           *(streams.extra if streams else ())]
     return cmd + (["--store", store] if store else [])
 
 
 def run_to_end(tmp: Path, server: FakeLLMServer, store: str | None, durability: str,
-               kill_after_calls: list[int], kill_after_seconds: list[float]) -> int:
+               kill_after_calls: list[int], kill_after_seconds: list[float],
+               streams: Streams | None = None) -> int:
     """Run, SIGKILLing at the given call counts and times, then once to completion;
     returns how many runs were killed (a run may finish before its kill)."""
     env = dict(os.environ, ACTIONSTATE_MODEL_BASE_URL=server.base_url,
@@ -62,7 +81,8 @@ def run_to_end(tmp: Path, server: FakeLLMServer, store: str | None, durability: 
                                       + [("time", t) for t in kill_after_seconds] + [("end", 0)])
     for kind, value in plans:
         with open(tmp / "stderr.txt", "w+b") as errors:
-            proc = subprocess.Popen(command(tmp, store, durability), env=env, stderr=errors)
+            proc = subprocess.Popen(command(tmp, store, durability, streams), env=env,
+                                    stderr=errors)
             if kind == "calls":
                 def kill_at(total: int, proc: subprocess.Popen[bytes] = proc,
                             value: float = value) -> None:
@@ -87,9 +107,13 @@ def run_to_end(tmp: Path, server: FakeLLMServer, store: str | None, durability: 
     raise AssertionError("the last run did not finish")
 
 
-def labels(tmp: Path) -> list[dict[str, Any]]:
-    """The run's output lines by ticket id, without the run-scoped refund ids."""
-    rows = [json.loads(line) for line in (tmp / "labels.jsonl").read_text().splitlines()]
+def labels(tmp: Path, streams: Streams | None = None) -> list[dict[str, Any]]:
+    """The run's outputs by ticket id (from ``labels.jsonl``, or what the streams'
+    output holds), without the run-scoped refund ids."""
+    if streams is not None and streams.outputs is not None:
+        rows = streams.outputs()
+    else:
+        rows = [json.loads(line) for line in (tmp / "labels.jsonl").read_text().splitlines()]
     for row in rows:  # refund ids come from run-scoped idempotency keys
         if "refund" in row:
             row["refund"].pop("refund_id")
@@ -116,22 +140,26 @@ def with_reference(tmp: Path, name: str, n: int, customers: int) -> tuple[Path, 
         return reference, run, server.total_calls
 
 
-def crash_check(tmp_path: Path, store: str | None, seed: int) -> None:
+def crash_check(tmp_path: Path, store: str | None, seed: int,
+                streams: Callable[[Path], Streams] | None = None) -> None:
     """Kill a triage run of 240 tickets at 3 random call counts and once at a random
     time, resume it each time, and check it against an uninterrupted run: the same
     outputs, one per input, no refund twice, at most one model call per key per kill
-    made again."""
+    made again. ``streams`` (given the run's directory, holding ``tickets.jsonl``)
+    moves the crashed run's input and output elsewhere (e.g. to Kafka topics)."""
     n, customers = 240, 12
     reference, crashed, expected_calls = with_reference(tmp_path, "crashed", n, customers)
+    moved = streams(crashed) if streams is not None else None
     rng = random.Random(seed)
     kill_calls = sorted(rng.sample(range(10, n - 10), 3))
     with FakeLLMServer() as server:
         kills = run_to_end(crashed, server, store, "sync", kill_calls,
-                           [rng.uniform(0.3, 1.0)])
+                           [rng.uniform(0.1, 1.0)], moved)
         calls = server.calls
     assert kills >= 3
-    assert labels(crashed) == labels(reference), "outputs identical to an uninterrupted run"
-    assert len(labels(crashed)) == n, "exactly one output per input"
+    outputs = labels(crashed, moved)
+    assert len(outputs) == n, "exactly one output per input"
+    assert outputs == labels(reference), "outputs identical to an uninterrupted run"
     repeated = {prompt: count - 1 for prompt, count in calls.items() if count > 1}
     assert all(extra <= kills for extra in repeated.values())
     assert sum(repeated.values()) <= kills * customers, "at most one call per key per kill"
