@@ -182,8 +182,10 @@ def to_wire(obj: Any) -> Any:
         return {TAG: "bytes", "b64": base64.b64encode(bytes(obj)).decode("ascii")}
     if isinstance(obj, Event):
         return {TAG: "event", "type": event_type_name(kind), "data": _fields_wire(obj)}
-    if kind is set or kind is frozenset:
-        return {TAG: kind.__name__, "items": [to_wire(v) for v in obj]}
+    if kind is set or kind is frozenset:  # in a fixed order: the bytes never vary by hash
+        items = [to_wire(v) for v in obj]
+        items.sort(key=lambda item: json.dumps(item, sort_keys=True, ensure_ascii=False))
+        return {TAG: kind.__name__, "items": items}
     if kind is dt.datetime:
         return _clock("datetime", obj)
     if kind is dt.date:
