@@ -39,6 +39,7 @@ Usage: .venv/bin/python benchmarks/streams.py [--quick] [--inputs=N] [--rounds=R
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import io
 import json
@@ -54,7 +55,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient
 from core_common import fmt_rate, fmt_ratio, machine_lines, median, scratch_dir, table
 
 import actionstate
@@ -138,12 +147,13 @@ def run_actionstate(source: str, sink: str, state: Path, durability: str) -> tup
     return timed, stats
 
 
-def bare_loop(servers: str, source: str, sink: str) -> tuple[Timed, int]:
+def bare_loop(servers: str, source: str, sink: str, group: str) -> tuple[Timed, int]:
     """Consume-transform-produce, exactly once, as an application without actionstate
-    writes it; returns the timing and the records produced."""
+    writes it (its offsets committed to consumer group ``group``); returns the timing
+    and the records produced."""
     produced = 0
     with Timed() as timed:
-        consumer = Consumer({"bootstrap.servers": servers, "group.id": f"bench-{uuid.uuid4().hex}",
+        consumer = Consumer({"bootstrap.servers": servers, "group.id": group,
                              "enable.auto.commit": False, "isolation.level": "read_committed",
                              "enable.partition.eof": True})
         producer = Producer({"bootstrap.servers": servers, "enable.idempotence": True,
@@ -226,6 +236,7 @@ def main() -> None:
     topics = Topics(servers)
     results: dict[str, list[Timed]] = {v: [] for v in VARIANTS}
     out_topics: list[tuple[str, str]] = []  # (variant, topic) to check
+    groups: list[str] = []  # the bare loop's consumer groups, deleted at the end
     started = time.monotonic()
     try:
         with scratch_dir() as tmp:
@@ -266,7 +277,8 @@ def main() -> None:
 
             def bare(work: Path) -> Timed:
                 out = fresh_topic()
-                timed, produced = bare_loop(servers, source, out)
+                groups.append(f"actionstate-bench-{uuid.uuid4().hex}")
+                timed, produced = bare_loop(servers, source, out, groups[-1])
                 assert produced == n, produced
                 out_topics.append(("bare loop", out))
                 return timed
@@ -295,6 +307,7 @@ def main() -> None:
             print("\n".join(machine_lines(tmp)))
     finally:
         topics.delete()
+        delete_groups(servers, groups)
     print(f"- broker: scripts/services/kafka on {servers} (same host); confluent-kafka "
           f"{confluent_version()}")
     print(f"- {n:,} inputs of {mean_bytes:.0f} bytes (JSON) over {KEYS} keys; agent: 1 `def` "
@@ -321,6 +334,15 @@ def main() -> None:
           f"kafka->kafka / bare loop: {fmt_ratio(kk / base['bare loop'])}")
     if profile:
         print(profile)
+
+
+def delete_groups(servers: str, groups: list[str]) -> None:
+    if not groups:
+        return
+    admin = AdminClient({"bootstrap.servers": servers})
+    for deleted in admin.delete_consumer_groups(groups, request_timeout=30).values():
+        with contextlib.suppress(KafkaException):
+            deleted.result()
 
 
 def check(stats: RunStats, n: int) -> None:
