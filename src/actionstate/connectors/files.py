@@ -13,7 +13,8 @@ from actionstate.connectors.base import InputRecord, Item, Rejected
 from actionstate.errors import ConfigError, InputError
 from actionstate.records.canonical import wire
 
-__all__ = ["JsonlSink", "JsonlSource", "SourceDigest", "why_unwritable"]
+__all__ = ["JsonlSink", "JsonlSource", "Refused", "SourceDigest", "check_key",
+           "decode_object", "field_key", "why_unwritable"]
 
 _BATCH = 256
 """Lines read at a time: a runner looks up the keys of a batch together."""
@@ -137,10 +138,12 @@ class JsonlSource:
     def _decode(self, consumed: bytes, raw: bytes, line: int, next_offset: int) -> Item:
         mark = (next_offset, consumed)
         try:
-            record, key = decode_record(raw, self.key_field, "--key")
+            record = decode_object(raw)
+            key = field_key(record, self.key_field, "--key")
         except Refused as refused:
-            return Rejected(f"{self.path}:{line}: {refused}", raw.rstrip(b"\r\n"), None,
-                            line, mark)
+            return Rejected(f"{self.path}:{line}: {refused}; fix or remove that line (or set "
+                            "such lines aside with --dead-letter) and run again: completed "
+                            "work is kept", raw.rstrip(b"\r\n"), None, line, mark)
         return InputRecord(key, record, line, mark)
 
 
@@ -148,30 +151,31 @@ class Refused(Exception):
     """Why a record cannot be an input (the caller adds where it is)."""
 
 
-def decode_record(raw: bytes, key_field: str, option: str) -> tuple[dict[str, Any], str]:
-    """A record's JSON object and its key (the string field ``key_field``); raises
-    :class:`Refused` saying what is wrong and how to fix it (``option`` names the
-    setting that chose the key field)."""
+def decode_object(raw: bytes) -> dict[str, Any]:
+    """A record's JSON object; raises :class:`Refused` saying what is wrong with it."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise Refused(
-            f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at byte {exc.start + 1} of the "
-            "record); write it as UTF-8, or fix or remove it, and run again: completed "
-            "work is kept") from None
+        raise Refused(f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at byte "
+                      f"{exc.start + 1}); write records as UTF-8") from None
     try:
         record = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise Refused(
-            f"not a JSON object ({exc.msg} at column {exc.colno}); fix or remove it and "
-            "run again: completed work is kept") from None
+        raise Refused(f"not a JSON object ({exc.msg} at column {exc.colno}); give each "
+                      "record one JSON object") from None
     if not isinstance(record, dict):
         raise Refused(f"not a JSON object ({_json_type(record)}); give each record one "
-                       "object, then run again: completed work is kept")
+                      "JSON object")
+    return record
+
+
+def field_key(record: dict[str, Any], key_field: str, option: str) -> str:
+    """The agent key the field ``key_field`` holds; raises :class:`Refused` when it is
+    missing or not a string (``option`` names the setting that chose the field)."""
     if key_field not in record:
         raise Refused(f"record has no key field {key_field!r}; give each record that "
-                       f"field, or choose another with {option}")
-    return record, check_key(record[key_field], f"key field {key_field!r}", option)
+                      f"field, or choose another with {option}")
+    return check_key(record[key_field], f"key field {key_field!r}", option)
 
 
 def check_key(key: Any, what: str, option: str) -> str:
@@ -186,7 +190,7 @@ def check_key(key: Any, what: str, option: str) -> str:
         key.encode("utf-8")
     except UnicodeEncodeError:
         raise Refused(f"{what} holds an unpaired surrogate escape (\\ud800-\\udfff); fix "
-                       "the key and run again") from None
+                      "the key") from None
     return key
 
 

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Se
 from typing import Any
 
 from actionstate.connectors.base import InputRecord, Item, Rejected
-from actionstate.connectors.files import Refused, check_key
+from actionstate.connectors.files import Refused, check_key, field_key
 from actionstate.errors import ConfigError, InputError
 
 __all__ = ["CallbackSink", "IterableSource"]
@@ -75,10 +75,7 @@ class IterableSource:
             else:
                 if not isinstance(record, dict):
                     raise Refused("not a dict; give dicts, or a key function (key=)")
-                if self._key not in record:
-                    raise Refused(f"record has no key field {self._key!r}; give each record "
-                                  "that field, or choose another with key=")
-                key = check_key(record[self._key], f"key field {self._key!r}", "key=")
+                key = field_key(record, self._key, "key=")
         except Refused as refused:
             raw = json.dumps(record, default=repr, ensure_ascii=False).encode()
             return Rejected(f"{where}: {refused}", raw, None, index, index)

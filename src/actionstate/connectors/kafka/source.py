@@ -4,7 +4,6 @@ offsets a checkpoint saved."""
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -14,6 +13,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from confluent_kafka import TopicPartition as TP
 
 from actionstate.connectors.base import InputRecord, Item, Rejected
+from actionstate.connectors.files import Refused, check_key, decode_object, field_key
 from actionstate.connectors.kafka.endpoint import Endpoint, parse_endpoint, unreachable
 from actionstate.errors import (
     ConfigError,
@@ -249,59 +249,25 @@ class KafkaSource:
                 raw: bytes | None) -> Item:
         where = f"{self.endpoint.topic}[{partition}]@{offset}"
         mark = (partition, offset + 1)
-
-        def rejected(problem: str) -> Rejected:
-            return Rejected(f"{where}: {problem}", raw or b"", raw_key, offset, mark)
-
-        fix = f"produce one UTF-8 JSON object per record to {self.endpoint.topic}"
-        if raw is None:
-            return rejected(f"the record has no value (a tombstone); {fix}")
         try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            return rejected(f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at byte "
-                            f"{exc.start + 1} of the value); {fix}")
-        try:
-            record = json.loads(text)
-        except json.JSONDecodeError as exc:
-            return rejected(f"not a JSON object ({exc.msg} at column {exc.colno}); {fix}")
-        if not isinstance(record, dict):
-            return rejected(f"not a JSON object ({_json_type(record)}); {fix}")
-        if self.key == KEY_OF_MESSAGE:
-            if raw_key is None:
-                return rejected("the record has no message key (null), and the input takes "
-                                "its keys from message keys (@key): produce keyed records, or "
-                                "choose a JSON field with --key")
-            try:
-                key: Any = raw_key.decode("utf-8")
-            except UnicodeDecodeError:
-                return rejected("the message key is not valid UTF-8: produce UTF-8 keys, or "
-                                "choose a JSON field with --key")
-        elif self.key not in record:
-            return rejected(f"record has no key field {self.key!r}; give each record that "
-                            "field, or choose another with --key (@key: the message key)")
-        else:
-            key = record[self.key]
-            if not isinstance(key, str):
-                found = ("null" if key is None
-                         else f"{_json_type(key)} ({json.dumps(key)[:40]})")
-                return rejected(
-                    f"key field {self.key!r} is {found}, not a string; keys must be JSON "
-                    "strings, so that 5 and \"5\" are never one key: quote the key (\"5\"), "
-                    "give the record a key, or choose another field with --key")
-            try:
-                key.encode("utf-8")
-            except UnicodeEncodeError:
-                return rejected(f"key field {self.key!r} holds an unpaired surrogate escape "
-                                "(\\ud800-\\udfff); fix the key")
+            if raw is None:
+                raise Refused("the record has no value (a tombstone)")
+            record = decode_object(raw)
+            if self.key != KEY_OF_MESSAGE:
+                key = field_key(record, self.key, "--key (@key: the message key)")
+            elif raw_key is None:
+                raise Refused("the record has no message key (null), and the input takes its "
+                              "keys from message keys (@key): produce keyed records, or "
+                              "choose a JSON field with --key")
+            else:
+                try:
+                    key = check_key(raw_key.decode("utf-8"), "the message key", "--key")
+                except UnicodeDecodeError:
+                    raise Refused("the message key is not valid UTF-8: produce UTF-8 keys, "
+                                  "or choose a JSON field with --key") from None
+        except Refused as refused:
+            return Rejected(f"{where}: {refused}; fix what produces to {self.endpoint.topic}, "
+                            "or set such records aside with --dead-letter", raw or b"",
+                            raw_key, offset, mark)
         return InputRecord(key, record, offset, mark)
 
-
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    for kind, name in ((bool, "a boolean"), ((int, float), "a number"), (list, "an array"),
-                       (dict, "an object")):
-        if isinstance(value, kind):
-            return name
-    return "a string"
