@@ -182,16 +182,31 @@ class KafkaActionStateStore(ActionStateStore):
         else:
             agent_key = record.key if isinstance(record, DropRecord) else record.key.key
             targets = range(p := partition_of(agent_key, self.partitions), p + 1)
+        first = targets[0]
+        # The lower bound of the record's offset is read before it is produced: once it
+        # is, its own delivery report may come at any moment (served by a poll here or
+        # by a flush on another thread) and move the partition's end past it; a bound
+        # read then would be past the record, and a marker built on it would skip it.
+        with self._reports:
+            lower = self._next.get(first, 0)
+        if sync:  # the exact offset, from the first message's own delivery report
+            offsets: list[int] = []
+
+            def delivered(error: KafkaError | None, message: Any) -> None:
+                self._on_delivery(error, message)
+                if error is None:
+                    offsets.append(message.offset())
+
         for partition in targets:
             key = self._prefix + b"%x" % self._counter
             self._counter += 1
-            self._produce(partition, key, data, None)
-        first = targets[0]
+            self._produce(partition, key, data,
+                          delivered if sync and partition == first else None)
         if sync:
             self._drain()
-            return (first, self._next[first] - 1)
+            return (first, offsets[0])
         self._producer.poll(0)
-        return (first, self._next[first])
+        return (first, lower)
 
     def flush(self) -> None:
         if not self._closed:
