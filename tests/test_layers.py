@@ -26,7 +26,7 @@ LAYERS: dict[str, set[str]] = {
                 "stores", "retry"},
     "connectors": {"errors", "records", "stores"},
     "runners": {"errors", "records", "checkpoint", "memory", "agent", "durable", "stores",
-                "connectors"},
+                "connectors", "loader", "retry"},
     "inspection": {"errors", "records", "checkpoint", "runners", "stores"},
     "testing": {"errors", "events", "records", "checkpoint", "llm", "stores", "durable",
                 "agent"},

@@ -96,6 +96,51 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="no progress or summary")
     run.set_defaults(command=_run)
 
+    flink = sub.add_parser("flink", help="run an agent on an Apache Flink cluster")
+    flink_sub = flink.add_subparsers(required=True, metavar="COMMAND")
+    flink_run = flink_sub.add_parser(
+        "run", help="submit the agent as a Flink job: Kafka in, exactly-once Kafka out, "
+        "recorded calls in a shared store, recovery through Flink checkpoints")
+    flink_run.add_argument("agent", help="path/to/file.py:AgentClass or package.module:AgentClass")
+    flink_run.add_argument("--input", required=True, metavar="URL",
+                           help="kafka://host:port/topic (every partition)")
+    flink_run.add_argument("--key", required=True, metavar="FIELD",
+                           help="record field holding the agent key (@key: the message key)")
+    flink_run.add_argument("--output", required=True, metavar="URL",
+                           help="kafka://host:port/topic (exactly once, keyed by agent key)")
+    flink_run.add_argument("--store", required=True, metavar="URL",
+                           help="a store every TaskManager reaches: kafka://host:port/topic")
+    flink_run.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",
+                           help="store option (as for actionstate run)")
+    flink_run.add_argument("--jobmanager", metavar="HOST:PORT",
+                           help="the JobManager's REST address (default: a local mini-cluster "
+                           "in this process, for development)")
+    flink_run.add_argument("--parallelism", type=int, default=1, metavar="N",
+                           help="subtasks of the agent operator (default 1)")
+    flink_run.add_argument("--checkpoint-interval", default="2s", metavar="DURATION",
+                           help="Flink checkpoint interval: 2s, 500ms, 1m (default 2s)")
+    flink_run.add_argument("--durability", choices=DURABILITIES, default="sync",
+                           help="store durability (default sync)")
+    flink_run.add_argument("--divergence", choices=POLICIES, default="reexecute",
+                           help="what to do when replay finds a different call than recorded")
+    flink_run.add_argument("--max-retries", type=int, default=3, metavar="N",
+                           help="retries of a durable call that fails transiently (default 3)")
+    flink_run.add_argument("--retry-wait-interval", type=float, default=1.0, metavar="SECONDS",
+                           help="wait before the first retry (default 1)")
+    flink_run.add_argument("--job", help="job name: the store namespace and idempotency keys "
+                           "derive from it (default: the agent spec)")
+    flink_run.add_argument("--until-end", action="store_true",
+                           help="read the input up to its end when the job starts, then finish")
+    flink_run.add_argument("--detach", action="store_true",
+                           help="print the job id and return at once (with --jobmanager)")
+    flink_run.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                           help="set in the Python workers' environment (e.g. the model's "
+                           "URL); not for secrets: it travels in the job graph")
+    flink_run.add_argument("--connector-jar", metavar="PATH",
+                           help="Flink's Kafka connector jar (default: the one "
+                           "scripts/services/flink fetched)")
+    flink_run.set_defaults(command=_flink_run)
+
     inspect = sub.add_parser("inspect", help="show what a state directory holds")
     inspect.add_argument("--state", required=True)
     inspect.add_argument("--key", help="only this input key")
@@ -134,6 +179,52 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _flink_run(args: argparse.Namespace) -> int:
+    try:
+        from actionstate.runners import flink
+    except ImportError as exc:
+        raise ConfigError(f"the Flink runner needs the optional dependency {exc.name!r}: "
+                          "pip install 'actionstate[flink]' (in an environment without the "
+                          "fluss extra: their pandas pins conflict)") from None
+    if args.parallelism < 1:
+        raise ConfigError(f"--parallelism must be at least 1, got {args.parallelism}")
+    target, sep, name = args.agent.rpartition(":")
+    agent = (f"{Path(target).resolve()}:{name}" if sep and target.endswith(".py")
+             else args.agent)
+    load_agent_class(agent)  # a bad spec fails here, not in a TaskManager
+    job = flink.FlinkJob(
+        agent=agent, input=args.input, key=args.key, output=args.output, store=args.store,
+        job=args.job or _default_job(args.agent), store_options=_options(args.option),
+        durability=args.durability, divergence=args.divergence,
+        max_retries=args.max_retries, retry_wait=args.retry_wait_interval,
+        parallelism=args.parallelism, checkpoint_interval=_duration(args.checkpoint_interval),
+        until_end=args.until_end, jobmanager=args.jobmanager,
+        connector_jar=args.connector_jar or flink.default_connector_jar(),
+        environment=_options(args.env, "--env"))
+    job_id = flink.submit(job, detach=args.detach)
+    print(job_id)
+    return 0
+
+
+def _duration(text: str) -> float:
+    """Seconds of ``2s``, ``500ms``, ``1m`` or a bare number of seconds."""
+    units = {"ms": 0.001, "s": 1.0, "m": 60.0}
+    for suffix in ("ms", "s", "m"):
+        if text.endswith(suffix):
+            number, scale = text[:-len(suffix)], units[suffix]
+            break
+    else:
+        number, scale = text, 1.0
+    try:
+        seconds = float(number) * scale
+    except ValueError:
+        seconds = -1.0
+    if seconds <= 0:
+        raise ConfigError(f"--checkpoint-interval {text!r} must be a positive duration: 2s, "
+                          "500ms, 1m")
+    return seconds
+
+
 def _version() -> str:
     try:
         return importlib.metadata.version("actionstate")
@@ -141,12 +232,12 @@ def _version() -> str:
         return "(not installed)"
 
 
-def _options(pairs: list[str]) -> dict[str, str]:
+def _options(pairs: list[str], flag: str = "--option") -> dict[str, str]:
     options = {}
     for pair in pairs:
         name, sep, value = pair.partition("=")
         if not sep or not name:
-            raise ConfigError(f"--option {pair!r} must look like NAME=VALUE")
+            raise ConfigError(f"{flag} {pair!r} must look like NAME=VALUE")
         options[name] = value
     return options
 

@@ -137,6 +137,12 @@ class ActionStateStore(ABC):
         """How many partitions the log has (fences go to each)."""
         return 1
 
+    def key_bound(self, key: str) -> Position:
+        """The partition the records of agent key ``key`` go to, and a lower bound of
+        the offset the next one will get there (cheap: no round trip where the
+        backend knows it). The default asks :meth:`end_offsets` of partition 0."""
+        return (0, self.end_offsets().get(0, 0))
+
     # -- the contract, shared by every backend -------------------------------
 
     @property
@@ -188,6 +194,21 @@ class ActionStateStore(ABC):
         offsets.update(self.index.first_positions())
         fences = {p: self.index.fence_before(p, o) for p, o in offsets.items()}
         return Marker(self.namespace, dict(sorted(offsets.items())), fences, self.epoch)
+
+    def attach(self, namespace: str) -> None:
+        """Write into ``namespace`` beside other writers of it (the subtasks of a Flink
+        job): no claim, no rebuild, an empty index; the states a writer needs come in
+        through :meth:`records` and :meth:`StateIndex.apply`, key by key."""
+        self.index = StateIndex()
+        self._read_only = False
+        self.use_namespace(namespace)
+
+    def records(self, start: dict[int, int], stop: dict[int, int]
+                ) -> Iterator[tuple[Position, Record]]:
+        """The decoded records of this namespace from ``start`` up to ``stop``, in log
+        order per partition."""
+        for position, data, where in self.read(self.namespace, start, stop):
+            yield position, decode_record(data, where)
 
     def rebuild(self, marker: Marker | None, *, read_only: bool = False) -> int:
         """Claim a new epoch and restore the states after ``marker``.

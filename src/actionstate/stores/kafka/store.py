@@ -212,6 +212,11 @@ class KafkaActionStateStore(ActionStateStore):
         if not self._closed:
             self._drain()
 
+    def key_bound(self, key: str) -> Position:
+        partition = partition_of(key, self.partitions)
+        with self._reports:  # the end this writer knows: acknowledged records
+            return (partition, self._next.get(partition, 0))
+
     @property
     def partition_count(self) -> int:
         return self.partitions
