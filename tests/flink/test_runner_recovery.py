@@ -1,0 +1,189 @@
+"""The Flink runner on the real standalone cluster (scripts/services/flink) and broker:
+TaskManager kill -9 with calls recorded since the last completed checkpoint, with the
+Kafka store and with memory:// (the control that must pay them again).
+
+Run with the Flink venv: ``.venv-flink/bin/pytest tests/flink`` (scripts/test does).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from actionstate.testing.crash import TRIAGE, labels, make_tickets
+from actionstate.testing.fake_llm import FakeLLMServer
+from actionstate.testing.services import SERVICES, start_service
+from actionstate.testing.topics import Topics, produce, read_committed
+
+PARALLELISM = 2
+TICKETS, CUSTOMERS = 60, 12
+
+
+def rest(address: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    """A call to the JobManager's REST API (POST when ``body`` is given)."""
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(f"http://{address}{path}", data=data, headers={
+        "Content-Type": "application/json"}, method="POST" if body is not None else "GET")
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        return json.loads(answer.read() or b"null")
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 180) -> None:
+    """Until ``condition()`` holds (polling the cluster's REST API or the model's
+    counts), or fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"no {what} within {timeout} s"
+        time.sleep(0.2)  # the poll interval of a REST API, not a synchronization
+
+
+def service(*args: str) -> str:
+    done = subprocess.run([str(SERVICES / "flink"), *args], capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def jobmanager() -> str:
+    return start_service("flink")
+
+
+@pytest.fixture
+def topics(kafka_servers: str) -> Iterator[Topics]:
+    made = Topics(kafka_servers)
+    yield made
+    made.delete()
+
+
+class FlinkRun:
+    """One triage job on the cluster, its topics, and what the model saw."""
+
+    def __init__(self, tmp: Path, servers: str, topics: Topics, jobmanager: str,
+                 server: FakeLLMServer, store: str) -> None:
+        self.tmp, self.servers, self.jobmanager, self.server = tmp, servers, jobmanager, server
+        make_tickets(tmp / "tickets.jsonl", TICKETS, CUSTOMERS)
+        lines = (tmp / "tickets.jsonl").read_text().splitlines()
+        self.input, self.output = topics.create(4), topics.create(2)
+        produce(servers, self.input, [(i % 4, None, line.encode())
+                                      for i, line in enumerate(lines)])
+        self.store = store
+        self.job = ""
+
+    def submit(self) -> str:
+        cmd = [sys.executable, "-m", "actionstate", "flink", "run", f"{TRIAGE}:Triage",
+               "--input", f"kafka://{self.servers}/{self.input}", "--key", "customer",
+               "--output", f"kafka://{self.servers}/{self.output}", "--store", self.store,
+               "--jobmanager", self.jobmanager, "--parallelism", str(PARALLELISM),
+               "--checkpoint-interval", "2s", "--until-end", "--detach",
+               "--job", f"triage-{self.input}",
+               "--env", f"ACTIONSTATE_MODEL_BASE_URL={self.server.base_url}",
+               "--env", f"ACTIONSTATE_REFUND_LEDGER={self.tmp / 'refunds.jsonl'}"]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+        assert done.returncode == 0, done.stderr[-3000:]
+        self.job = done.stdout.strip().splitlines()[-1]
+        return self.job
+
+    def state(self) -> str:
+        return str(rest(self.jobmanager, f"/jobs/{self.job}")["state"])
+
+    def last_checkpoint(self) -> float:
+        """Epoch seconds at which the latest completed checkpoint was acknowledged (0: none)."""
+        latest = rest(self.jobmanager, f"/jobs/{self.job}/checkpoints")["latest"]["completed"]
+        return float(latest["latest_ack_timestamp"]) / 1000 if latest else 0.0
+
+    def outputs(self) -> list[dict[str, Any]]:
+        return [json.loads(value) for _key, value in read_committed(self.servers, self.output)
+                if value is not None]
+
+
+def kill_after_recorded_calls(run: FlinkRun, calls_after: int) -> int:
+    """Wait until ``calls_after`` model calls were answered after the latest completed
+    checkpoint, then kill -9 the TaskManager (and its Python workers) and start
+    another; returns how many calls that checkpoint did not cover."""
+    wall_offset = time.time() - time.monotonic()
+    covered = 0.0
+
+    def enough() -> bool:
+        nonlocal covered
+        covered = run.last_checkpoint()
+        after = [r for r in run.server.requests
+                 if r.answered is not None and r.answered + wall_offset > covered]
+        return covered > 0 and len(after) >= calls_after
+
+    wait_until(enough, f"{calls_after} calls after a completed checkpoint")
+    service("kill-taskmanager")
+    uncovered = len([r for r in run.server.requests if r.received + wall_offset > covered])
+    service("start-taskmanager")
+    return uncovered
+
+
+def finish(run: FlinkRun) -> None:
+    wait_until(lambda: run.state() in ("FINISHED", "FAILED", "CANCELED"), "end of the job",
+               timeout=300)
+    assert run.state() == "FINISHED"
+
+
+def reference(tmp: Path) -> tuple[list[dict[str, Any]], int]:
+    """The same tickets through the local runner, uninterrupted: its outputs and how
+    many model calls it made."""
+    (tmp / "reference").mkdir()
+    make_tickets(tmp / "reference" / "tickets.jsonl", TICKETS, CUSTOMERS)
+    with FakeLLMServer() as server:
+        env = dict(os.environ, ACTIONSTATE_MODEL_BASE_URL=server.base_url,
+                   ACTIONSTATE_REFUND_LEDGER=str(tmp / "reference" / "refunds.jsonl"))
+        done = subprocess.run(
+            [sys.executable, "-m", "actionstate", "run", f"{TRIAGE}:Triage", "--input",
+             str(tmp / "reference" / "tickets.jsonl"), "--key", "customer", "--state",
+             str(tmp / "reference" / "state"), "--output",
+             str(tmp / "reference" / "labels.jsonl"), "--quiet"],
+            env=env, capture_output=True, text=True, timeout=300, check=False)
+        assert done.returncode == 0, done.stderr
+        return labels(tmp / "reference"), server.total_calls
+
+
+def _strip(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    for row in rows:
+        if "refund" in row:
+            row["refund"].pop("refund_id")
+    return sorted(rows, key=lambda row: str(row["id"]))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("store_kind", ["kafka", "memory"])
+def test_a_taskmanager_killed_after_recorded_calls(
+        tmp_path: Path, kafka_servers: str, topics: Topics, jobmanager: str,
+        store_kind: str) -> None:
+    """Kill -9 the TaskManager once calls were recorded after the last completed
+    checkpoint: with the Kafka store none of them runs again (at most one in flight per
+    subtask); memory:// (the control) pays them again. Either way the output topic,
+    read committed, holds exactly one output per ticket, as an uninterrupted run."""
+    store = (f"kafka://{kafka_servers}/{topics.name()}?partitions=4" if store_kind == "kafka"
+             else "memory://")
+    with FakeLLMServer(latency=0.1) as server:
+        run = FlinkRun(tmp_path, kafka_servers, topics, jobmanager, server, store)
+        run.submit()
+        uncovered = kill_after_recorded_calls(run, 3)
+        finish(run)
+        total = server.total_calls
+    expected, expected_calls = reference(tmp_path)
+    repeated = total - expected_calls
+    outputs = run.outputs()
+    assert len(outputs) == TICKETS, "exactly one output per ticket"
+    assert _strip(outputs) == expected
+    if store_kind == "kafka":
+        assert repeated <= PARALLELISM, (
+            f"{repeated} calls ran again; {uncovered} were made after the last checkpoint")
+    else:
+        assert repeated >= uncovered - PARALLELISM >= 1, (
+            f"memory:// keeps nothing: the {uncovered} calls after the checkpoint ran again "
+            f"(seen {repeated})")
