@@ -26,7 +26,8 @@ JOBS = Path(__file__).resolve().parent / "jobs"
 
 def script(*args: str, timeout: float = 300) -> str:
     """Run ``scripts/services/flink ARGS`` with this venv's Python; its stdout."""
-    env = {**os.environ, "FLINK_PYTHON": os.environ.get("FLINK_PYTHON", sys.executable)}
+    python = os.environ.get("FLINK_PYTHON") or str(Path(sys.prefix) / "bin" / "python")
+    env = {**os.environ, "FLINK_PYTHON": python}
     done = subprocess.run([str(SCRIPT), *args], capture_output=True, text=True, env=env,
                           timeout=timeout, check=False)
     if done.returncode != 0:
