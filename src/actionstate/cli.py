@@ -23,6 +23,7 @@ from actionstate.errors import (
 from actionstate.eventlog import LEVELS
 from actionstate.loader import load_agent_class
 from actionstate.retry import RetryPolicy
+from actionstate.stores import open_store
 from actionstate.stores.base import DURABILITIES
 
 __all__ = ["main"]
@@ -192,15 +193,21 @@ def _flink_run(args: argparse.Namespace) -> int:
     agent = (f"{Path(target).resolve()}:{name}" if sep and target.endswith(".py")
              else args.agent)
     load_agent_class(agent)  # a bad spec fails here, not in a TaskManager
+    options = _options(args.option)
+    store = open_store(args.store, durability=args.durability, **options)
+    try:  # no record of this submission lies before the store's end now
+        start_bound = {str(p): o for p, o in store.end_offsets().items()}
+    finally:
+        store.close()
     job = flink.FlinkJob(
         agent=agent, input=args.input, key=args.key, output=args.output, store=args.store,
-        job=args.job or _default_job(args.agent), store_options=_options(args.option),
+        job=args.job or _default_job(args.agent), store_options=options,
         durability=args.durability, divergence=args.divergence,
         max_retries=args.max_retries, retry_wait=args.retry_wait_interval,
         parallelism=args.parallelism, checkpoint_interval=_duration(args.checkpoint_interval),
         until_end=args.until_end, jobmanager=args.jobmanager,
         connector_jar=args.connector_jar or flink.default_connector_jar(),
-        environment=_options(args.env, "--env"))
+        environment=_options(args.env, "--env"), start_bound=start_bound)
     job_id = flink.submit(job, detach=args.detach)
     print(job_id)
     return 0

@@ -12,8 +12,7 @@ import os
 import subprocess
 import sys
 import time
-import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,41 +20,11 @@ import pytest
 
 from actionstate.testing.crash import TRIAGE, labels, make_tickets
 from actionstate.testing.fake_llm import FakeLLMServer
-from actionstate.testing.services import SERVICES, start_service
 from actionstate.testing.topics import Topics, produce, read_committed
+from tests.flink.conftest import Flink, script
 
 PARALLELISM = 2
 TICKETS, CUSTOMERS = 60, 12
-
-
-def rest(address: str, path: str, body: dict[str, Any] | None = None) -> Any:
-    """A call to the JobManager's REST API (POST when ``body`` is given)."""
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(f"http://{address}{path}", data=data, headers={
-        "Content-Type": "application/json"}, method="POST" if body is not None else "GET")
-    with urllib.request.urlopen(request, timeout=10) as answer:
-        return json.loads(answer.read() or b"null")
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = 180) -> None:
-    """Until ``condition()`` holds (polling the cluster's REST API or the model's
-    counts), or fail naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"no {what} within {timeout} s"
-        time.sleep(0.2)  # the poll interval of a REST API, not a synchronization
-
-
-def service(*args: str) -> str:
-    done = subprocess.run([str(SERVICES / "flink"), *args], capture_output=True, text=True,
-                          timeout=300, check=False)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done.stdout.strip()
-
-
-@pytest.fixture(scope="module")
-def jobmanager() -> str:
-    return start_service("flink")
 
 
 @pytest.fixture
@@ -68,9 +37,9 @@ def topics(kafka_servers: str) -> Iterator[Topics]:
 class FlinkRun:
     """One triage job on the cluster, its topics, and what the model saw."""
 
-    def __init__(self, tmp: Path, servers: str, topics: Topics, jobmanager: str,
+    def __init__(self, tmp: Path, servers: str, topics: Topics, flink: Flink,
                  server: FakeLLMServer, store: str) -> None:
-        self.tmp, self.servers, self.jobmanager, self.server = tmp, servers, jobmanager, server
+        self.tmp, self.servers, self.flink, self.server = tmp, servers, flink, server
         make_tickets(tmp / "tickets.jsonl", TICKETS, CUSTOMERS)
         lines = (tmp / "tickets.jsonl").read_text().splitlines()
         self.input, self.output = topics.create(4), topics.create(2)
@@ -83,9 +52,9 @@ class FlinkRun:
         cmd = [sys.executable, "-m", "actionstate", "flink", "run", f"{TRIAGE}:Triage",
                "--input", f"kafka://{self.servers}/{self.input}", "--key", "customer",
                "--output", f"kafka://{self.servers}/{self.output}", "--store", self.store,
-               "--jobmanager", self.jobmanager, "--parallelism", str(PARALLELISM),
+               "--jobmanager", self.flink.address, "--parallelism", str(PARALLELISM),
                "--checkpoint-interval", "2s", "--until-end", "--detach",
-               "--job", f"triage-{self.input}",
+               "--job", f"triage-{self.input}", "--connector-jar", self.flink.connector_jar,
                "--env", f"ACTIONSTATE_MODEL_BASE_URL={self.server.base_url}",
                "--env", f"ACTIONSTATE_REFUND_LEDGER={self.tmp / 'refunds.jsonl'}"]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
@@ -93,12 +62,9 @@ class FlinkRun:
         self.job = done.stdout.strip().splitlines()[-1]
         return self.job
 
-    def state(self) -> str:
-        return str(rest(self.jobmanager, f"/jobs/{self.job}")["state"])
-
     def last_checkpoint(self) -> float:
         """Epoch seconds at which the latest completed checkpoint was acknowledged (0: none)."""
-        latest = rest(self.jobmanager, f"/jobs/{self.job}/checkpoints")["latest"]["completed"]
+        latest = self.flink.checkpoints(self.job)["latest"]["completed"]
         return float(latest["latest_ack_timestamp"]) / 1000 if latest else 0.0
 
     def outputs(self) -> list[dict[str, Any]]:
@@ -111,26 +77,21 @@ def kill_after_recorded_calls(run: FlinkRun, calls_after: int) -> int:
     checkpoint, then kill -9 the TaskManager (and its Python workers) and start
     another; returns how many calls that checkpoint did not cover."""
     wall_offset = time.time() - time.monotonic()
-    covered = 0.0
-
-    def enough() -> bool:
-        nonlocal covered
+    deadline = time.monotonic() + 180
+    while True:
         covered = run.last_checkpoint()
         after = [r for r in run.server.requests
                  if r.answered is not None and r.answered + wall_offset > covered]
-        return covered > 0 and len(after) >= calls_after
-
-    wait_until(enough, f"{calls_after} calls after a completed checkpoint")
-    service("kill-taskmanager")
+        if covered > 0 and len(after) >= calls_after:
+            break
+        failures = run.flink.rest(f"/jobs/{run.job}/exceptions")["exceptionHistory"]["entries"]
+        assert not failures, f"the job failed before the kill:\n{failures[0]['stacktrace'][:3000]}"
+        assert time.monotonic() < deadline, f"no {calls_after} calls after a checkpoint"
+        time.sleep(0.05)  # the poll interval of the REST API and the model's counts
+    script("kill-taskmanager")
     uncovered = len([r for r in run.server.requests if r.received + wall_offset > covered])
-    service("start-taskmanager")
+    script("start-taskmanager")
     return uncovered
-
-
-def finish(run: FlinkRun) -> None:
-    wait_until(lambda: run.state() in ("FINISHED", "FAILED", "CANCELED"), "end of the job",
-               timeout=300)
-    assert run.state() == "FINISHED"
 
 
 def reference(tmp: Path) -> tuple[list[dict[str, Any]], int]:
@@ -161,7 +122,7 @@ def _strip(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 @pytest.mark.slow
 @pytest.mark.parametrize("store_kind", ["kafka", "memory"])
 def test_a_taskmanager_killed_after_recorded_calls(
-        tmp_path: Path, kafka_servers: str, topics: Topics, jobmanager: str,
+        tmp_path: Path, kafka_servers: str, topics: Topics, flink: Flink,
         store_kind: str) -> None:
     """Kill -9 the TaskManager once calls were recorded after the last completed
     checkpoint: with the Kafka store none of them runs again (at most one in flight per
@@ -170,13 +131,14 @@ def test_a_taskmanager_killed_after_recorded_calls(
     store = (f"kafka://{kafka_servers}/{topics.name()}?partitions=4" if store_kind == "kafka"
              else "memory://")
     with FakeLLMServer(latency=0.1) as server:
-        run = FlinkRun(tmp_path, kafka_servers, topics, jobmanager, server, store)
+        run = FlinkRun(tmp_path, kafka_servers, topics, flink, server, store)
         run.submit()
         uncovered = kill_after_recorded_calls(run, 3)
-        finish(run)
+        flink.wait_job(run.job, {"FINISHED"}, timeout=300)
         total = server.total_calls
     expected, expected_calls = reference(tmp_path)
     repeated = total - expected_calls
+    print(f"\n{store_kind}: {uncovered} calls after the checkpoint, {repeated} ran again")
     outputs = run.outputs()
     assert len(outputs) == TICKETS, "exactly one output per ticket"
     assert _strip(outputs) == expected

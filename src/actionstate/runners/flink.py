@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import pyflink
 from pyflink.common import Configuration, Row, Types
 from pyflink.datastream import CheckpointingMode, StreamExecutionEnvironment
 from pyflink.datastream.functions import KeyedProcessFunction, RuntimeContext
@@ -102,6 +103,9 @@ class FlinkJob:
     until_end: bool = False
     jobmanager: str | None = None
     connector_jar: str = ""
+    start_bound: dict[str, int] = field(default_factory=dict)
+    """The store's end offsets when the job was submitted (partition as text): no
+    record of this submission lies before them."""
     environment: dict[str, str] = field(default_factory=dict)
     """Set in each Python worker's environment before the agent loads (they travel in
     the job graph: give secrets through the TaskManagers' own environment)."""
@@ -125,29 +129,41 @@ class KeyScanner:
     """Brings a key's recorded states into a worker's index on its first input.
 
     ``stop`` is the store's end per partition when the worker opened: records after
-    it are this worker's own (applied as they are put). Each partition is read once
-    from the lowest ``since`` asked so far (earlier ranges are read when a key needs
-    them); the records of keys not yet asked for wait, by key, in log order.
+    it are this worker's own (applied as they are put). A key's records are read from
+    its ``since`` (restored from the checkpoint). A key the checkpoint does not know
+    (first seen after it) starts at the highest ``since`` restored so far in its
+    partition, else at ``start``, the store's end when the job was submitted: each is
+    a bound taken before the checkpoint, so no record written after it lies below.
+    Each partition is read once from the lowest bound asked so far (earlier ranges
+    when a key needs them); the records of keys not yet asked for wait, by key, in
+    log order.
     """
 
-    def __init__(self, store: ActionStateStore, stop: dict[int, int]) -> None:
-        self.store, self.stop = store, stop
-        self._start: dict[int, int] = {}
+    def __init__(self, store: ActionStateStore, stop: dict[int, int],
+                 start: dict[int, int]) -> None:
+        self.store, self.stop, self.start = store, stop, start
+        self._read_from: dict[int, int] = {}
+        self._restored: dict[int, int] = {}
         self._waiting: dict[str, list[tuple[Position, Record]]] = {}
         self._claimed: set[str] = set()
 
     def claim(self, key: str, since: Position | None) -> None:
-        """Apply the records of ``key`` from ``since`` on (once per key and worker)."""
+        """Apply the records of ``key`` from its ``since`` on (once per key and worker;
+        ``since`` None: the checkpoint has no state of the key)."""
         if key in self._claimed:
             return
         self._claimed.add(key)
-        if since is not None:
+        if since is None:
+            partition = self.store.key_bound(key)[0]
+            offset = self._restored.get(partition, self.start.get(partition, 0))
+        else:
             partition, offset = since
-            stop = min(self._start.get(partition, self.stop.get(partition, 0)),
-                       self.stop.get(partition, 0))
-            if offset < stop:
-                self._read(key, partition, offset, stop)
-                self._start[partition] = offset
+            self._restored[partition] = max(offset, self._restored.get(partition, 0))
+        stop = min(self._read_from.get(partition, self.stop.get(partition, 0)),
+                   self.stop.get(partition, 0))
+        if offset < stop:
+            self._read(key, partition, offset, stop)
+            self._read_from[partition] = offset
         for position, record in self._waiting.pop(key, []):
             self.store.index.apply(record, position, record.epoch)
 
@@ -182,7 +198,8 @@ class AgentFunction(KeyedProcessFunction):  # type: ignore[misc]  # pyflink is u
         self.store = open_store(job.store, durability=job.durability,  # type: ignore[arg-type]
                                 **job.store_options)
         self.store.attach(job.namespace)
-        self.scanner = KeyScanner(self.store, self.store.end_offsets())
+        self.scanner = KeyScanner(self.store, self.store.end_offsets(),
+                                  {int(p): o for p, o in job.start_bound.items()})
         self.settings = ChainSettings(
             job=job.job, policy=job.divergence,  # type: ignore[arg-type]
             retry=RetryPolicy(max_attempts=job.max_retries + 1,
@@ -240,6 +257,8 @@ def build(env: StreamExecutionEnvironment, job: FlinkJob) -> Any:
     in_servers, in_topic = _topic(job.input, "--input")
     out_servers, out_topic = _topic(job.output, "--output")
     t_env = StreamTableEnvironment.create(env)
+    for name, value in _settings(job).items():  # the table planner submits: tell it too
+        t_env.get_config().set(name, value)
     bounded = "'scan.bounded.mode'='latest-offset'," if job.until_end else ""
     t_env.execute_sql(f"""
         CREATE TABLE actionstate_input (
@@ -279,25 +298,41 @@ def build(env: StreamExecutionEnvironment, job: FlinkJob) -> Any:
     return t_env.from_data_stream(outputs).execute_insert("actionstate_output")
 
 
+def _settings(job: FlinkJob) -> dict[str, str]:
+    """Flink settings of the job: where to submit it, Python bundles."""
+    settings = {
+        # Python bundles finish before every checkpoint barrier; small ones keep inputs
+        # flowing (the default waits up to 1 s).
+        "python.fn-execution.bundle.time": "50",
+        "python.fn-execution.bundle.size": "100",
+    }
+    if job.jobmanager:
+        host, _, port = job.jobmanager.rpartition(":")
+        settings.update({"execution.target": "remote", "rest.address": host or "127.0.0.1",
+                         "rest.port": port or "8081"})
+    return settings
+
+
 def environment(job: FlinkJob) -> StreamExecutionEnvironment:
     """The execution environment: the JobManager at ``job.jobmanager`` (host:port of its
     REST API), else a local mini-cluster in this process."""
     config = Configuration()
+    for name, value in _settings(job).items():
+        config.set_string(name, value)
     if job.jobmanager:
-        host, _, port = job.jobmanager.rpartition(":")
-        config.set_string("execution.target", "remote")
-        config.set_string("rest.address", host or "127.0.0.1")
-        config.set_string("rest.port", port or "8081")
-    # Python bundles finish before every checkpoint barrier; small ones keep inputs
-    # flowing (the default waits up to 1 s).
-    config.set_string("python.fn-execution.bundle.time", "50")
-    config.set_string("python.fn-execution.bundle.size", "100")
+        # Python workers run in the TaskManagers, not in this process: PyFlink would
+        # otherwise serve them from here ("loopback"), as for a local mini-cluster.
+        os.environ["_python_worker_execution_mode"] = "process"
     env = StreamExecutionEnvironment.get_execution_environment(config)
     if not job.connector_jar or not Path(job.connector_jar).is_file():
         raise ConfigError(
             f"the Flink Kafka connector jar {job.connector_jar or '(none)'} is missing: "
             "scripts/services/flink start fetches it (or give --connector-jar)")
-    env.add_jars(Path(job.connector_jar).resolve().as_uri())
+    # The Python operators' classes: `flink run -py` ships this jar with a job, and a
+    # job submitted from Python must do the same.
+    python_jars = sorted((Path(pyflink.__file__).parent / "opt").glob("flink-python-*.jar"))
+    env.add_jars(Path(job.connector_jar).resolve().as_uri(),
+                 *(jar.resolve().as_uri() for jar in python_jars))
     agent_file = job.agent.rpartition(":")[0]
     if agent_file.endswith(".py"):
         env.add_python_file(str(Path(agent_file).resolve()))
