@@ -132,6 +132,9 @@ def _parser() -> argparse.ArgumentParser:
                            "derive from it (default: the agent spec)")
     flink_run.add_argument("--until-end", action="store_true",
                            help="read the input up to its end when the job starts, then finish")
+    flink_run.add_argument("--from-savepoint", metavar="PATH",
+                           help="start from a savepoint of this job (e.g. after a stop with "
+                           "savepoint; the parallelism may differ)")
     flink_run.add_argument("--detach", action="store_true",
                            help="print the job id and return at once (with --jobmanager)")
     flink_run.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
@@ -207,7 +210,8 @@ def _flink_run(args: argparse.Namespace) -> int:
         parallelism=args.parallelism, checkpoint_interval=_duration(args.checkpoint_interval),
         until_end=args.until_end, jobmanager=args.jobmanager,
         connector_jar=args.connector_jar or flink.default_connector_jar(),
-        environment=_options(args.env, "--env"), start_bound=start_bound)
+        environment=_options(args.env, "--env"), start_bound=start_bound,
+        savepoint=args.from_savepoint)
     job_id = flink.submit(job, detach=args.detach)
     print(job_id)
     return 0

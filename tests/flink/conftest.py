@@ -49,6 +49,13 @@ class Flink:
             body = response.read()
         return json.loads(body) if body else None
 
+    def rest_post(self, path: str, body: dict[str, Any]) -> Any:
+        request = urllib.request.Request(f"http://{self.address}{path}", method="POST",
+                                         data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.loads(response.read() or b"null")
+
     def run_py(self, job: str, *args: str) -> str:
         """Submit ``tests/flink/jobs/JOB`` detached (``flink run -d -py``); its job id."""
         spec = importlib.util.find_spec("pyflink")

@@ -36,6 +36,7 @@ import copy
 import hashlib
 import json
 import os
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,6 +104,8 @@ class FlinkJob:
     until_end: bool = False
     jobmanager: str | None = None
     connector_jar: str = ""
+    savepoint: str | None = None
+    """Start from this savepoint (or retained checkpoint) of an earlier run of the job."""
     start_bound: dict[str, int] = field(default_factory=dict)
     """The store's end offsets when the job was submitted (partition as text): no
     record of this submission lies before them."""
@@ -192,8 +195,13 @@ class AgentFunction(KeyedProcessFunction):  # type: ignore[misc]  # pyflink is u
         os.environ.update(job.environment)
         spec = job.agent
         target, _, name = spec.rpartition(":")
-        if target.endswith(".py") and not Path(target).is_file():
-            spec = f"{Path(target).stem}:{name}"  # shipped with add_python_file
+        if target.endswith(".py"):
+            # A Python worker may outlive a job and serve the next one: the agent's
+            # module is loaded again, so that what it reads from the environment at
+            # import is this job's.
+            sys.modules.pop(Path(target).stem, None)
+            if not Path(target).is_file():
+                spec = f"{Path(target).stem}:{name}"  # shipped with add_python_file
         self.agent = load_agent_class(spec)()
         self.store = open_store(job.store, durability=job.durability,  # type: ignore[arg-type]
                                 **job.store_options)
@@ -291,10 +299,10 @@ def build(env: StreamExecutionEnvironment, job: FlinkJob) -> Any:
 
     pair = Types.ROW([Types.STRING(), Types.STRING()])
     inputs = t_env.to_data_stream(t_env.from_path("actionstate_input"))
-    outputs = (inputs.map(keyed, output_type=pair)
+    outputs = (inputs.map(keyed, output_type=pair).uid("actionstate-keys")
                .key_by(lambda row: row[0], key_type=Types.STRING())
                .process(AgentFunction(job), output_type=pair)
-               .name("actionstate agent"))
+               .uid("actionstate-agent").name("actionstate agent"))
     return t_env.from_data_stream(outputs).execute_insert("actionstate_output")
 
 
@@ -306,6 +314,8 @@ def _settings(job: FlinkJob) -> dict[str, str]:
         "python.fn-execution.bundle.time": "50",
         "python.fn-execution.bundle.size": "100",
     }
+    if job.savepoint:
+        settings["execution.savepoint.path"] = job.savepoint
     if job.jobmanager:
         host, _, port = job.jobmanager.rpartition(":")
         settings.update({"execution.target": "remote", "rest.address": host or "127.0.0.1",
