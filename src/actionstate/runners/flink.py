@@ -309,10 +309,11 @@ def build(env: StreamExecutionEnvironment, job: FlinkJob) -> Any:
 def _settings(job: FlinkJob) -> dict[str, str]:
     """Flink settings of the job: where to submit it, Python bundles."""
     settings = {
-        # Python bundles finish before every checkpoint barrier; small ones keep inputs
-        # flowing (the default waits up to 1 s).
+        # A Python bundle finishes before every checkpoint barrier, so a checkpoint (or
+        # a stop with savepoint) waits for the inputs in it: with model calls taking
+        # seconds, a bundle is one input. The default also waits up to 1 s to fill one.
         "python.fn-execution.bundle.time": "50",
-        "python.fn-execution.bundle.size": "100",
+        "python.fn-execution.bundle.size": "1",
     }
     if job.savepoint:
         settings["execution.savepoint.path"] = job.savepoint
