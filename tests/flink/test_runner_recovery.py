@@ -171,11 +171,11 @@ def _strip(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def test_a_taskmanager_killed_after_recorded_calls(
         tmp_path: Path, kafka_servers: str, topics: Topics, cluster: Flink,
         store_kind: str) -> None:
-    flink = cluster
     """Kill -9 the TaskManager once calls were recorded after the last completed
     checkpoint: with the Kafka store none of them runs again (at most one in flight per
     subtask); memory:// (the control) pays them again. Either way the output topic,
     read committed, holds exactly one output per ticket, as an uninterrupted run."""
+    flink = cluster
     store = (f"kafka://{kafka_servers}/{topics.name()}?partitions=4" if store_kind == "kafka"
              else "memory://")
     with FakeLLMServer(latency=0.1) as server:

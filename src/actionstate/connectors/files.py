@@ -13,8 +13,11 @@ from actionstate.connectors.base import InputRecord, Item, Rejected
 from actionstate.errors import ConfigError, InputError
 from actionstate.records.canonical import wire
 
-__all__ = ["JsonlSink", "JsonlSource", "Refused", "SourceDigest", "check_key",
-           "decode_object", "field_key", "why_unwritable"]
+__all__ = ["KEY_OF_MESSAGE", "JsonlSink", "JsonlSource", "Refused", "SourceDigest",
+           "check_key", "decode_object", "field_key", "record_key", "why_unwritable"]
+
+KEY_OF_MESSAGE = "@key"
+"""The key field that takes an input's agent key from its message's own key (Kafka)."""
 
 _BATCH = 256
 """Lines read at a time: a runner looks up the keys of a batch together."""
@@ -176,6 +179,19 @@ def field_key(record: dict[str, Any], key_field: str, option: str) -> str:
         raise Refused(f"record has no key field {key_field!r}; give each record that "
                       f"field, or choose another with {option}")
     return check_key(record[key_field], f"key field {key_field!r}", option)
+
+
+def record_key(record: dict[str, Any], key_field: str, message_key: str | None) -> str:
+    """The agent key of a decoded record with a message key (Kafka): the field
+    ``key_field``, or with :data:`KEY_OF_MESSAGE` the message key; raises
+    :class:`Refused` when it is missing or not a string."""
+    if key_field != KEY_OF_MESSAGE:
+        return field_key(record, key_field, "--key (@key: the message key)")
+    if message_key is None:
+        raise Refused("the record has no message key (null), and the input takes its "
+                      "keys from message keys (@key): produce keyed records, or choose a "
+                      "JSON field with --key")
+    return check_key(message_key, "the message key", "--key")
 
 
 def check_key(key: Any, what: str, option: str) -> str:

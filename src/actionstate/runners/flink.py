@@ -50,7 +50,7 @@ from pyflink.datastream.functions import KeyedProcessFunction, RuntimeContext
 from pyflink.datastream.state import ValueStateDescriptor
 from pyflink.table import StreamTableEnvironment
 
-from actionstate.connectors.files import Refused, check_key, decode_object, field_key
+from actionstate.connectors.files import Refused, decode_object, record_key
 from actionstate.durable.chain import ChainSettings, process_input
 from actionstate.errors import ConfigError, InputError
 from actionstate.loader import load_agent_class
@@ -65,7 +65,6 @@ from actionstate.stores.base import ActionStateStore
 __all__ = ["AgentFunction", "FlinkJob", "KeyScanner", "build", "default_connector_jar",
            "submit"]
 
-KEY_OF_MESSAGE = "@key"
 CONNECTOR = "flink-sql-connector-kafka-5.0.0-2.2.jar"
 """Flink's Kafka connector (none is released for 2.3 yet; this one works on 2.3.0)."""
 
@@ -249,13 +248,7 @@ class AgentFunction(KeyedProcessFunction):  # type: ignore[misc]  # pyflink is u
 def agent_key(key_field: str, raw_key: str | None, value: str, where: str) -> str:
     """The agent key of one input record, under the rules every source shares."""
     try:
-        record = decode_object(value.encode())
-        if key_field != KEY_OF_MESSAGE:
-            return field_key(record, key_field, "--key (@key: the message key)")
-        if raw_key is None:
-            raise Refused("the record has no message key (null), and the input takes its "
-                          "keys from message keys (@key)")
-        return check_key(raw_key, "the message key", "--key")
+        return record_key(decode_object(value.encode()), key_field, raw_key)
     except Refused as refused:
         raise InputError(f"{where}: {refused}") from None
 

@@ -13,7 +13,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from confluent_kafka import TopicPartition as TP
 
 from actionstate.connectors.base import InputRecord, Item, Rejected
-from actionstate.connectors.files import Refused, check_key, decode_object, field_key
+from actionstate.connectors.files import KEY_OF_MESSAGE, Refused, decode_object, record_key
 from actionstate.connectors.kafka.endpoint import Endpoint, parse_endpoint, unreachable
 from actionstate.errors import (
     ConfigError,
@@ -31,8 +31,6 @@ __all__ = ["KEY_OF_MESSAGE", "KafkaSource"]
 
 log = logging.getLogger("actionstate.connectors.kafka")
 
-KEY_OF_MESSAGE = "@key"
-"""The ``key`` that takes an input's agent key from the Kafka message key."""
 
 _BATCH, _WAIT = 500, 0.2
 
@@ -253,18 +251,13 @@ class KafkaSource:
             if raw is None:
                 raise Refused("the record has no value (a tombstone)")
             record = decode_object(raw)
-            if self.key != KEY_OF_MESSAGE:
-                key = field_key(record, self.key, "--key (@key: the message key)")
-            elif raw_key is None:
-                raise Refused("the record has no message key (null), and the input takes its "
-                              "keys from message keys (@key): produce keyed records, or "
-                              "choose a JSON field with --key")
-            else:
-                try:
-                    key = check_key(raw_key.decode("utf-8"), "the message key", "--key")
-                except UnicodeDecodeError:
-                    raise Refused("the message key is not valid UTF-8: produce UTF-8 keys, "
-                                  "or choose a JSON field with --key") from None
+            try:  # only read when the key is the message key (@key)
+                message_key = (raw_key.decode("utf-8")
+                               if raw_key is not None and self.key == KEY_OF_MESSAGE else None)
+            except UnicodeDecodeError:
+                raise Refused("the message key is not valid UTF-8: produce UTF-8 keys, "
+                              "or choose a JSON field with --key") from None
+            key = record_key(record, self.key, message_key)
         except Refused as refused:
             return Rejected(f"{where}: {refused}; fix what produces to {self.endpoint.topic}, "
                             "or set such records aside with --dead-letter", raw or b"",
