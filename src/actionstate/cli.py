@@ -118,6 +118,9 @@ def _parser() -> argparse.ArgumentParser:
                            "in this process, for development)")
     flink_run.add_argument("--parallelism", type=int, default=1, metavar="N",
                            help="subtasks of the agent operator (default 1)")
+    flink_run.add_argument("--concurrency", type=int, default=64, metavar="N",
+                           help="inputs in flight per subtask, each of another key "
+                           "(default: %(default)s)")
     flink_run.add_argument("--checkpoint-interval", default="2s", metavar="DURATION",
                            help="Flink checkpoint interval: 2s, 500ms, 1m (default 2s)")
     flink_run.add_argument("--durability", choices=DURABILITIES, default="sync",
@@ -192,6 +195,8 @@ def _flink_run(args: argparse.Namespace) -> int:
                           "fluss extra: their pandas pins conflict)") from None
     if args.parallelism < 1:
         raise ConfigError(f"--parallelism must be at least 1, got {args.parallelism}")
+    if args.concurrency < 1:
+        raise ConfigError(f"--concurrency must be at least 1, got {args.concurrency}")
     target, sep, name = args.agent.rpartition(":")
     agent = (f"{Path(target).resolve()}:{name}" if sep and target.endswith(".py")
              else args.agent)
@@ -208,7 +213,7 @@ def _flink_run(args: argparse.Namespace) -> int:
         durability=args.durability, divergence=args.divergence,
         max_retries=args.max_retries, retry_wait=args.retry_wait_interval,
         parallelism=args.parallelism, checkpoint_interval=_duration(args.checkpoint_interval),
-        until_end=args.until_end, jobmanager=args.jobmanager,
+        concurrency=args.concurrency, until_end=args.until_end, jobmanager=args.jobmanager,
         connector_jar=args.connector_jar or flink.default_connector_jar(),
         environment=_options(args.env, "--env"), start_bound=start_bound,
         savepoint=args.from_savepoint)
