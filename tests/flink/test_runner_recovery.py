@@ -21,11 +21,17 @@ import pytest
 
 from actionstate.testing.crash import TRIAGE, labels, make_tickets
 from actionstate.testing.fake_llm import FakeLLMServer
+from actionstate.testing.services import Tables, start_service
 from actionstate.testing.topics import Topics, produce, read_committed
 from tests.flink.conftest import Flink, script
 
 PARALLELISM = 2
 TICKETS, CUSTOMERS = 60, 12
+CONCURRENCY = 2
+"""Keys in flight per subtask: few, so that a kill finds work left."""
+CALLS_AFTER = PARALLELISM * CONCURRENCY + 4
+"""Calls answered after the last completed checkpoint before a kill: more than can be
+in flight at once, so that some were recorded."""
 
 
 @pytest.fixture
@@ -70,17 +76,20 @@ class FlinkRun:
                                            for i in range(start, stop)])
 
     def submit(self, parallelism: int = PARALLELISM, savepoint: str | None = None,
-               until_end: bool = True) -> str:
+               until_end: bool = False, concurrency: int = CONCURRENCY,
+               event_log: Path | None = None) -> str:
         cmd = [sys.executable, "-m", "actionstate", "flink", "run", f"{TRIAGE}:Triage",
                "--input", f"kafka://{self.servers}/{self.input}", "--key", "customer",
                "--output", f"kafka://{self.servers}/{self.output}", "--store", self.store,
                "--jobmanager", self.flink.address, "--parallelism", str(parallelism),
-               "--checkpoint-interval", "2s", "--detach",
+               "--checkpoint-interval", "2s", "--detach", "--concurrency", str(concurrency),
                "--job", f"triage-{self.input}", "--connector-jar", self.flink.connector_jar,
                "--env", f"ACTIONSTATE_MODEL_BASE_URL={self.server.base_url}",
                "--env", f"ACTIONSTATE_REFUND_LEDGER={self.tmp / 'refunds.jsonl'}"]
         if savepoint is not None:
             cmd += ["--from-savepoint", savepoint]
+        if event_log is not None:
+            cmd += ["--event-log", str(event_log)]
         if until_end:
             cmd.append("--until-end")
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
@@ -122,8 +131,8 @@ def wait_for_calls(run: FlinkRun, count: int) -> None:
 @dataclass
 class Kill:
     """What a TaskManager kill left: calls made after the last completed checkpoint,
-    and calls in flight (sent, not answered a moment before the kill: their records
-    may not exist)."""
+    and calls in flight (sent before the kill ended, not answered a moment before it
+    began: their records may not exist)."""
 
     uncovered: int
     in_flight: int
@@ -131,8 +140,7 @@ class Kill:
 
 def kill_after_recorded_calls(run: FlinkRun, calls_after: int) -> Kill:
     """Wait until ``calls_after`` model calls were answered after the latest completed
-    checkpoint, then kill -9 the TaskManager (and its Python workers) and start
-    another."""
+    checkpoint, then :func:`kill`."""
     wall_offset = time.time() - time.monotonic()
     deadline = time.monotonic() + 180
     while True:
@@ -146,13 +154,33 @@ def kill_after_recorded_calls(run: FlinkRun, calls_after: int) -> Kill:
             raise AssertionError(f"the job ended before the kill: {json.dumps(failures)[:3000]}")
         assert time.monotonic() < deadline, f"no {calls_after} calls after a checkpoint"
         time.sleep(0.05)  # the poll interval of the REST API and the model's counts
+    return kill(run, covered)
+
+
+def kill(run: FlinkRun, covered: float) -> Kill:
+    """Kill -9 the TaskManager (and its Python workers) and start another; ``covered``:
+    when (epoch seconds) the last completed checkpoint was acknowledged."""
+    wall_offset = time.time() - time.monotonic()
+    killing = time.monotonic()
     script("kill-taskmanager")
-    killed = time.monotonic()
     requests = list(run.server.requests)
     uncovered = len([r for r in requests if r.received + wall_offset > covered])
-    in_flight = len([r for r in requests if r.answered is None or r.answered > killed - 1.0])
+    # Not answered 50 ms before the kill began: their records may not exist.
+    in_flight = len([r for r in requests if r.answered is None or r.answered > killing - 0.05])
     script("start-taskmanager")
     return Kill(uncovered, in_flight)
+
+
+def kill_during_rebuild(run: FlinkRun) -> Kill:
+    """Once the restored job runs and its first model call came (workers are reading
+    the store for the keys they meet), kill -9 the TaskManager again."""
+    seen = run.server.total_calls
+    run.flink.wait_job(run.job, {"RUNNING"}, timeout=120, tasks_running=True)
+    deadline = time.monotonic() + 120
+    while run.server.total_calls == seen:
+        assert time.monotonic() < deadline, "no model call within 120 s of the restore"
+        time.sleep(0.01)  # the poll interval of the model's counts
+    return kill(run, run.last_checkpoint())
 
 
 def reference(tmp: Path) -> tuple[list[dict[str, Any]], int]:
@@ -180,69 +208,99 @@ def _strip(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda row: str(row["id"]))
 
 
+@pytest.fixture
+def fluss_tables() -> Iterator[Tables]:
+    made = Tables(start_service("fluss"), database="actionstate_flink")
+    yield made
+    made.drop()
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("store_kind", ["kafka", "memory"])
+@pytest.mark.parametrize("store_kind", ["kafka", "fluss", "memory"])
 def test_a_taskmanager_killed_after_recorded_calls(
         tmp_path: Path, kafka_servers: str, topics: Topics, cluster: Flink,
-        store_kind: str) -> None:
+        store_kind: str, request: pytest.FixtureRequest) -> None:
     """Kill -9 the TaskManager once calls were recorded after the last completed
-    checkpoint: with the Kafka store none of them runs again (only calls in flight at the
-    kill may); memory:// (the control) pays them again. Either way the output topic,
-    read committed, holds exactly one output per ticket, as an uninterrupted run."""
+    checkpoint: with the Kafka or the Fluss store none of them runs again (only calls in
+    flight at the kill may); memory:// (the control) pays them again. Either way the
+    output topic, read committed, holds exactly one output per ticket, as an
+    uninterrupted run."""
     flink = cluster
-    store = (f"kafka://{kafka_servers}/{topics.name()}?partitions=4" if store_kind == "kafka"
-             else "memory://")
-    with FakeLLMServer(latency=0.1) as server:
+    if store_kind == "kafka":
+        store = f"kafka://{kafka_servers}/{topics.name()}?partitions=4"
+    elif store_kind == "fluss":
+        store = request.getfixturevalue("fluss_tables").url()
+    else:
+        store = "memory://"
+    with FakeLLMServer(latency=0.3) as server:
         run = FlinkRun(tmp_path, kafka_servers, topics, flink, server, store)
         run.submit()
-        kill = kill_after_recorded_calls(run, 3)
-        flink.wait_job(run.job, {"FINISHED"}, timeout=300)
+        kill = kill_after_recorded_calls(run, CALLS_AFTER)
+        finish(run)
         total = server.total_calls
+        twice = sorted(prompt[:12] for prompt, n in server.calls.items() if n > 1)
     expected, expected_calls = reference(tmp_path)
     repeated, uncovered = total - expected_calls, kill.uncovered
     print(f"\n{store_kind}: {uncovered} calls after the checkpoint, {kill.in_flight} in "
-          f"flight, {repeated} ran again")
+          f"flight, {repeated} ran again: {twice}")
     outputs = run.outputs()
-    assert len(outputs) == TICKETS, "exactly one output per ticket"
+    missing = sorted({f"T{i}" for i in range(TICKETS)} - {row["id"] for row in outputs},
+                     key=lambda name: int(name[1:]))
+    assert len(outputs) == TICKETS, f"exactly one output per ticket; missing {missing}"
     assert _strip(outputs) == expected
-    if store_kind == "kafka":
+    assert uncovered > kill.in_flight, "the kill must find recorded calls to keep"
+    if store_kind != "memory":
         assert repeated <= kill.in_flight, (
             f"{repeated} calls ran again; {uncovered} were made after the last checkpoint, "
             f"{kill.in_flight} in flight")
     else:
-        assert repeated >= uncovered - kill.in_flight >= 1, (
+        assert repeated >= uncovered, (
             f"memory:// keeps nothing: the {uncovered} calls after the checkpoint ran again "
             f"(seen {repeated})")
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("second_kill", ["after recorded calls", "during the rebuild"])
 def test_two_taskmanager_kills_in_a_row(tmp_path: Path, kafka_servers: str, topics: Topics,
-                                        cluster: Flink) -> None:
-    """Killed, restored, killed again after more calls were recorded: each kill costs
-    at most the calls in flight."""
+                                        cluster: Flink, second_kill: str) -> None:
+    """Killed, restored, killed again after more calls were recorded, or as soon as the
+    restored workers meet their first keys: each kill costs at most the calls in
+    flight."""
     flink = cluster
     store = f"kafka://{kafka_servers}/{topics.name()}?partitions=4"
-    with FakeLLMServer(latency=0.1) as server:
+    with FakeLLMServer(latency=0.3) as server:
         run = FlinkRun(tmp_path, kafka_servers, topics, flink, server, store)
-        run.submit()
-        first = kill_after_recorded_calls(run, 3)
-        flink.wait_job(run.job, {"RUNNING"}, timeout=120, tasks_running=True)
-        second = kill_after_recorded_calls(run, 3)
-        flink.wait_job(run.job, {"FINISHED"}, timeout=300)
+        run.submit(concurrency=1)  # slower: work is left for the second kill
+        first = kill_after_recorded_calls(run, CALLS_AFTER)
+        if second_kill == "during the rebuild":
+            second = kill_during_rebuild(run)
+        else:
+            flink.wait_job(run.job, {"RUNNING"}, timeout=120, tasks_running=True)
+            second = kill_after_recorded_calls(run, CALLS_AFTER)
+        finish(run)
         total = server.total_calls
     expected, expected_calls = reference(tmp_path)
     repeated = total - expected_calls
-    print(f"\ntwo kills: {first.uncovered} and {second.uncovered} calls after the "
+    print(f"\ntwo kills ({second_kill}): {first.uncovered} and {second.uncovered} calls after the "
           f"checkpoints, {first.in_flight} and {second.in_flight} in flight, "
           f"{repeated} ran again")
     assert _strip(run.outputs()) == expected, "exactly one output per ticket"
     assert repeated <= first.in_flight + second.in_flight
 
 
+def finish(run: FlinkRun) -> None:
+    """Wait until every ticket's output is committed, then cancel the (unbounded) job."""
+    wait_for_outputs(run, TICKETS)
+    run.flink.cancel(run.job)
+
+
 def wait_for_outputs(run: FlinkRun, count: int) -> None:
     deadline = time.monotonic() + 240
-    while len(run.outputs()) < count:
-        assert time.monotonic() < deadline, f"fewer than {count} committed outputs in 240 s"
+    while len(outputs := run.outputs()) < count:
+        seen = {row["id"] for row in outputs}
+        missing = [f"T{i}" for i in range(count) if f"T{i}" not in seen]
+        assert time.monotonic() < deadline, (
+            f"fewer than {count} committed outputs in 240 s: missing {missing}")
         time.sleep(0.5)  # the poll interval of the output topic
 
 
@@ -260,15 +318,22 @@ def test_stop_with_savepoint_and_restart_at_another_parallelism(
     half = TICKETS // 2
     with FakeLLMServer(latency=0.05) as server:
         run = FlinkRun(tmp_path, kafka_servers, topics, flink, server, store, first=half)
-        run.submit(until_end=False)
+        run.submit(until_end=False, event_log=tmp_path / "events")
         wait_for_outputs(run, half)
         savepoint = run.stop_with_savepoint()
         flink.wait_job(run.job, {"FINISHED"}, timeout=120)
         run.produce(half, TICKETS)
-        run.submit(parallelism=parallelism, savepoint=savepoint, until_end=False)
+        run.submit(parallelism=parallelism, savepoint=savepoint, until_end=False,
+                   event_log=tmp_path / "events")
         wait_for_outputs(run, TICKETS)
         flink.cancel(run.job)
         total = server.total_calls
     expected, expected_calls = reference(tmp_path)
     assert _strip(run.outputs()) == expected, "exactly one output per ticket"
     assert total == expected_calls, "no call paid twice"
+    logged = [json.loads(line) for log in (tmp_path / "events").glob("*.jsonl")
+              for line in log.read_text().splitlines()]
+    inputs = {row["event"]["input"]["id"] for row in logged
+              if row["context"]["event_type"] == "actionstate.InputEvent"}
+    assert inputs == {f"T{i}" for i in range(TICKETS)}, "every worker's event log is written"
+

@@ -69,6 +69,7 @@ from actionstate.connectors.files import Refused, decode_object, record_key
 from actionstate.durable.chain import ChainSettings, InputResult, process_input
 from actionstate.durable.threads import ActionThreads, SyncCommitter
 from actionstate.errors import ConfigError, InputError
+from actionstate.eventlog import EventLogger
 from actionstate.loader import load_agent_class
 from actionstate.memory import apply_update
 from actionstate.records.canonical import stored_json, untag, wire
@@ -123,9 +124,16 @@ class FlinkJob:
     connector_jar: str = ""
     savepoint: str | None = None
     """Start from this savepoint (or retained checkpoint) of an earlier run of the job."""
+    submitted: int = 0
+    """When the job was submitted (ms since the epoch): with the task's attempt number,
+    the epoch of each of its writers (see :func:`writer_epoch`)."""
     start_bound: dict[str, int] = field(default_factory=dict)
     """The store's end offsets when the job was submitted (partition as text): no
     record of this submission lies before them."""
+    event_log: str | None = None
+    """A directory on each TaskManager's file system: every worker appends its event log
+    to ``<namespace>-<subtask>-<attempt>.jsonl`` there."""
+    event_log_level: str = "standard"
     environment: dict[str, str] = field(default_factory=dict)
     """Set in each Python worker's environment before the agent loads (they travel in
     the job graph: give secrets through the TaskManagers' own environment)."""
@@ -143,6 +151,14 @@ def _topic(url: str, role: str) -> tuple[str, str]:
         raise ConfigError(f"{role} {url!r}: the Flink runner reads and writes Kafka topics: "
                           "give kafka://host:port/topic")
     return split.netloc, topic
+
+
+def writer_epoch(job: FlinkJob, attempt: int) -> int:
+    """The epoch a worker stamps on its records: later submissions, and later attempts
+    of one, write under higher epochs. A key's records are taken in log order only while
+    their epoch does not drop (:meth:`KeyScanner.claim`): once a newer worker wrote for
+    a key, what an older one (a zombie of a lost TaskManager) writes later is ignored."""
+    return job.submitted * 10_000 + min(attempt, 9_999)
 
 
 class KeyScanner:
@@ -185,8 +201,11 @@ class KeyScanner:
         if offset < stop:
             self._read(key, partition, offset, stop)
             self._read_from[partition] = offset
-        for position, record in self._waiting.pop(key, []):
-            self.store.index.apply(record, position, record.epoch)
+        top = 0  # the newest writer of the key so far: an older one's later records are a
+        for position, record in self._waiting.pop(key, []):  # zombie's, ignored
+            if record.epoch >= top:
+                top = record.epoch
+                self.store.index.apply(record, position, record.epoch)
         return partition, offset
 
     def _read(self, key: str, partition: int, start: int, stop: int) -> None:
@@ -278,12 +297,18 @@ class AgentFunction(KeyedProcessFunction):  # type: ignore[misc]  # pyflink is u
         self.store = open_store(job.store, durability=job.durability,  # type: ignore[arg-type]
                                 **job.store_options)
         self.store.attach(job.namespace)
+        self.store.epoch = writer_epoch(job, runtime_context.get_attempt_number())
         self.scanner = KeyScanner(self.store, self.store.end_offsets(),
                                   {int(p): o for p, o in job.start_bound.items()})
         settings = ChainSettings(
             job=job.job, policy=job.divergence,  # type: ignore[arg-type]
             retry=RetryPolicy(max_attempts=job.max_retries + 1,
                               initial_interval=job.retry_wait))
+        if job.event_log:
+            subtask = runtime_context.get_index_of_this_subtask()
+            name = f"{job.namespace}-{subtask}-{runtime_context.get_attempt_number()}.jsonl"
+            settings.event_log = EventLogger(Path(job.event_log) / name,
+                                             job.event_log_level)  # type: ignore[arg-type]
         self.lock = settings.lock
         self.engine = _Loop(self.store, settings, job.concurrency)
         # Finished inputs are taken in whatever callback comes next, under their own
@@ -429,6 +454,7 @@ class AgentFunction(KeyedProcessFunction):  # type: ignore[misc]  # pyflink is u
         try:
             self.engine.close()
         finally:
+            self.engine.settings.event_log.close()
             self.store.close()
 
 
@@ -440,8 +466,11 @@ def agent_key(key_field: str, raw_key: str | None, value: str, where: str) -> st
         raise InputError(f"{where}: {refused}") from None
 
 
-def build(env: StreamExecutionEnvironment, job: FlinkJob) -> Any:
-    """Add the job's pipeline to ``env``; returns the table insert to execute."""
+def build(env: StreamExecutionEnvironment, job: FlinkJob,
+          function: KeyedProcessFunction | None = None) -> Any:
+    """Add the job's pipeline to ``env``; returns the table insert to execute.
+    ``function`` replaces the agent operator (a benchmark's baseline without
+    actionstate: it gets each key's rows (key, JSON text) and yields such rows)."""
     in_servers, in_topic = _topic(job.input, "--input")
     out_servers, out_topic = _topic(job.output, "--output")
     t_env = StreamTableEnvironment.create(env)
@@ -481,7 +510,7 @@ def build(env: StreamExecutionEnvironment, job: FlinkJob) -> Any:
     inputs = t_env.to_data_stream(t_env.from_path("actionstate_input"))
     outputs = (inputs.map(keyed, output_type=pair).uid("actionstate-keys")
                .key_by(lambda row: row[0], key_type=Types.STRING())
-               .process(AgentFunction(job), output_type=pair)
+               .process(function or AgentFunction(job), output_type=pair)
                .uid("actionstate-agent").name("actionstate agent"))
     return t_env.from_data_stream(outputs).execute_insert("actionstate_output")
 
@@ -489,11 +518,13 @@ def build(env: StreamExecutionEnvironment, job: FlinkJob) -> Any:
 def _settings(job: FlinkJob) -> dict[str, str]:
     """Flink settings of the job: where to submit it, Python bundles."""
     settings = {
-        # A Python bundle finishes before every checkpoint barrier, so a checkpoint (or
-        # a stop with savepoint) waits for the inputs in it: with model calls taking
-        # seconds, a bundle is one input. The default also waits up to 1 s to fill one.
-        "python.fn-execution.bundle.time": "50",
-        "python.fn-execution.bundle.size": "1",
+        # A bundle is a round trip between the operator and its Python worker: one
+        # input per bundle capped a subtask at ~40 inputs/s. Elements only queue and
+        # start inputs (a full worker blocks until one finishes), so a bundle ends
+        # soon, and a checkpoint barrier, which waits for the bundle, is not held by
+        # model calls. The default waits up to 1 s to fill one.
+        "python.fn-execution.bundle.time": "5",
+        "python.fn-execution.bundle.size": "1000",
     }
     if job.savepoint:
         settings["execution.savepoint.path"] = job.savepoint
@@ -532,10 +563,11 @@ def environment(job: FlinkJob) -> StreamExecutionEnvironment:
     return env
 
 
-def submit(job: FlinkJob, *, detach: bool) -> str:
+def submit(job: FlinkJob, *, detach: bool,
+           function: KeyedProcessFunction | None = None) -> str:
     """Build and start the job; returns its id. Without ``detach`` it waits until the
     job ends (a bounded input: ``until_end``)."""
-    result = build(environment(job), job)
+    result = build(environment(job), job, function)
     job_id = str(result.get_job_client().get_job_id())
     if not detach:
         result.wait()
