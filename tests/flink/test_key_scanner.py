@@ -8,7 +8,15 @@ import warnings
 from collections.abc import Iterator
 
 import pytest
+from confluent_kafka import TopicPartition
+from confluent_kafka.admin import (  # type: ignore[attr-defined]
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+)
 
+from actionstate.errors import StoreError
 from actionstate.records.state import CallRecord, CallResult, CallStatus, StateKey
 from actionstate.stores import open_store
 from actionstate.stores.base import ActionStateStore
@@ -22,10 +30,15 @@ NAMESPACE = "flink-scanner-test"
 
 
 @pytest.fixture
-def store_url(kafka_servers: str) -> Iterator[str]:
-    topics = Topics(kafka_servers)
-    yield f"kafka://{kafka_servers}/{topics.name()}?partitions=2"
-    topics.delete()
+def topics(kafka_servers: str) -> Iterator[Topics]:
+    made = Topics(kafka_servers)
+    yield made
+    made.delete()
+
+
+@pytest.fixture
+def store_url(kafka_servers: str, topics: Topics) -> str:
+    return f"kafka://{kafka_servers}/{topics.name()}?partitions=1"
 
 
 def writer(url: str, epoch: int) -> ActionStateStore:
@@ -78,3 +91,31 @@ def test_later_submissions_and_attempts_write_under_higher_epochs() -> None:
                      store="memory://", job="j", submitted=1_800_000_000_001)
     assert writer_epoch(job, 0) < writer_epoch(job, 1) < writer_epoch(job, 9_999)
     assert writer_epoch(job, 50_000) < writer_epoch(later, 0)
+
+
+def test_a_range_deleted_under_a_key_is_a_clear_error(
+        store_url: str, kafka_servers: str, topics: Topics) -> None:
+    """Records a restored key needs were deleted (delete-records, or a delete policy
+    someone set): the claim fails naming the partition and the offsets, not a replay
+    that silently pays the calls again."""
+    lost = writer(store_url, 1)
+    try:
+        for position in range(4):
+            lost.put(call("k", position, f"result {position}"), sync=True)
+    finally:
+        lost.close()
+    topic = topics.names[-1]
+    admin = AdminClient({"bootstrap.servers": kafka_servers})
+    for policy in ("compact,delete", "compact"):  # deletion needs the delete policy
+        resource = ConfigResource("topic", topic, incremental_configs=[ConfigEntry(
+            "cleanup.policy", policy, incremental_operation=AlterConfigOpType.SET)])
+        admin.incremental_alter_configs([resource])[resource].result()
+        if policy != "compact":
+            next(iter(admin.delete_records([TopicPartition(topic, 0, 2)]).values())).result()
+    reader = writer(store_url, 2)
+    try:
+        scanner = KeyScanner(reader, reader.end_offsets(), {})
+        with pytest.raises(StoreError, match="partition 0 starts at offset 2.*from offset 0"):
+            scanner.claim("k", (0, 0))
+    finally:
+        reader.close()

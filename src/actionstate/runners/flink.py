@@ -35,10 +35,11 @@ What Flink keeps and what the store keeps:
   key lies below it (two losses in a row keep them). The positions move with the
   keys: a rescaled job reads only what its keys need.
 
-Not yet: zombie fencing per writer (a lost TaskManager's Python workers are
-stopped by the service script); cleanup of old records in the store (topic
-retention; a range it removed is a clear error); Fluss as the store (pyfluss 1.0.0
-and apache-flink 2.3.0 cannot share an environment).
+* **Zombies**: each worker writes under its own epoch (:func:`writer_epoch`); a
+  key's records are taken only while their epoch does not drop.
+
+Not yet (docs/architecture.md): a bounded job restored from a checkpoint taken
+after its input ended loses its queued inputs; cleanup of old records in the store.
 """
 
 from __future__ import annotations
@@ -466,11 +467,8 @@ def agent_key(key_field: str, raw_key: str | None, value: str, where: str) -> st
         raise InputError(f"{where}: {refused}") from None
 
 
-def build(env: StreamExecutionEnvironment, job: FlinkJob,
-          function: KeyedProcessFunction | None = None) -> Any:
-    """Add the job's pipeline to ``env``; returns the table insert to execute.
-    ``function`` replaces the agent operator (a benchmark's baseline without
-    actionstate: it gets each key's rows (key, JSON text) and yields such rows)."""
+def build(env: StreamExecutionEnvironment, job: FlinkJob) -> Any:
+    """Add the job's pipeline to ``env``; returns the table insert to execute."""
     in_servers, in_topic = _topic(job.input, "--input")
     out_servers, out_topic = _topic(job.output, "--output")
     t_env = StreamTableEnvironment.create(env)
@@ -510,7 +508,7 @@ def build(env: StreamExecutionEnvironment, job: FlinkJob,
     inputs = t_env.to_data_stream(t_env.from_path("actionstate_input"))
     outputs = (inputs.map(keyed, output_type=pair).uid("actionstate-keys")
                .key_by(lambda row: row[0], key_type=Types.STRING())
-               .process(function or AgentFunction(job), output_type=pair)
+               .process(AgentFunction(job), output_type=pair)
                .uid("actionstate-agent").name("actionstate agent"))
     return t_env.from_data_stream(outputs).execute_insert("actionstate_output")
 
@@ -563,11 +561,10 @@ def environment(job: FlinkJob) -> StreamExecutionEnvironment:
     return env
 
 
-def submit(job: FlinkJob, *, detach: bool,
-           function: KeyedProcessFunction | None = None) -> str:
+def submit(job: FlinkJob, *, detach: bool) -> str:
     """Build and start the job; returns its id. Without ``detach`` it waits until the
     job ends (a bounded input: ``until_end``)."""
-    result = build(environment(job), job, function)
+    result = build(environment(job), job)
     job_id = str(result.get_job_client().get_job_id())
     if not detach:
         result.wait()
