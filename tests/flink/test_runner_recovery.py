@@ -299,9 +299,29 @@ def wait_for_outputs(run: FlinkRun, count: int) -> None:
     while len(outputs := run.outputs()) < count:
         seen = {row["id"] for row in outputs}
         missing = [f"T{i}" for i in range(count) if f"T{i}" not in seen]
-        assert time.monotonic() < deadline, (
-            f"fewer than {count} committed outputs in 240 s: missing {missing}")
+        if time.monotonic() >= deadline:
+            pytest.fail(f"fewer than {count} committed outputs in 240 s: missing {missing}\n"
+                        + diagnose(run, missing))
         time.sleep(0.5)  # the poll interval of the output topic
+
+
+def diagnose(run: FlinkRun, missing: list[str]) -> str:
+    """What a test that misses outputs shows: the missing tickets' records as a
+    read_uncommitted consumer sees them (written, then aborted or still open), the job's
+    state and exceptions, and the TaskManagers' log lines on transactions."""
+    uncommitted = [json.loads(value)["id"] for _key, value
+                   in read_committed(run.servers, run.output, committed=False)
+                   if value is not None]
+    lines = [f"read_uncommitted: {len(uncommitted)} records; of the missing, written: "
+             f"{sorted(set(missing) & set(uncommitted))}",
+             f"job: {run.flink.rest(f'/jobs/{run.job}')['state']}; exceptions: "
+             f"{json.dumps(run.flink.rest(f'/jobs/{run.job}/exceptions'))[:1500]}"]
+    logs = Path(os.environ.get("ACTIONSTATE_CACHE", Path.home() / ".cache/actionstate")) / "flink"
+    for log in sorted((logs / "log").glob("*taskexecutor*.log*")):
+        for line in log.read_text(errors="replace").splitlines():
+            if any(word in line for word in ("Fenced", "Unable to commit", "ERROR")):
+                lines.append(f"{log.name}: {line[:400]}")
+    return "\n".join(lines[:80])
 
 
 @pytest.mark.slow
