@@ -56,13 +56,16 @@ class Flink:
         with urllib.request.urlopen(request, timeout=10) as response:
             return json.loads(response.read() or b"null")
 
-    def run_py(self, job: str, *args: str) -> str:
-        """Submit ``tests/flink/jobs/JOB`` detached (``flink run -d -py``); its job id."""
+    def run_py(self, job: str, *args: str, savepoint: str | None = None) -> str:
+        """Submit ``tests/flink/jobs/JOB`` detached (``flink run -d -py``), from
+        ``savepoint`` if given; its job id."""
         spec = importlib.util.find_spec("pyflink")
         assert spec is not None and spec.origin is not None, "pyflink is not installed"
         flink = Path(spec.origin).parent / "bin" / "flink"
+        restore = ["-s", savepoint] if savepoint else []
         done = subprocess.run(
-            [str(flink), "run", "-d", "-m", self.address, "-py", str(JOBS / job), *args],
+            [str(flink), "run", "-d", "-m", self.address, *restore, "-py", str(JOBS / job),
+             *args],
             capture_output=True, text=True, timeout=300, check=False,
             env={**os.environ, "FLINK_CONF_DIR": self.conf_dir})
         found = re.search(r"JobID ([0-9a-f]{32})", done.stdout)
