@@ -8,10 +8,8 @@ import importlib.metadata
 import json
 import logging
 import sys
-import time
 from pathlib import Path
 from typing import TextIO
-from urllib.parse import urlsplit
 
 from actionstate.api import run_async
 from actionstate.durable.execution import POLICIES
@@ -120,9 +118,6 @@ def _parser() -> argparse.ArgumentParser:
                            "in this process, for development)")
     flink_run.add_argument("--parallelism", type=int, default=1, metavar="N",
                            help="subtasks of the agent operator (default 1)")
-    flink_run.add_argument("--concurrency", type=int, default=64, metavar="N",
-                           help="inputs in flight per subtask, each of another key "
-                           "(default: %(default)s)")
     flink_run.add_argument("--checkpoint-interval", default="2s", metavar="DURATION",
                            help="Flink checkpoint interval: 2s, 500ms, 1m (default 2s)")
     flink_run.add_argument("--durability", choices=DURABILITIES, default="sync",
@@ -137,16 +132,9 @@ def _parser() -> argparse.ArgumentParser:
                            "derive from it (default: the agent spec)")
     flink_run.add_argument("--until-end", action="store_true",
                            help="read the input up to its end when the job starts, then finish")
-    flink_run.add_argument("--event-log", metavar="DIR",
-                           help="a directory on each TaskManager: every worker appends its "
-                           "event log (JSONL) to a file of its own there")
-    flink_run.add_argument("--event-log-level", choices=LEVELS, default="standard",
-                           help="(default: %(default)s)")
     flink_run.add_argument("--from-savepoint", metavar="PATH",
                            help="start from a savepoint of this job (e.g. after a stop with "
-                           "savepoint; the parallelism may differ), a retained checkpoint "
-                           "(chk-N), or a lost job's checkpoints directory (its newest "
-                           "completed checkpoint)")
+                           "savepoint; the parallelism may differ)")
     flink_run.add_argument("--detach", action="store_true",
                            help="print the job id and return at once (with --jobmanager)")
     flink_run.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
@@ -204,8 +192,6 @@ def _flink_run(args: argparse.Namespace) -> int:
                           "fluss extra: their pandas pins conflict)") from None
     if args.parallelism < 1:
         raise ConfigError(f"--parallelism must be at least 1, got {args.parallelism}")
-    if args.concurrency < 1:
-        raise ConfigError(f"--concurrency must be at least 1, got {args.concurrency}")
     target, sep, name = args.agent.rpartition(":")
     agent = (f"{Path(target).resolve()}:{name}" if sep and target.endswith(".py")
              else args.agent)
@@ -222,41 +208,13 @@ def _flink_run(args: argparse.Namespace) -> int:
         durability=args.durability, divergence=args.divergence,
         max_retries=args.max_retries, retry_wait=args.retry_wait_interval,
         parallelism=args.parallelism, checkpoint_interval=_duration(args.checkpoint_interval),
-        concurrency=args.concurrency, until_end=args.until_end, jobmanager=args.jobmanager,
+        until_end=args.until_end, jobmanager=args.jobmanager,
         connector_jar=args.connector_jar or flink.default_connector_jar(),
         environment=_options(args.env, "--env"), start_bound=start_bound,
-        submitted=int(time.time() * 1000),
-        event_log=str(Path(args.event_log).resolve()) if args.event_log else None,
-        event_log_level=args.event_log_level,
-        savepoint=_restore_point(args.from_savepoint))
+        savepoint=args.from_savepoint)
     job_id = flink.submit(job, detach=args.detach)
     print(job_id)
     return 0
-
-
-def _restore_point(path: str | None) -> str | None:
-    """A savepoint or checkpoint to start from: ``path`` itself when it holds Flink's
-    ``_metadata``, else the newest completed ``chk-N`` in it (a job's checkpoints
-    directory, e.g. after the JobManager was lost)."""
-    if path is None:
-        return None
-    split = urlsplit(path)
-    if split.scheme not in ("", "file"):
-        return path  # a remote file system: Flink reads it
-    local = Path(split.path if split.scheme else path)
-    if (local / "_metadata").is_file():
-        return str(local)
-    completed = sorted((int(chk.name[4:]), chk) for chk in local.glob("chk-*")
-                       if chk.name[4:].isdigit() and (chk / "_metadata").is_file())
-    if not completed:
-        raise ConfigError(
-            f"--from-savepoint {path}: neither a savepoint or checkpoint (no _metadata in "
-            "it) nor a job's checkpoints directory with a completed chk-N: give the "
-            "location a stop with savepoint printed, or the cluster's "
-            "execution.checkpointing.dir/<job id>")
-    newest = completed[-1][1]
-    print(f"restoring from {newest}", file=sys.stderr)
-    return str(newest)
 
 
 def _duration(text: str) -> float:

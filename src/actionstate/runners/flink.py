@@ -2,57 +2,42 @@
 
 The job: a Kafka topic (Flink's Kafka connector, read committed) -> a Python map
 that takes each record's agent key -> ``key_by`` -> :class:`AgentFunction`, a
-``KeyedProcessFunction`` that runs inputs' chains of actions through
+``KeyedProcessFunction`` that runs the input's chain of actions through
 :func:`~actionstate.durable.chain.process_input` -> Flink's Kafka sink, exactly
 once (a transaction per Flink checkpoint), each output keyed by the agent key.
 
 What Flink keeps and what the store keeps:
 
-* **Flink's keyed state** (in its checkpoints) holds, per agent key, the inputs
-  that arrived and are not done (``queued``, by seq), the next seq to finish, the
-  short-term memory as of the key's last finished input, and ``since``: a lower
-  bound of the store offset of any record its unfinished inputs wrote or will write.
-  An input is taken off the queue, its memory writes applied and its outputs sent
-  in one callback, so a checkpoint holds an input either done (its outputs in the
-  checkpoint's transaction) or queued.
-* **Several keys in flight per subtask.** ``process_element`` queues the input and
-  starts it on the worker's event loop (a thread of its own; ``def`` actions on a
-  pool) when its key has nothing running; up to ``concurrency`` keys run at once,
-  and a full worker blocks (back-pressure). A finished input is taken in the next
-  callback of any key: PyFlink's state backend, which timers follow, is switched
-  to the finished input's key for that. A 10 ms timer keeps callbacks coming while
-  inputs run; a 1 s timer per key with queued inputs starts them after a restore;
-  an event-time timer at the end of time drains everything when a bounded input
-  ends (processing-time timers do not fire then).
+* **Flink's keyed state** (in its checkpoints) holds, per agent key, the next seq,
+  the short-term memory as of the key's last completed input, and ``since``: a
+  lower bound of the store offset of any record the key's later inputs write
+  (the key's partition's end, taken as an input starts). A Python operator
+  finishes its bundle before a checkpoint barrier, and an input runs to its end
+  inside ``process_element``: a checkpoint never holds half an input.
 * **The action state store** (Kafka), shared by every subtask, holds the
   recorded calls. Every subtask writes into one namespace of the job (no claim:
   subtasks write side by side).
-* **After a restore** the queued inputs start again and the source replays the
-  inputs after the checkpoint. A key's first input in a worker reads the key's
-  records from its ``since`` up to the store's end when the worker opened
-  (:class:`KeyScanner`), so the calls a lost attempt recorded are replayed, not
-  paid again. ``since`` moves up only when no record of an unfinished input of the
-  key lies below it (two losses in a row keep them). The positions move with the
-  keys: a rescaled job reads only what its keys need.
+* **After a restore** the source replays the inputs after the checkpoint. The
+  first input of a key in a worker reads the key's records from its ``since`` up
+  to the store's end when the worker opened (:class:`KeyScanner`), so the calls
+  the lost attempt recorded for that key are replayed, not paid again. The
+  positions move with the keys: a rescaled job reads only what its keys need.
 
-* **Zombies**: each worker writes under its own epoch (:func:`writer_epoch`); a
-  key's records are taken only while their epoch does not drop.
-
-Not yet (docs/architecture.md): a bounded job restored from a checkpoint taken
-after its input ended loses its queued inputs; cleanup of old records in the store.
+Not yet: more than one input in flight per subtask; zombie fencing per writer
+(a lost TaskManager's Python workers are stopped by the service script);
+cleanup of old records in the store; Fluss as the store (pyfluss 1.0.0 and
+apache-flink 2.3.0 cannot share an environment).
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import hashlib
 import json
 import os
-import queue
 import sys
-import threading
 from collections.abc import Iterator
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,15 +47,12 @@ import pyflink
 from pyflink.common import Configuration, Row, Types
 from pyflink.datastream import CheckpointingMode, StreamExecutionEnvironment
 from pyflink.datastream.functions import KeyedProcessFunction, RuntimeContext
-from pyflink.datastream.state import MapStateDescriptor, ValueStateDescriptor
-from pyflink.datastream.time_domain import TimeDomain
+from pyflink.datastream.state import ValueStateDescriptor
 from pyflink.table import StreamTableEnvironment
 
 from actionstate.connectors.files import Refused, decode_object, record_key
-from actionstate.durable.chain import ChainSettings, InputResult, process_input
-from actionstate.durable.threads import ActionThreads, SyncCommitter
+from actionstate.durable.chain import ChainSettings, process_input
 from actionstate.errors import ConfigError, InputError
-from actionstate.eventlog import EventLogger
 from actionstate.loader import load_agent_class
 from actionstate.memory import apply_update
 from actionstate.records.canonical import stored_json, untag, wire
@@ -118,23 +100,14 @@ class FlinkJob:
     retry_wait: float = 1.0
     parallelism: int = 1
     checkpoint_interval: float = 2.0
-    concurrency: int = 64
-    """Inputs in flight per subtask (distinct keys; a key's inputs run in order)."""
     until_end: bool = False
     jobmanager: str | None = None
     connector_jar: str = ""
     savepoint: str | None = None
     """Start from this savepoint (or retained checkpoint) of an earlier run of the job."""
-    submitted: int = 0
-    """When the job was submitted (ms since the epoch): with the task's attempt number,
-    the epoch of each of its writers (see :func:`writer_epoch`)."""
     start_bound: dict[str, int] = field(default_factory=dict)
     """The store's end offsets when the job was submitted (partition as text): no
     record of this submission lies before them."""
-    event_log: str | None = None
-    """A directory on each TaskManager's file system: every worker appends its event log
-    to ``<namespace>-<subtask>-<attempt>.jsonl`` there."""
-    event_log_level: str = "standard"
     environment: dict[str, str] = field(default_factory=dict)
     """Set in each Python worker's environment before the agent loads (they travel in
     the job graph: give secrets through the TaskManagers' own environment)."""
@@ -152,14 +125,6 @@ def _topic(url: str, role: str) -> tuple[str, str]:
         raise ConfigError(f"{role} {url!r}: the Flink runner reads and writes Kafka topics: "
                           "give kafka://host:port/topic")
     return split.netloc, topic
-
-
-def writer_epoch(job: FlinkJob, attempt: int) -> int:
-    """The epoch a worker stamps on its records: later submissions, and later attempts
-    of one, write under higher epochs. A key's records are taken in log order only while
-    their epoch does not drop (:meth:`KeyScanner.claim`): once a newer worker wrote for
-    a key, what an older one (a zombie of a lost TaskManager) writes later is ignored."""
-    return job.submitted * 10_000 + min(attempt, 9_999)
 
 
 class KeyScanner:
@@ -184,12 +149,11 @@ class KeyScanner:
         self._waiting: dict[str, list[tuple[Position, Record]]] = {}
         self._claimed: set[str] = set()
 
-    def claim(self, key: str, since: Position | None) -> Position | None:
+    def claim(self, key: str, since: Position | None) -> None:
         """Apply the records of ``key`` from its ``since`` on (once per key and worker;
-        ``since`` None: the checkpoint has no state of the key). Returns the bound it
-        read from, None when the key was claimed before."""
+        ``since`` None: the checkpoint has no state of the key)."""
         if key in self._claimed:
-            return None
+            return
         self._claimed.add(key)
         if since is None:
             partition = self.store.key_bound(key)[0]
@@ -202,12 +166,8 @@ class KeyScanner:
         if offset < stop:
             self._read(key, partition, offset, stop)
             self._read_from[partition] = offset
-        top = 0  # the newest writer of the key so far: an older one's later records are a
-        for position, record in self._waiting.pop(key, []):  # zombie's, ignored
-            if record.epoch >= top:
-                top = record.epoch
-                self.store.index.apply(record, position, record.epoch)
-        return partition, offset
+        for position, record in self._waiting.pop(key, []):
+            self.store.index.apply(record, position, record.epoch)
 
     def _read(self, key: str, partition: int, start: int, stop: int) -> None:
         earlier: dict[str, list[tuple[Position, Record]]] = {}
@@ -222,62 +182,9 @@ class KeyScanner:
             self._waiting[owner] = found + self._waiting.get(owner, [])
 
 
-END_OF_INPUT = 2**63 - 2
-"""The event-time timer every key with queued inputs holds: it fires only at the
-watermark a bounded input sends when it ends (processing-time timers are dropped
-then), and drains what is in flight."""
-
-_TICK_MS = 10
-"""How often a worker looks for finished inputs while some run and no element comes."""
-
-_WAKE_MS = 1000
-"""The per-key timer that starts a key's queued inputs after a restore."""
-
-
-class _Loop:
-    """A worker's event loop on a thread of its own: the inputs in flight run there
-    (``def`` actions on a pool as large as the inputs in flight) while the operator's
-    thread takes elements and timers."""
-
-    def __init__(self, store: ActionStateStore, settings: ChainSettings,
-                 concurrency: int) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True,
-                                       name="actionstate-flink-loop")
-        self.thread.start()
-        settings.threads = ActionThreads(concurrency)
-        if store.durability == "sync" and not store.url.startswith("memory://"):
-            settings.committer = self.call(self._committer(store)).result()
-        self.settings = settings
-
-    async def _committer(self, store: ActionStateStore) -> SyncCommitter:
-        return SyncCommitter(store.flush, asyncio.get_running_loop())
-
-    def _stop(self) -> None:
-        for task in asyncio.all_tasks(self.loop):
-            task.cancel()
-        self.loop.stop()
-
-    def call(self, coroutine: Any) -> Future[Any]:
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop)
-
-    def close(self) -> None:
-        settings = self.settings
-        settings.lock.close()  # an input still running stops at its next durable step
-        if settings.committer is not None:
-            self.loop.call_soon_threadsafe(settings.committer.close)
-        self.loop.call_soon_threadsafe(self._stop)
-        self.thread.join(timeout=5)
-        if settings.threads is not None:
-            settings.threads.shutdown(wait=False)  # an abandoned call may hang
-        if not self.thread.is_alive():
-            self.loop.close()
-
-
 class AgentFunction(KeyedProcessFunction):  # type: ignore[misc]  # pyflink is untyped
-    """Runs each input's chain of actions, up to ``job.concurrency`` keys at once per
-    subtask; per key: seq, memory, queued inputs and ``since`` in Flink's keyed state
-    (see the module doc)."""
+    """Runs each input's chain of actions; per key: seq, memory and ``since`` in
+    Flink's keyed state (see the module doc)."""
 
     def __init__(self, job: FlinkJob) -> None:
         self.job = job
@@ -298,165 +205,44 @@ class AgentFunction(KeyedProcessFunction):  # type: ignore[misc]  # pyflink is u
         self.store = open_store(job.store, durability=job.durability,  # type: ignore[arg-type]
                                 **job.store_options)
         self.store.attach(job.namespace)
-        self.store.epoch = writer_epoch(job, runtime_context.get_attempt_number())
         self.scanner = KeyScanner(self.store, self.store.end_offsets(),
                                   {int(p): o for p, o in job.start_bound.items()})
-        settings = ChainSettings(
+        self.settings = ChainSettings(
             job=job.job, policy=job.divergence,  # type: ignore[arg-type]
             retry=RetryPolicy(max_attempts=job.max_retries + 1,
                               initial_interval=job.retry_wait))
-        if job.event_log:
-            subtask = runtime_context.get_index_of_this_subtask()
-            name = f"{job.namespace}-{subtask}-{runtime_context.get_attempt_number()}.jsonl"
-            settings.event_log = EventLogger(Path(job.event_log) / name,
-                                             job.event_log_level)  # type: ignore[arg-type]
-        self.lock = settings.lock
-        self.engine = _Loop(self.store, settings, job.concurrency)
-        # Finished inputs are taken in whatever callback comes next, under their own
-        # key: the state backend (PyFlink's, whose timers follow it) is switched to it.
-        self.backend = runtime_context._keyed_state_backend
-        self.running: dict[str, Future[InputResult]] = {}
-        self.finished: queue.SimpleQueue[str] = queue.SimpleQueue()
-        self.tick_at: int | None = None
-        self.wake_at: dict[str, int] = {}
-        self.ending: set[str] = set()
-        self.timers: Any = None
+        self.loop = asyncio.new_event_loop()
         self.seq = runtime_context.get_state(ValueStateDescriptor("seq", Types.LONG()))
-        self.next_in = runtime_context.get_state(ValueStateDescriptor("next_in", Types.LONG()))
-        self.queued = runtime_context.get_map_state(
-            MapStateDescriptor("queued", Types.LONG(), Types.STRING()))
         self.memory = runtime_context.get_state(ValueStateDescriptor("memory", Types.STRING()))
         self.since = runtime_context.get_state(ValueStateDescriptor("since", Types.STRING()))
 
     def process_element(self, value: Row, ctx: KeyedProcessFunction.Context) -> Iterator[Row]:
         key: str = ctx.get_current_key()
-        self.timers = ctx.timer_service()  # follows the state backend's current key
-        arrived = self.next_in.value()
-        if arrived is None:
-            arrived = self.seq.value() or 0
-        self.queued.put(arrived, value[1])
-        self.next_in.update(arrived + 1)
-        yield from self._take_finished()
-        if key not in self.running:
-            while len(self.running) >= self.job.concurrency:  # every slot busy: wait
-                yield from self._take(self.finished.get(), key)
-            self._start(key)
-        self._tick()
-
-    def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext
-                 ) -> Iterator[Row]:
-        key: str = ctx.get_current_key()
-        self.timers = ctx.timer_service()
-        if ctx.time_domain() == TimeDomain.EVENT_TIME:
-            # The input ended: nothing fires after this, so everything in flight
-            # finishes here (inputs of other keys included, each under its key).
-            if key not in self.running:
-                self._start(key)
-            while self.running:
-                yield from self._take(self.finished.get(), key)
-            return
-        if timestamp == self.tick_at:
-            self.tick_at = None
-        elif timestamp % 2:  # a wake (odd; ticks are even): restored inputs start
-            self.wake_at.pop(key, None)
-            if self.queued.contains(self.seq.value() or 0):
-                if key not in self.running:
-                    self._start(key)
-                self._wake(key)
-        yield from self._take_finished()
-        self._tick()
-
-    def _tick(self) -> None:
-        """Keep one timer pending while inputs run, to take them when they finish."""
-        if self.running and self.tick_at is None:
-            at = self.timers.current_processing_time() + _TICK_MS
-            self.tick_at = at - at % 2
-            self.timers.register_processing_time_timer(self.tick_at)
-
-    def _wake(self, key: str) -> None:
-        """Keep a timer pending while the key has queued inputs (the state backend is at
-        ``key``): a checkpoint holds it, and after a restore it starts them."""
-        now = self.timers.current_processing_time()
-        if self.wake_at.get(key, 0) <= now:
-            self.wake_at[key] = (now + _WAKE_MS) | 1
-            self.timers.register_processing_time_timer(self.wake_at[key])
-
-    def _take_finished(self) -> Iterator[Row]:
-        current = self.backend.get_current_key()[0]
-        while True:
-            try:
-                key = self.finished.get_nowait()
-            except queue.Empty:
-                return
-            yield from self._take(key, current)
-
-    def _take(self, key: str, current: str) -> Iterator[Row]:
-        """The finished input of ``key``: its state moves on, its outputs leave, and its
-        next queued input starts; then the state backend is back at ``current``."""
-        if key != current:
-            self.backend.set_current_key(Row(key))
-        try:
-            done = self.running.pop(key).result()  # its failure fails the job
-            seq = self.seq.value() or 0
-            text = self.memory.value()
-            committed: dict[str, Any] = json.loads(text, object_hook=untag) if text else {}
-            for update in done.memory_updates:
-                apply_update(committed, update.path, update.value)
-            self.memory.update(stored_json(committed, "short-term memory of key ", repr(key)))
-            self.seq.update(seq + 1)
-            self.queued.remove(seq)
-            with self.lock:
-                self.store.prune(key, seq)
-            for output in done.outputs:
-                yield Row(key, json.dumps(wire(output, "an output"), ensure_ascii=False))
-            self._start(key)
-        finally:
-            if key != current:
-                self.backend.set_current_key(Row(current))
-
-    def _start(self, key: str) -> None:
-        """Start the key's next queued input, if any (the state backend is at ``key``)."""
+        record = json.loads(value[1])
         seq = self.seq.value() or 0
-        text = self.queued.get(seq)
-        if text is None:
-            return
+        text = self.memory.value()
+        committed: dict[str, Any] = json.loads(text, object_hook=untag) if text else {}
         since = self.since.value()
-        bound: Position | None = tuple(json.loads(since)) if since else None
-        with self.lock:
-            read_from = self.scanner.claim(key, bound)
-            if bound is None:
-                bound = read_from
-            # ``since`` moves up only when no record of this or a later input of the
-            # key lies below: records a lost attempt wrote stay above it until the
-            # inputs they belong to are done.
-            if bound is None or not self.store.index.has_later(key, seq - 1):
-                bound = self.store.key_bound(key)
-        self.since.update(json.dumps(list(bound)))
-        text_memory = self.memory.value()
-        memory = json.loads(text_memory, object_hook=untag) if text_memory else {}
-        future = self.engine.call(self._run(key, seq, json.loads(text), memory))
-        self.running[key] = future
-        future.add_done_callback(lambda _: self.finished.put(key))
-        self._wake(key)
-        if key not in self.ending:
-            self.ending.add(key)
-            self.timers.register_event_time_timer(END_OF_INPUT)
-
-    async def _run(self, key: str, seq: int, record: Any, memory: dict[str, Any]
-                   ) -> InputResult:
-        done = await process_input(self.agent, self.store, key, seq, record, memory,
-                                   self.engine.settings)
+        bound = json.loads(since) if since else None
+        self.scanner.claim(key, (bound[0], bound[1]) if bound else None)
+        self.since.update(json.dumps(list(self.store.key_bound(key))))
+        done = self.loop.run_until_complete(process_input(
+            self.agent, self.store, key, seq, record, copy.deepcopy(committed), self.settings))
         if self.store.durability == "group":
-            with self.lock:
-                self.store.flush()  # outputs leave only once their records are durable
-        return done
+            self.store.flush()  # outputs leave only once their records are durable
+        for update in done.memory_updates:
+            apply_update(committed, update.path, update.value)
+        self.memory.update(stored_json(committed, "short-term memory of key ", repr(key)))
+        self.seq.update(seq + 1)
+        self.store.prune(key, seq)
+        for output in done.outputs:
+            yield Row(key, json.dumps(wire(output, "an output"), ensure_ascii=False))
 
     def close(self) -> None:
         try:
-            self.engine.close()
-        finally:
-            self.engine.settings.event_log.close()
             self.store.close()
+        finally:
+            self.loop.close()
 
 
 def agent_key(key_field: str, raw_key: str | None, value: str, where: str) -> str:
@@ -516,13 +302,11 @@ def build(env: StreamExecutionEnvironment, job: FlinkJob) -> Any:
 def _settings(job: FlinkJob) -> dict[str, str]:
     """Flink settings of the job: where to submit it, Python bundles."""
     settings = {
-        # A bundle is a round trip between the operator and its Python worker: one
-        # input per bundle capped a subtask at ~40 inputs/s. Elements only queue and
-        # start inputs (a full worker blocks until one finishes), so a bundle ends
-        # soon, and a checkpoint barrier, which waits for the bundle, is not held by
-        # model calls. The default waits up to 1 s to fill one.
-        "python.fn-execution.bundle.time": "5",
-        "python.fn-execution.bundle.size": "1000",
+        # A Python bundle finishes before every checkpoint barrier, so a checkpoint (or
+        # a stop with savepoint) waits for the inputs in it: with model calls taking
+        # seconds, a bundle is one input. The default also waits up to 1 s to fill one.
+        "python.fn-execution.bundle.time": "50",
+        "python.fn-execution.bundle.size": "1",
     }
     if job.savepoint:
         settings["execution.savepoint.path"] = job.savepoint

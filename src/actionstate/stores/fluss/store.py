@@ -149,13 +149,6 @@ class FlussActionStateStore(ActionStateStore):
     def partition_count(self) -> int:
         return self.num_buckets
 
-    def key_bound(self, key: str) -> Position:
-        """The key's bucket, and the offset this store's next record there gets at the
-        least (the bound :meth:`append` gives, with no round trip)."""
-        with self._lock:
-            bucket = self._bucket(key)
-            return (bucket, self._base[bucket] + self._acked[bucket] + self._buffered[bucket])
-
     def append(self, record: Record, data: bytes, sync: bool) -> Position:
         with self._lock:
             if self._closed or self._failure is not None:
