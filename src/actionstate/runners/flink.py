@@ -11,7 +11,8 @@ What Flink keeps and what the store keeps:
 * **Flink's keyed state** (in its checkpoints) holds, per agent key, the next seq,
   the short-term memory as of the key's last completed input, and ``since``: a
   lower bound of the store offset of any record the key's later inputs write
-  (the key's partition's end, taken as an input starts). A Python operator
+  (the key's partition's end, taken as an input starts, unless records of this or
+  a later input of the key lie below it: see ``process_element``). A Python operator
   finishes its bundle before a checkpoint barrier, and an input runs to its end
   inside ``process_element``: a checkpoint never holds half an input.
 * **The action state store** (Kafka), shared by every subtask, holds the
@@ -149,11 +150,12 @@ class KeyScanner:
         self._waiting: dict[str, list[tuple[Position, Record]]] = {}
         self._claimed: set[str] = set()
 
-    def claim(self, key: str, since: Position | None) -> None:
+    def claim(self, key: str, since: Position | None) -> Position | None:
         """Apply the records of ``key`` from its ``since`` on (once per key and worker;
-        ``since`` None: the checkpoint has no state of the key)."""
+        ``since`` None: the checkpoint has no state of the key). Returns the bound it
+        read from, None when the key was claimed before."""
         if key in self._claimed:
-            return
+            return None
         self._claimed.add(key)
         if since is None:
             partition = self.store.key_bound(key)[0]
@@ -168,6 +170,7 @@ class KeyScanner:
             self._read_from[partition] = offset
         for position, record in self._waiting.pop(key, []):
             self.store.index.apply(record, position, record.epoch)
+        return partition, offset
 
     def _read(self, key: str, partition: int, start: int, stop: int) -> None:
         earlier: dict[str, list[tuple[Position, Record]]] = {}
@@ -223,9 +226,18 @@ class AgentFunction(KeyedProcessFunction):  # type: ignore[misc]  # pyflink is u
         text = self.memory.value()
         committed: dict[str, Any] = json.loads(text, object_hook=untag) if text else {}
         since = self.since.value()
-        bound = json.loads(since) if since else None
-        self.scanner.claim(key, (bound[0], bound[1]) if bound else None)
-        self.since.update(json.dumps(list(self.store.key_bound(key))))
+        restored = json.loads(since) if since else None
+        bound: Position | None = (restored[0], restored[1]) if restored else None
+        read_from = self.scanner.claim(key, bound)
+        if bound is None:
+            bound = read_from
+        # ``since`` moves up only when no record of this or a later input of the key
+        # lies below it: records a lost attempt wrote for inputs after the checkpoint
+        # stay above it until those inputs are done here, so that a second loss
+        # (restoring a checkpoint this attempt takes before then) still reads them.
+        if bound is None or not self.store.index.has_later(key, seq - 1):
+            bound = self.store.key_bound(key)
+        self.since.update(json.dumps(list(bound)))
         done = self.loop.run_until_complete(process_input(
             self.agent, self.store, key, seq, record, copy.deepcopy(committed), self.settings))
         if self.store.durability == "group":
