@@ -63,6 +63,9 @@ class InputResult:
 
     outputs: list[Any] = field(default_factory=list)
     memory_updates: list[MemoryUpdate] = field(default_factory=list)
+    events: list[str] = field(default_factory=list)
+    """Its event log records (JSON lines): the runner writes them with its outputs
+    (:meth:`~actionstate.eventlog.EventLogger.write`)."""
 
 
 async def process_input(
@@ -73,7 +76,8 @@ async def process_input(
     sensory: dict[str, Any] = {}
     done = InputResult()
     outputs, updates = done.outputs, done.memory_updates
-    log = settings.event_log
+    log = settings.event_log.batch()
+    done.events = log.lines
     queue: deque[tuple[Event, str | None, bool]] = deque([(InputEvent(input=record), None, False)])
     while queue:
         event, sender, replayed = queue.popleft()

@@ -97,6 +97,8 @@ class LocalRunner:
         # commit in progress.
         self._held: list[tuple[str, Any]] = []
         self._committing: list[tuple[str, Any]] = []
+        self._held_events: list[str] = []  # event log lines of the inputs held, in order
+        self._committing_events: list[str] = []
         self._failed = False
         self.stopped_by: str | None = None
         """The signal that stopped the run early (``"SIGTERM"``, ``"SIGINT"``), or None."""
@@ -276,7 +278,7 @@ class LocalRunner:
                 del self._pending[(key, seq)]
                 self._done_seq[key] = seq
                 self.stats.inputs += 1
-                self._emit([(key, output) for output in done.outputs])
+                self._emit([(key, output) for output in done.outputs], done.events)
                 self._space.release()
             if not queue:  # every input done: live and committed memory agree
                 del self._working[key]
@@ -284,32 +286,38 @@ class LocalRunner:
             del self._queues[key]
             del self._workers[key]
 
-    def _emit(self, outputs: list[tuple[str, Any]]) -> None:
+    def _emit(self, outputs: list[tuple[str, Any]], events: list[str]) -> None:
+        """A finished input's outputs and event log lines leave (in ``group``
+        durability once its records are durable)."""
         if self.store.durability == "group":
             self._held.extend(outputs)
+            self._held_events.extend(events)
         else:
-            self.sink.write(outputs)
-            self.stats.outputs += len(outputs)
+            self._release(outputs, events)
 
     def _commit_group(self) -> None:
         """Make recorded work durable, then release the outputs that depend on it."""
         with self.settings.lock:
             self.store.flush()
-        self._release(self._committing + self._held)
+        self._release(self._committing + self._held,
+                      self._committing_events + self._held_events)
         self._committing, self._held = [], []
+        self._committing_events, self._held_events = [], []
 
     async def _commit_group_off_loop(self) -> None:
         """:meth:`_commit_group` with the commit on a worker thread: the keys go on while
         it waits for the disk. The outputs held now wait for it; later ones, for the next."""
         self._committing, self._held = self._held, []
+        self._committing_events, self._held_events = self._held_events, []
         await asyncio.to_thread(self.store.flush)  # the store allows flush beside put
-        self._release(self._committing)
-        self._committing = []
+        self._release(self._committing, self._committing_events)
+        self._committing, self._committing_events = [], []
 
-    def _release(self, outputs: list[tuple[str, Any]]) -> None:
+    def _release(self, outputs: list[tuple[str, Any]], events: list[str]) -> None:
         if outputs:
             self.sink.write(outputs)
             self.stats.outputs += len(outputs)
+        self.settings.event_log.write(events)
 
     async def _ticker(self, started: float) -> None:
         last_checkpoint = time.monotonic()
@@ -333,7 +341,7 @@ class LocalRunner:
         self._commit_group()
         sink = self.sink.prepare()  # the outputs so far are durable (not yet committed)
         dead_letter = self.dead_letter.prepare() if self.dead_letter is not None else None
-        self.settings.event_log.flush()
+        event_log = self.settings.event_log.prepare()
         for key, seq in self._done_seq.items():
             self.store.prune(key, seq)
         self._done_seq.clear()
@@ -342,6 +350,7 @@ class LocalRunner:
         self.state_dir.save_checkpoint(Checkpoint(
             job=self.settings.job, marker=marker, store=self.store.url,
             source=self.source.state(), sink=sink, dead_letter=dead_letter,
+            event_log=event_log,
             pending=[PendingInput(k, s, r, line) for (k, s), (r, line) in self._pending.items()],
             epoch=self.store.epoch, stats=self.stats.counters(),
         ), changed, fresh=self._fresh)
@@ -382,6 +391,7 @@ class LocalRunner:
         self.sink.restore(checkpoint.sink)
         if self.dead_letter is not None:
             self.dead_letter.restore(checkpoint.dead_letter)
+        self.settings.event_log.restore(checkpoint.event_log)
         # A format 1 state dir holds every key in the checkpoint: all move over.
         for key, next_seq in checkpoint.next_seq.items():
             self._next_seq[key] = next_seq
