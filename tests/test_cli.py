@@ -233,3 +233,21 @@ def test_inspect_reads_the_agent_s_own_events_when_given_the_agent(tmp_path: Pat
     given = actionstate("inspect", "--state", str(tmp_path / "state"), "--agent", triage)
     assert given.returncode == 0, given.stderr
     assert "seq 0 action classify (completed)" in given.stdout
+
+
+def test_a_first_run_refuses_an_output_file_that_holds_data_unless_overwrite(
+        tmp_path: Path) -> None:
+    write_lines(tmp_path / "in.jsonl", [input_line(i) for i in range(3)])
+    out = tmp_path / "out.jsonl"
+    out.write_text('{"kept": true}\n')
+    result = actionstate(*run_args(tmp_path, AGENT))
+    assert_clean_error(result, str(out), "already holds 15 bytes", "--overwrite")
+    assert out.read_text() == '{"kept": true}\n', "nothing of the user's file is lost"
+    assert not (tmp_path / "state" / "checkpoint.json").exists()
+
+    result = actionstate(*run_args(tmp_path, AGENT, "--overwrite"))
+    assert result.returncode == 0, result.stderr
+    assert len(out.read_text().splitlines()) == 3, "replaced by this run's outputs"
+    again = actionstate(*run_args(tmp_path, AGENT))  # a resumed run: its own output
+    assert again.returncode == 0, again.stderr
+    assert len(out.read_text().splitlines()) == 3

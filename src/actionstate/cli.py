@@ -94,6 +94,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="wait before the first retry; doubles each time, up to 30 s, "
                      "or what the server's Retry-After asks (default 1)")
     run.add_argument("--job", help="job name for idempotency keys (default: the agent spec)")
+    run.add_argument("--overwrite", action="store_true",
+                     help="on a first run (no checkpoint in --state), replace an --output or "
+                     "--dead-letter file that already holds data (default: refuse)")
     run.add_argument("--quiet", action="store_true", help="no progress or summary")
     run.set_defaults(command=_run)
 
@@ -174,7 +177,8 @@ def _run(args: argparse.Namespace) -> int:
         checkpoint_interval=args.checkpoint_interval, concurrency=args.concurrency,
         event_log=args.event_log, event_log_level=args.event_log_level,
         divergence=args.divergence, retry=retry, job=args.job or _default_job(args.agent),
-        until_end=args.until_end, dead_letter=args.dead_letter, progress=progress))
+        until_end=args.until_end, dead_letter=args.dead_letter, progress=progress,
+        overwrite=args.overwrite))
     if progress is not None:
         progress.finish()
     if stats.stopped_by is not None:
