@@ -92,6 +92,11 @@ class JsonlSource:
         return {"path": str(self.path.resolve()), "offset": self._offset, "line": self._line,
                 "sha256": self._digest.hexdigest()}
 
+    def fraction(self) -> float:
+        """The share of the file's bytes read so far (for progress)."""
+        size = os.stat(self.path).st_size
+        return min(1.0, self._offset / size) if size else 1.0
+
     def close(self) -> None:
         pass
 

@@ -24,6 +24,7 @@ import signal
 import time
 from collections import deque
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from actionstate.agent import Agent
@@ -160,8 +161,7 @@ class LocalRunner:
         self._checkpoint()
         if bad_input is not None:
             raise bad_input
-        if self._progress:
-            self._progress(self.stats, time.monotonic() - started)
+        self._report(time.monotonic() - started)
         return self.stats
 
     def stop(self, reason: str = "stop") -> None:
@@ -328,8 +328,13 @@ class LocalRunner:
             if now - last_checkpoint >= self._checkpoint_interval:
                 self._checkpoint()
                 last_checkpoint = now
-                if self._progress:
-                    self._progress(self.stats, now - started)
+                self._report(now - started)
+
+    def _report(self, elapsed: float) -> None:
+        if self._progress:
+            fraction = getattr(self.source, "fraction", None)
+            self.stats.done_fraction = fraction() if fraction is not None else None
+            self._progress(self.stats, elapsed)
 
     # -- checkpoints ---------------------------------------------------------
 
@@ -387,6 +392,7 @@ class LocalRunner:
                 f"{self.settings.job!r}: use a new --state for a different agent"
             )
         self.source.restore(checkpoint.source)
+        self.stats.resumed_at = _resume_point(checkpoint.source, len(checkpoint.pending))
         self.store.rebuild(checkpoint.marker)
         self.sink.restore(checkpoint.sink)
         if self.dead_letter is not None:
@@ -439,3 +445,14 @@ def _first(group_error: BaseExceptionGroup[Any]) -> BaseException:
             found: BaseException = exc
             return found
     return group_error
+
+
+def _resume_point(source: dict[str, Any], in_flight: int) -> str:
+    """Where a resumed run takes its input up again, in words."""
+    if "line" in source:
+        where = f"line {int(source['line']) + 1} of {Path(str(source['path'])).name}"
+    elif "offsets" in source:
+        where = "offsets " + ", ".join(f"{p}:{o}" for p, o in sorted(source["offsets"].items()))
+    else:
+        where = "its checkpoint"
+    return where + (f", {in_flight} inputs in flight redone first" if in_flight else "")
