@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from actionstate.api import run_async
 from actionstate.durable.execution import POLICIES
@@ -110,6 +110,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--overwrite", action="store_true",
                      help="on a first run (no checkpoint in --state), replace an --output or "
                      "--dead-letter file that already holds data (default: refuse)")
+    run.add_argument("--summary", metavar="PATH",
+                     help="at the end, write what the run did as JSON here: inputs, outputs, "
+                     "actions, durable calls executed and replayed, model tokens paid and "
+                     "replayed (not paid again)")
     run.add_argument("--quiet", action="store_true", help="no progress or summary")
     run.set_defaults(command=_run)
 
@@ -185,6 +189,7 @@ def _run(args: argparse.Namespace) -> int:
     retry = RetryPolicy(max_attempts=args.max_retries + 1,
                         initial_interval=args.retry_wait_interval)
     progress = None if args.quiet else _Progress(sys.stderr)
+    started = time.monotonic()
     stats = asyncio.run(run_async(
         agent_cls, source=args.input, sink=args.output, key=args.key, state=args.state,
         store=args.store, store_options=_options(args.option), durability=args.durability,
@@ -193,6 +198,8 @@ def _run(args: argparse.Namespace) -> int:
         divergence=args.divergence, retry=retry, job=args.job or _default_job(args.agent),
         until_end=args.until_end, dead_letter=args.dead_letter, progress=progress,
         overwrite=args.overwrite))
+    if args.summary:
+        _write_summary(Path(args.summary), stats.summary(time.monotonic() - started))
     if progress is not None:
         progress.finish()
     if stats.stopped_by is not None:
@@ -303,6 +310,9 @@ class _Progress:
             parts[0] += f" ({fraction:.0%} of the input)"
         parts += [f"{stats.outputs:,} outputs | calls: {stats.calls_executed:,} executed, "
                   f"{stats.calls_replayed:,} replayed | {rate:,.1f} inputs/s"]
+        saved = stats.prompt_tokens_replayed + stats.completion_tokens_replayed
+        if saved:
+            parts.append(f"{saved:,} tokens replayed, not paid again")
         if fraction is not None and self._first is not None and fraction > self._first[1]:
             since, share = self._first  # the rate of this run, not of the earlier ones
             left = (elapsed - since) * (1 - fraction) / (fraction - share)
@@ -326,6 +336,14 @@ class _Progress:
     def _write(self, text: str) -> None:
         self._stream.write(text)
         self._stream.flush()
+
+
+def _write_summary(path: Path, summary: dict[str, Any]) -> None:
+    try:
+        path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"--summary {path} cannot be written ({exc.strerror}): give a path "
+                          "in a directory that exists and can be written") from None
 
 
 def _clock_text(seconds: float) -> str:

@@ -24,6 +24,7 @@ from actionstate.memory import apply_update
 from actionstate.records.canonical import event_id
 from actionstate.records.state import (
     ActionState,
+    CallStatus,
     CompleteRecord,
     MemoryScope,
     MemoryUpdate,
@@ -143,6 +144,9 @@ def _skip(state: ActionState, short_term: dict[str, Any], sensory: dict[str, Any
     """Re-apply a completed action's memory writes; return the events it sent."""
     settings.stats.actions_skipped += 1
     settings.stats.calls_replayed += len(state.calls)
+    for call in state.calls.values():
+        if call.status is CallStatus.SUCCEEDED:
+            settings.stats.add_tokens(call.result, replayed=True)
     for update in state.memory_updates:
         apply_update(short_term if update.scope is MemoryScope.SHORT_TERM else sensory,
                      update.path, update.value)
