@@ -233,3 +233,75 @@ def test_inspect_reads_the_agent_s_own_events_when_given_the_agent(tmp_path: Pat
     given = actionstate("inspect", "--state", str(tmp_path / "state"), "--agent", triage)
     assert given.returncode == 0, given.stderr
     assert "seq 0 action classify (completed)" in given.stdout
+
+
+def test_a_first_run_refuses_an_output_file_that_holds_data_unless_overwrite(
+        tmp_path: Path) -> None:
+    write_lines(tmp_path / "in.jsonl", [input_line(i) for i in range(3)])
+    out = tmp_path / "out.jsonl"
+    out.write_text('{"kept": true}\n')
+    result = actionstate(*run_args(tmp_path, AGENT))
+    assert_clean_error(result, str(out), "already holds 15 bytes", "--overwrite")
+    assert out.read_text() == '{"kept": true}\n', "nothing of the user's file is lost"
+    assert not (tmp_path / "state" / "checkpoint.json").exists()
+
+    result = actionstate(*run_args(tmp_path, AGENT, "--overwrite"))
+    assert result.returncode == 0, result.stderr
+    assert len(out.read_text().splitlines()) == 3, "replaced by this run's outputs"
+    again = actionstate(*run_args(tmp_path, AGENT))  # a resumed run: its own output
+    assert again.returncode == 0, again.stderr
+    assert len(out.read_text().splitlines()) == 3
+
+
+def test_progress_off_a_terminal_prints_a_line_every_few_seconds_with_share_and_eta() -> None:
+    import io
+
+    from actionstate.cli import _Progress
+    from actionstate.durable.stats import RunStats
+
+    now = [0.0]
+    out = io.StringIO()
+    progress = _Progress(out, every=5.0, clock=lambda: now[0])
+    stats = RunStats(resumed_at="line 1201 of tickets.jsonl")
+    for second in range(1, 12):  # a report per checkpoint, every second
+        now[0] = float(second)
+        stats.inputs, stats.outputs, stats.calls_executed = 3 * second, 3 * second, second
+        stats.done_fraction = 0.5 + 0.04 * second
+        progress(stats, float(second))
+    progress.finish()
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "resuming at line 1201 of tickets.jsonl"
+    assert len(lines) == 1 + 3 + 1, "at 1 s, 6 s and 11 s, and the last one"
+    assert lines[2] == ("18 inputs done (74% of the input), 18 outputs | calls: 6 executed, "
+                        "0 replayed | 3.0 inputs/s | ETA 7s")  # 20% in 5 s: 26% left
+    assert lines[-1].startswith("33 inputs done (94% of the input)")
+
+
+def test_rerunning_a_finished_job_says_it_is_complete(tmp_path: Path) -> None:
+    write_lines(tmp_path / "in.jsonl", [input_line(i) for i in range(3)])
+    first = actionstate(*run_args(tmp_path, AGENT))
+    assert first.returncode == 0, first.stderr
+    assert "3 inputs done (100% of the input), 3 outputs" in first.stderr
+    again = actionstate(*run_args(tmp_path, AGENT))
+    assert again.returncode == 0, again.stderr
+    assert "resuming at line 4 of in.jsonl" in again.stderr
+    assert "already complete: every input was done by an earlier run" in again.stderr
+
+
+def test_every_option_of_every_command_has_help_text() -> None:
+    import argparse
+
+    from actionstate.cli import _parser
+
+    missing = []
+
+    def walk(parser: argparse.ArgumentParser, path: str) -> None:
+        for act in parser._actions:
+            if isinstance(act, argparse._SubParsersAction):
+                for name, sub in act.choices.items():
+                    walk(sub, f"{path} {name}")
+            elif act.help in (None, "") and act.dest != "help":
+                missing.append(f"{path} {act.option_strings or act.dest}")
+
+    walk(_parser(), "actionstate")
+    assert not missing, f"options without help: {missing}"

@@ -42,15 +42,15 @@ def test_event_log_records_read_back_into_their_classes_with_replayed_flags(
     with pytest.raises(Crash, match="before the output"):
         rs.run(Noter(crash=True), "k_1", 0, "hi")
     rs.settings.event_log.close()
+    assert not path.read_text(), "an input's records are written when it is done"
     rs.restart()
-    rs.settings.event_log = EventLogger(path, "standard")
+    rs.settings.event_log = EventLogger(path, "verbose")
     assert rs.run(Noter(crash=False), "k_1", 0, "hi") == ["HI"]
     rs.settings.event_log.close()
     records = list(read_event_log(path))
     assert [(type(r.event).__name__, r.action, r.replayed) for r in records] == [
-        ("InputEvent", None, False), ("Noted", "note", False),
         ("InputEvent", None, False), ("Noted", "note", True), ("OutputEvent", "finish", False),
-    ]
+    ], "logged once, by the run that finished the input; the recorded action replayed"
     assert records[1].event == Noted(text="HI") and records[1].key == "k_1"
     raw = [json.loads(line) for line in path.read_text().splitlines()]
     assert any(r["context"]["event_type"] == "action_run" for r in raw), "verbose level"
@@ -58,7 +58,9 @@ def test_event_log_records_read_back_into_their_classes_with_replayed_flags(
 
 def test_event_log_off_writes_nothing(tmp_path: Path) -> None:
     logger = EventLogger(tmp_path / "none.jsonl", "off")
-    logger.event(Noted(text="x"), "k", 0, None, False)
+    batch = logger.batch()
+    batch.event(Noted(text="x"), "k", 0, None, False)
+    logger.write(batch.lines)
     logger.close()
     assert not (tmp_path / "none.jsonl").exists()
 
@@ -102,25 +104,60 @@ def test_demo_kills_its_first_run_and_resumes_with_no_duplicates(tmp_path: Path)
 
 
 def test_records_logged_from_many_threads_stay_whole_lines(tmp_path: Path) -> None:
-    """``def`` actions log their retries from pool threads while the loop logs events."""
+    """``def`` actions log their retries from pool threads while the loop logs events
+    (into an input's batch), and inputs are written from several threads."""
     from actionstate.records.state import StateKey
 
     logger = EventLogger(tmp_path / "events.jsonl")
     note = "é" * 300  # multi-byte text: a torn write shows as invalid UTF-8 or JSON
+    batch = logger.batch()
 
     def retries(worker: int) -> None:
         for i in range(300):
-            logger.retry(StateKey(f"k{worker}", i, "act", "e"), 0, "f", 1,
-                         RuntimeError(note), 0.0)
+            batch.retry(StateKey(f"k{worker}", i, "act", "e"), 0, "f", 1,
+                        RuntimeError(note), 0.0)
+            single = logger.batch()
+            single.event(InputEvent(input={"i": i, "note": note}), f"w{worker}", i, None, False)
+            logger.write(single.lines)
 
     threads = [threading.Thread(target=retries, args=(w,)) for w in range(6)]
     for thread in threads:
         thread.start()
     for i in range(600):
-        logger.event(InputEvent(input={"i": i, "note": note}), "k", i, None, False)
+        batch.event(InputEvent(input={"i": i, "note": note}), "k", i, None, False)
     for thread in threads:
         thread.join()
+    logger.write(batch.lines)
     logger.close()
     lines = (tmp_path / "events.jsonl").read_text(encoding="utf-8").splitlines()
-    assert len(lines) == 6 * 300 + 600
+    assert len(lines) == 6 * 300 * 2 + 600
     assert all(isinstance(json.loads(line), dict) for line in lines)
+
+
+def test_a_restore_cuts_the_log_back_unless_it_was_rotated(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "events.jsonl"
+    logger = EventLogger(path)
+    first = logger.batch()
+    first.event(Noted(text="kept"), "k", 0, None, False)
+    logger.write(first.lines)
+    state = logger.prepare()
+    later = logger.batch()
+    later.event(Noted(text="lost with the crash"), "k", 1, None, False)
+    logger.write(later.lines)
+    logger.close()
+
+    resumed = EventLogger(path)
+    resumed.restore(state)
+    resumed.close()
+    assert [r.event for r in read_event_log(path)] == [Noted(text="kept")]
+
+    path.write_text("")  # rotated by the user
+    rotated = EventLogger(path)
+    rotated.restore(state)
+    again = rotated.batch()
+    again.event(Noted(text="after rotation"), "k", 1, None, False)
+    rotated.write(again.lines)
+    rotated.close()
+    assert [r.event for r in read_event_log(path)] == [Noted(text="after rotation")]
+    assert "shorter" in caplog.text and str(path) in caplog.text

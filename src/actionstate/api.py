@@ -37,7 +37,7 @@ async def run_async(
     event_log: str | Path | None = None, event_log_level: EventLogLevel = "standard",
     divergence: str = "reexecute", retry: RetryPolicy | None = None,
     job: str | None = None, until_end: bool = False, dead_letter: SinkSpec | None = None,
-    progress: ProgressFn | None = None,
+    progress: ProgressFn | None = None, overwrite: bool = False,
 ) -> RunStats:
     """Run ``agent`` over ``source`` into ``sink``, resuming from ``state`` if a
     checkpoint is there; returns the run's counters (``stopped_by`` names the signal
@@ -55,7 +55,9 @@ async def run_async(
       transactions committed with the checkpoints), a function of ``(key, output)``
       or a list (outputs appended; at least once across crashes), or a
       :class:`~actionstate.connectors.base.Sink`. ``dead_letter``: where records the
-      source cannot use go (any sink), instead of stopping the run.
+      source cannot use go (any sink), instead of stopping the run. A first run
+      (no checkpoint in ``state``) refuses an output or dead-letter file that
+      already holds data, unless ``overwrite``: it would cut it to nothing.
     * ``store``: a store URL (default: SQLite inside ``state``; ``memory://`` for
       none), ``store_options`` its options (Flink Agents' names accepted).
     * ``job``: the name idempotency keys are made of (default ``module:Class`` of the
@@ -86,11 +88,11 @@ async def run_async(
                         else state_dir.default_store_url)
         the_store = open_store(url, durability=durability, **options)
         opened.callback(the_store.close)
-        the_sink = open_sink(sink)
+        the_sink = open_sink(sink, overwrite=overwrite)
         opened.callback(the_sink.close)
         letters = None
         if dead_letter is not None:
-            letters = open_sink(dead_letter, role="--dead-letter")
+            letters = open_sink(dead_letter, role="--dead-letter", overwrite=overwrite)
             opened.callback(letters.close)
         logger = EventLogger(str(event_log) if event_log is not None else None,
                              event_log_level)

@@ -106,6 +106,9 @@ class Checkpoint:
     time: float = field(default_factory=time.time)
     dead_letter: dict[str, Any] | None = None
     """The dead-letter sink's prepared state, when the run has one."""
+    event_log: dict[str, Any] | None = None
+    """``{"path", "offset"}`` of the event log when the run writes one: a restore cuts
+    it back there, as it does the output file."""
 
     def to_json(self) -> dict[str, Any]:
         data = {
@@ -117,6 +120,8 @@ class Checkpoint:
         }
         if self.dead_letter is not None:
             data["dead_letter"] = self.dead_letter
+        if self.event_log is not None:
+            data["event_log"] = self.event_log
         return data
 
     @classmethod
@@ -143,13 +148,18 @@ class Checkpoint:
         if "kind" not in sink.data:
             sink.text("path"), sink.count("offset")
         dead_letter = read.obj("dead_letter").data if "dead_letter" in data else None
+        event_log = None
+        if "event_log" in data:
+            log = read.obj("event_log")
+            log.text("path"), log.count("offset")
+            event_log = log.data
         try:
             marker = Marker.from_json(read.obj("marker").data)
         except ConfigError:
             read.bad("marker", "a recovery marker")
         return cls(
             job=read.text("job"), marker=marker, store=read.text("store", ""),
-            source=source.data, sink=sink.data, dead_letter=dead_letter,
+            source=source.data, sink=sink.data, dead_letter=dead_letter, event_log=event_log,
             next_seq=read.counts("next_seq") if inline else {},
             short_term={key: read.obj("short_term").obj(key).data
                         for key in read.obj("short_term").data} if inline else {},

@@ -9,8 +9,9 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 from urllib.parse import urlsplit
 
 from actionstate.api import run_async
@@ -82,13 +83,24 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",
                      help="store option, e.g. kafkaActionStateTopicNumPartitions=8; Flink "
                      "Agents' names are accepted (actionStateStoreBackend=kafka, ...)")
-    run.add_argument("--durability", choices=DURABILITIES, default="sync")
-    run.add_argument("--checkpoint-interval", type=float, default=1.0, metavar="SECONDS")
-    run.add_argument("--concurrency", type=int, default=64, help="inputs in flight (distinct keys)")
-    run.add_argument("--event-log", metavar="PATH", help="write the event log here (JSONL)")
-    run.add_argument("--event-log-level", choices=LEVELS, default="standard")
+    run.add_argument("--durability", choices=DURABILITIES, default="sync",
+                     help="sync: each durable call's record is on disk before the call "
+                     "returns; group: records are committed together every few ms, a crash "
+                     "may re-run the calls of the last group (default: %(default)s)")
+    run.add_argument("--checkpoint-interval", type=float, default=1.0, metavar="SECONDS",
+                     help="seconds between checkpoints (input position, outputs, per-key "
+                     "state) (default: %(default)s)")
+    run.add_argument("--concurrency", type=int, default=64, metavar="N",
+                     help="inputs in flight, each of another key (default: %(default)s)")
+    run.add_argument("--event-log", metavar="PATH",
+                     help="write the event log here (JSONL; each input's events once across "
+                     "crashes: docs/eventlog.md)")
+    run.add_argument("--event-log-level", choices=LEVELS, default="standard",
+                     help="off, standard (events) or verbose (plus each action run with its "
+                     "calls) (default: %(default)s)")
     run.add_argument("--divergence", choices=POLICIES, default="reexecute",
-                     help="what to do when replay finds a different call than recorded")
+                     help="what to do when replay finds a different call than recorded "
+                     "(default: %(default)s)")
     run.add_argument("--max-retries", type=int, default=3, metavar="N",
                      help="retries of a durable call that fails transiently (timeouts, "
                      "connection errors, HTTP 429/5xx), with exponential backoff (default 3)")
@@ -96,6 +108,13 @@ def _parser() -> argparse.ArgumentParser:
                      help="wait before the first retry; doubles each time, up to 30 s, "
                      "or what the server's Retry-After asks (default 1)")
     run.add_argument("--job", help="job name for idempotency keys (default: the agent spec)")
+    run.add_argument("--overwrite", action="store_true",
+                     help="on a first run (no checkpoint in --state), replace an --output or "
+                     "--dead-letter file that already holds data (default: refuse)")
+    run.add_argument("--summary", metavar="PATH",
+                     help="at the end, write what the run did as JSON here: inputs, outputs, "
+                     "actions, durable calls executed and replayed, model tokens paid and "
+                     "replayed (not paid again)")
     run.add_argument("--quiet", action="store_true", help="no progress or summary")
     run.set_defaults(command=_run)
 
@@ -158,7 +177,7 @@ def _parser() -> argparse.ArgumentParser:
     flink_run.set_defaults(command=_flink_run)
 
     inspect = sub.add_parser("inspect", help="show what a state directory holds")
-    inspect.add_argument("--state", required=True)
+    inspect.add_argument("--state", required=True, help="the run's state directory")
     inspect.add_argument("--key", help="only this input key")
     inspect.add_argument("--json", action="store_true", help="machine-readable output")
     inspect.add_argument("--agent", metavar="SPEC",
@@ -168,7 +187,8 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="run a bundled agent, kill it mid-run, resume, report")
     demo.add_argument("--dir", help="work directory (default: a new temporary one)")
-    demo.add_argument("--inputs", type=int, default=200)
+    demo.add_argument("--inputs", type=int, default=200, metavar="N",
+                      help="tickets to run (default: %(default)s)")
     demo.set_defaults(command=_demo)
     return parser
 
@@ -180,13 +200,17 @@ def _run(args: argparse.Namespace) -> int:
     retry = RetryPolicy(max_attempts=args.max_retries + 1,
                         initial_interval=args.retry_wait_interval)
     progress = None if args.quiet else _Progress(sys.stderr)
+    started = time.monotonic()
     stats = asyncio.run(run_async(
         agent_cls, source=args.input, sink=args.output, key=args.key, state=args.state,
         store=args.store, store_options=_options(args.option), durability=args.durability,
         checkpoint_interval=args.checkpoint_interval, concurrency=args.concurrency,
         event_log=args.event_log, event_log_level=args.event_log_level,
         divergence=args.divergence, retry=retry, job=args.job or _default_job(args.agent),
-        until_end=args.until_end, dead_letter=args.dead_letter, progress=progress))
+        until_end=args.until_end, dead_letter=args.dead_letter, progress=progress,
+        overwrite=args.overwrite))
+    if args.summary:
+        _write_summary(Path(args.summary), stats.summary(time.monotonic() - started))
     if progress is not None:
         progress.finish()
     if stats.stopped_by is not None:
@@ -301,27 +325,76 @@ def _default_job(spec: str) -> str:
 
 
 class _Progress:
-    """One status line, redrawn on a terminal; a summary line otherwise."""
+    """A status line redrawn on a terminal, or a plain line every ``every`` seconds
+    otherwise; where a resumed run took up its input; a last line at the end."""
 
-    def __init__(self, stream: TextIO) -> None:
+    def __init__(self, stream: TextIO, every: float = 5.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._stream = stream
         self._tty = stream.isatty()
+        self._every, self._clock = every, clock
         self._line = ""
+        self._stats: RunStats | None = None
+        self._first: tuple[float, float] | None = None  # (elapsed, share) at the first report
+        self._printed: float | None = None
 
     def __call__(self, stats: RunStats, elapsed: float) -> None:
+        if self._stats is None and stats.resumed_at is not None:
+            self._write(f"resuming at {stats.resumed_at}\n")
+        self._stats = stats
         rate = stats.inputs / elapsed if elapsed > 0 else 0.0
-        self._line = (
-            f"{stats.inputs} inputs done, {stats.outputs} outputs | calls: "
-            f"{stats.calls_executed} executed, {stats.calls_replayed} replayed | "
-            f"{rate:,.0f} inputs/s"
-        )
+        parts = [f"{stats.inputs:,} inputs done"]
+        fraction = stats.done_fraction
+        if fraction is not None:
+            if self._first is None:
+                self._first = (elapsed, fraction)
+            parts[0] += f" ({fraction:.0%} of the input)"
+        parts += [f"{stats.outputs:,} outputs | calls: {stats.calls_executed:,} executed, "
+                  f"{stats.calls_replayed:,} replayed | {rate:,.1f} inputs/s"]
+        saved = stats.prompt_tokens_replayed + stats.completion_tokens_replayed
+        if saved:
+            parts.append(f"{saved:,} tokens replayed, not paid again")
+        if fraction is not None and self._first is not None and fraction > self._first[1]:
+            since, share = self._first  # the rate of this run, not of the earlier ones
+            left = (elapsed - since) * (1 - fraction) / (fraction - share)
+            parts.append(f"ETA {_clock_text(left)}")
+        self._line = ", ".join(parts[:2]) + "".join(f" | {p}" for p in parts[2:])
         if self._tty:
-            self._stream.write("\r\x1b[2K" + self._line)
-            self._stream.flush()
+            self._write("\r\x1b[2K" + self._line)
+        elif self._printed is None or self._clock() - self._printed >= self._every:
+            self._printed = self._clock()
+            self._write(self._line + "\n")
 
     def finish(self) -> None:
-        self._stream.write("\n" if self._tty else self._line + "\n")
+        stats = self._stats
+        if stats is not None and stats.stopped_by is None and stats.inputs == 0 \
+                and stats.resumed_at is not None:
+            self._write(("\n" if self._tty else "") + "already complete: every input was "
+                        "done by an earlier run; nothing to do\n")
+            return
+        self._write("\n" if self._tty else self._line + "\n")
+
+    def _write(self, text: str) -> None:
+        self._stream.write(text)
         self._stream.flush()
+
+
+def _write_summary(path: Path, summary: dict[str, Any]) -> None:
+    try:
+        path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"--summary {path} cannot be written ({exc.strerror}): give a path "
+                          "in a directory that exists and can be written") from None
+
+
+def _clock_text(seconds: float) -> str:
+    """``1h02m``, ``3m05s``, ``42s``."""
+    whole = int(seconds + 0.5)
+    if whole >= 3600:
+        return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+    if whole >= 60:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    return f"{whole}s"
 
 
 def _inspect(args: argparse.Namespace) -> int:

@@ -5,11 +5,21 @@ Each record is ``{"context": {"event_type", "key", "seq", "action", "time",
 (None for the input). :func:`read_event_log` reads records back with the
 events rebuilt into their own classes. Levels: ``off``, ``standard`` (events)
 and ``verbose`` (events, plus one record per action run with its calls).
+
+An input's records are collected while it runs (:meth:`EventLogger.batch`) and
+written when the runner takes the input as done, beside its outputs; a checkpoint
+records the log's size (:meth:`EventLogger.prepare`) and a restore cuts the log
+back to it (:meth:`EventLogger.restore`). So across crashes every input's records
+appear once, as its outputs do: an input redone after a crash is logged by the run
+that finishes it, with ``replayed`` true for events that actions recorded before
+the crash sent again (docs/eventlog.md).
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -22,7 +32,7 @@ from actionstate.events import Event, event_type_name
 from actionstate.records.canonical import untag, wire
 from actionstate.records.state import StateKey
 
-__all__ = ["EventLogLevel", "EventLogRecord", "EventLogger", "read_event_log"]
+__all__ = ["EventBatch", "EventLogLevel", "EventLogRecord", "EventLogger", "read_event_log"]
 
 EventLogLevel = Literal["off", "standard", "verbose"]
 LEVELS: tuple[EventLogLevel, ...] = get_args(EventLogLevel)
@@ -40,18 +50,12 @@ class EventLogRecord:
     replayed: bool
 
 
-class EventLogger:
-    """Appends event log records to a JSONL file (nothing at level ``off``)."""
+class EventBatch:
+    """The records of one input, kept until the runner takes the input as done."""
 
-    def __init__(self, path: str | Path | None, level: EventLogLevel = "standard") -> None:
-        if level not in LEVELS:
-            raise ConfigError(f"unknown event log level {level!r}: use one of {LEVELS}")
-        self.level = level if path is not None else "off"
-        self._file: IO[str] | None = None
-        self._lock = threading.Lock()  # retries are logged from ``def`` actions' threads
-        if self.level != "off" and path is not None:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            self._file = open(path, "a", encoding="utf-8")
+    def __init__(self, level: EventLogLevel) -> None:
+        self.level = level
+        self.lines: list[str] = []  # list.append is atomic: ``def`` actions' threads log retries
 
     @property
     def verbose(self) -> bool:
@@ -60,7 +64,7 @@ class EventLogger:
     def event(self, event: Event, key: str, seq: int, action: str | None,
               replayed: bool) -> None:
         """Log one event."""
-        if self._file is None:
+        if self.level == "off":
             return
         record = {
             "context": {"event_type": event_type_name(type(event)), "key": key, "seq": seq,
@@ -72,7 +76,7 @@ class EventLogger:
     def action_run(self, key: str, seq: int, action: str, replayed: bool,
                    calls: list[dict[str, Any]]) -> None:
         """Log one action run and its durable calls (verbose level only)."""
-        if self._file is None or not self.verbose:
+        if not self.verbose:
             return
         record = {"context": {"event_type": "action_run", "key": key, "seq": seq,
                               "action": action, "time": time.time(), "replayed": replayed},
@@ -82,7 +86,7 @@ class EventLogger:
     def retry(self, state_key: StateKey, position: int, function: str, attempt: int,
               error: BaseException, wait: float) -> None:
         """Log a failed attempt of a durable call that will be tried again."""
-        if self._file is None:
+        if self.level == "off":
             return
         record = {"context": {"event_type": "call_retry", "key": state_key.key,
                               "seq": state_key.seq, "action": state_key.action,
@@ -92,15 +96,79 @@ class EventLogger:
         self._write(record)
 
     def _write(self, record: dict[str, Any]) -> None:
-        line = json.dumps(wire(record, "an event log record"), ensure_ascii=False) + "\n"
+        self.lines.append(
+            json.dumps(wire(record, "an event log record"), ensure_ascii=False) + "\n")
+
+
+class EventLogger:
+    """Appends event log records to a JSONL file (nothing at level ``off``), an
+    input's at a time."""
+
+    def __init__(self, path: str | Path | None, level: EventLogLevel = "standard") -> None:
+        if level not in LEVELS:
+            raise ConfigError(f"unknown event log level {level!r}: use one of {LEVELS}")
+        self.level: EventLogLevel = level if path is not None else "off"
+        self.path = Path(path) if path is not None else None
+        self._file: IO[str] | None = None
+        self._lock = threading.Lock()
+        if self.level != "off" and self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(self.path, "a", encoding="utf-8")
+
+    @property
+    def verbose(self) -> bool:
+        return self.level == "verbose"
+
+    def batch(self) -> EventBatch:
+        """A batch for one input's records (see :meth:`write`)."""
+        return EventBatch(self.level)
+
+    def write(self, lines: list[str]) -> None:
+        """Append an input's records, once the runner takes the input as done."""
+        if not lines:
+            return
         with self._lock:
             if self._file is not None:
-                self._file.write(line)
+                self._file.write("".join(lines))
 
     def flush(self) -> None:
         with self._lock:
             if self._file is not None:
                 self._file.flush()
+
+    def prepare(self) -> dict[str, Any] | None:
+        """Make the records so far durable (flush, fsync); the state a checkpoint keeps:
+        the log's path and size (None: no log)."""
+        with self._lock:
+            if self._file is None or self.path is None:
+                return None
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            return {"path": str(self.path.resolve()),
+                    "offset": os.fstat(self._file.fileno()).st_size}
+
+    def restore(self, state: dict[str, Any] | None) -> None:
+        """Cut the log back to a checkpoint's size: what the lost run logged after it is
+        logged again by the run that redoes those inputs. Nothing happens without a
+        state (a first start appends to what the file holds), or when the checkpoint
+        was taken with another log file."""
+        with self._lock:
+            if self._file is None or self.path is None or state is None:
+                return
+            if state.get("path") != str(self.path.resolve()):
+                return
+            self._file.flush()
+            offset = int(state["offset"])
+            size = self.path.stat().st_size
+            if size < offset:  # rotated or cut by the user: theirs to keep, appended to
+                logging.getLogger(__name__).warning(
+                    "event log %s is shorter (%d bytes) than at the last checkpoint (%d "
+                    "bytes): it was rotated or changed outside actionstate; appending to it "
+                    "without cutting back (records of inputs redone now may repeat "
+                    "earlier ones)", self.path, size, offset)
+                return
+            self._file.truncate(offset)
+            self._file.seek(0, os.SEEK_END)
 
     def close(self) -> None:
         with self._lock:

@@ -56,8 +56,9 @@ def open_source(spec: SourceSpec, key: str | Callable[[Any], str] | None, *,
     raise ConfigError(f"source {spec!r} is not a path, a kafka:// URL, an iterable or a "
                       "Source: give one of those")
 
-def open_sink(spec: SinkSpec, *, role: str = "--output") -> Sink:
-    """The sink ``spec`` names (see the module doc)."""
+def open_sink(spec: SinkSpec, *, role: str = "--output", overwrite: bool = False) -> Sink:
+    """The sink ``spec`` names (see the module doc); ``overwrite``: a file sink may cut
+    a file that holds data on a first run."""
     if isinstance(spec, Sink):
         return spec
     if isinstance(spec, str | Path):
@@ -66,7 +67,7 @@ def open_sink(spec: SinkSpec, *, role: str = "--output") -> Sink:
             kafka_sink: Sink = _kafka().KafkaSink.from_url(text)
             return kafka_sink
         _no_other_scheme(text, role)
-        return JsonlSink(text)
+        return JsonlSink(text, overwrite=overwrite, role=role)
     if isinstance(spec, list):
         collected = spec
         return CallbackSink(lambda _key, output: collected.append(output), name="list")

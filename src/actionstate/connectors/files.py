@@ -92,6 +92,11 @@ class JsonlSource:
         return {"path": str(self.path.resolve()), "offset": self._offset, "line": self._line,
                 "sha256": self._digest.hexdigest()}
 
+    def fraction(self) -> float:
+        """The share of the file's bytes read so far (for progress)."""
+        size = os.stat(self.path).st_size
+        return min(1.0, self._offset / size) if size else 1.0
+
     def close(self) -> None:
         pass
 
@@ -246,8 +251,10 @@ def _json_type(value: Any) -> str:
 class JsonlSink:
     """Appends one JSON line per output; cut back to the checkpoint's offset on restore."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, overwrite: bool = False,
+                 role: str = "--output") -> None:
         self.path = Path(path)
+        self.overwrite, self.role = overwrite, role
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file: IO[bytes] = open(self.path, "ab")
@@ -261,6 +268,14 @@ class JsonlSink:
 
     def restore(self, state: dict[str, Any] | None) -> None:
         if state is None:
+            self._file.flush()
+            size = self.path.stat().st_size
+            if size and not self.overwrite:
+                raise ConfigError(
+                    f"{self.role} {self.path} already holds {size} bytes, and this is a "
+                    "first run (its --state has no checkpoint), which would replace them: "
+                    "give another file, pass --overwrite to replace it, or resume with the "
+                    "--state that wrote it")
             self.truncate(0)
             return
         recorded = state.get("path") if "kind" not in state else _describe(state)

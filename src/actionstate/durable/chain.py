@@ -24,6 +24,7 @@ from actionstate.memory import apply_update
 from actionstate.records.canonical import event_id
 from actionstate.records.state import (
     ActionState,
+    CallStatus,
     CompleteRecord,
     MemoryScope,
     MemoryUpdate,
@@ -63,6 +64,9 @@ class InputResult:
 
     outputs: list[Any] = field(default_factory=list)
     memory_updates: list[MemoryUpdate] = field(default_factory=list)
+    events: list[str] = field(default_factory=list)
+    """Its event log records (JSON lines): the runner writes them with its outputs
+    (:meth:`~actionstate.eventlog.EventLogger.write`)."""
 
 
 async def process_input(
@@ -73,7 +77,8 @@ async def process_input(
     sensory: dict[str, Any] = {}
     done = InputResult()
     outputs, updates = done.outputs, done.memory_updates
-    log = settings.event_log
+    log = settings.event_log.batch()
+    done.events = log.lines
     queue: deque[tuple[Event, str | None, bool]] = deque([(InputEvent(input=record), None, False)])
     while queue:
         event, sender, replayed = queue.popleft()
@@ -139,6 +144,9 @@ def _skip(state: ActionState, short_term: dict[str, Any], sensory: dict[str, Any
     """Re-apply a completed action's memory writes; return the events it sent."""
     settings.stats.actions_skipped += 1
     settings.stats.calls_replayed += len(state.calls)
+    for call in state.calls.values():
+        if call.status is CallStatus.SUCCEEDED:
+            settings.stats.add_tokens(call.result, replayed=True)
     for update in state.memory_updates:
         apply_update(short_term if update.scope is MemoryScope.SHORT_TERM else sensory,
                      update.path, update.value)

@@ -286,6 +286,7 @@ class ActionContext(RunnerContext):
     def _succeeded(self, step: _Step, result: Any) -> int | None:
         """Record the call's result; with a committer, the ticket to wait for (outside
         the engine's lock) before the call returns."""
+        self.stats.add_tokens(result, replayed=False)
         return self._record(step, CallResult(step.fid, step.digest, CallStatus.SUCCEEDED,
                                              result), shared=self._committer is not None)
 
@@ -364,6 +365,7 @@ class ActionContext(RunnerContext):
         if recorded.status is CallStatus.FAILED:
             assert recorded.exception is not None
             raise decode_exception(recorded.exception)
+        self.stats.add_tokens(recorded.result, replayed=True)
         return recorded.result
 
     def _record(self, step: _Step, result: CallResult, shared: bool = False) -> int | None:

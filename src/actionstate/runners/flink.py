@@ -409,6 +409,7 @@ class AgentFunction(KeyedProcessFunction):  # type: ignore[misc]  # pyflink is u
                 self.store.prune(key, seq)
             for output in done.outputs:
                 yield Row(key, json.dumps(wire(output, "an output"), ensure_ascii=False))
+            self.engine.settings.event_log.write(done.events)
             self._start(key)
         finally:
             if key != current:

@@ -24,6 +24,7 @@ import signal
 import time
 from collections import deque
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from actionstate.agent import Agent
@@ -97,6 +98,8 @@ class LocalRunner:
         # commit in progress.
         self._held: list[tuple[str, Any]] = []
         self._committing: list[tuple[str, Any]] = []
+        self._held_events: list[str] = []  # event log lines of the inputs held, in order
+        self._committing_events: list[str] = []
         self._failed = False
         self.stopped_by: str | None = None
         """The signal that stopped the run early (``"SIGTERM"``, ``"SIGINT"``), or None."""
@@ -158,8 +161,7 @@ class LocalRunner:
         self._checkpoint()
         if bad_input is not None:
             raise bad_input
-        if self._progress:
-            self._progress(self.stats, time.monotonic() - started)
+        self._report(time.monotonic() - started)
         return self.stats
 
     def stop(self, reason: str = "stop") -> None:
@@ -276,7 +278,7 @@ class LocalRunner:
                 del self._pending[(key, seq)]
                 self._done_seq[key] = seq
                 self.stats.inputs += 1
-                self._emit([(key, output) for output in done.outputs])
+                self._emit([(key, output) for output in done.outputs], done.events)
                 self._space.release()
             if not queue:  # every input done: live and committed memory agree
                 del self._working[key]
@@ -284,32 +286,38 @@ class LocalRunner:
             del self._queues[key]
             del self._workers[key]
 
-    def _emit(self, outputs: list[tuple[str, Any]]) -> None:
+    def _emit(self, outputs: list[tuple[str, Any]], events: list[str]) -> None:
+        """A finished input's outputs and event log lines leave (in ``group``
+        durability once its records are durable)."""
         if self.store.durability == "group":
             self._held.extend(outputs)
+            self._held_events.extend(events)
         else:
-            self.sink.write(outputs)
-            self.stats.outputs += len(outputs)
+            self._release(outputs, events)
 
     def _commit_group(self) -> None:
         """Make recorded work durable, then release the outputs that depend on it."""
         with self.settings.lock:
             self.store.flush()
-        self._release(self._committing + self._held)
+        self._release(self._committing + self._held,
+                      self._committing_events + self._held_events)
         self._committing, self._held = [], []
+        self._committing_events, self._held_events = [], []
 
     async def _commit_group_off_loop(self) -> None:
         """:meth:`_commit_group` with the commit on a worker thread: the keys go on while
         it waits for the disk. The outputs held now wait for it; later ones, for the next."""
         self._committing, self._held = self._held, []
+        self._committing_events, self._held_events = self._held_events, []
         await asyncio.to_thread(self.store.flush)  # the store allows flush beside put
-        self._release(self._committing)
-        self._committing = []
+        self._release(self._committing, self._committing_events)
+        self._committing, self._committing_events = [], []
 
-    def _release(self, outputs: list[tuple[str, Any]]) -> None:
+    def _release(self, outputs: list[tuple[str, Any]], events: list[str]) -> None:
         if outputs:
             self.sink.write(outputs)
             self.stats.outputs += len(outputs)
+        self.settings.event_log.write(events)
 
     async def _ticker(self, started: float) -> None:
         last_checkpoint = time.monotonic()
@@ -320,8 +328,13 @@ class LocalRunner:
             if now - last_checkpoint >= self._checkpoint_interval:
                 self._checkpoint()
                 last_checkpoint = now
-                if self._progress:
-                    self._progress(self.stats, now - started)
+                self._report(now - started)
+
+    def _report(self, elapsed: float) -> None:
+        if self._progress:
+            fraction = getattr(self.source, "fraction", None)
+            self.stats.done_fraction = fraction() if fraction is not None else None
+            self._progress(self.stats, elapsed)
 
     # -- checkpoints ---------------------------------------------------------
 
@@ -333,7 +346,7 @@ class LocalRunner:
         self._commit_group()
         sink = self.sink.prepare()  # the outputs so far are durable (not yet committed)
         dead_letter = self.dead_letter.prepare() if self.dead_letter is not None else None
-        self.settings.event_log.flush()
+        event_log = self.settings.event_log.prepare()
         for key, seq in self._done_seq.items():
             self.store.prune(key, seq)
         self._done_seq.clear()
@@ -342,6 +355,7 @@ class LocalRunner:
         self.state_dir.save_checkpoint(Checkpoint(
             job=self.settings.job, marker=marker, store=self.store.url,
             source=self.source.state(), sink=sink, dead_letter=dead_letter,
+            event_log=event_log,
             pending=[PendingInput(k, s, r, line) for (k, s), (r, line) in self._pending.items()],
             epoch=self.store.epoch, stats=self.stats.counters(),
         ), changed, fresh=self._fresh)
@@ -378,10 +392,12 @@ class LocalRunner:
                 f"{self.settings.job!r}: use a new --state for a different agent"
             )
         self.source.restore(checkpoint.source)
+        self.stats.resumed_at = _resume_point(checkpoint.source, len(checkpoint.pending))
         self.store.rebuild(checkpoint.marker)
         self.sink.restore(checkpoint.sink)
         if self.dead_letter is not None:
             self.dead_letter.restore(checkpoint.dead_letter)
+        self.settings.event_log.restore(checkpoint.event_log)
         # A format 1 state dir holds every key in the checkpoint: all move over.
         for key, next_seq in checkpoint.next_seq.items():
             self._next_seq[key] = next_seq
@@ -429,3 +445,14 @@ def _first(group_error: BaseExceptionGroup[Any]) -> BaseException:
             found: BaseException = exc
             return found
     return group_error
+
+
+def _resume_point(source: dict[str, Any], in_flight: int) -> str:
+    """Where a resumed run takes its input up again, in words."""
+    if "line" in source:
+        where = f"line {int(source['line']) + 1} of {Path(str(source['path'])).name}"
+    elif "offsets" in source:
+        where = "offsets " + ", ".join(f"{p}:{o}" for p, o in sorted(source["offsets"].items()))
+    else:
+        where = "its checkpoint"
+    return where + (f", {in_flight} inputs in flight redone first" if in_flight else "")

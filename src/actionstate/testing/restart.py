@@ -52,10 +52,13 @@ class Restartable:
         self.settings = ChainSettings(job="test", policy=policy)
 
     def run(self, agent: Agent, key: str, seq: int, record: Any) -> list[Any]:
-        """Process one input (``key``, ``seq``) and return its outputs."""
+        """Process one input (``key``, ``seq``) and return its outputs (its event log
+        records are written, as a runner does when it takes the input as done)."""
         stm = self.short_term.setdefault(key, {})
-        return asyncio.run(process_input(agent, self.store, key, seq, record, stm,
-                                         self.settings)).outputs
+        done = asyncio.run(process_input(agent, self.store, key, seq, record, stm,
+                                         self.settings))
+        self.settings.event_log.write(done.events)
+        return done.outputs
 
     def close(self) -> None:
         """Close the current store."""
