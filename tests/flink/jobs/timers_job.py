@@ -6,25 +6,29 @@ per second, 40 keys) registers a timer DUE_MS later for its key after SLEEP_S of
 (a slow function: bundles hold several elements); LOG_DIR/<pid>.log gets one line per
 registration and firing.
 """
+from __future__ import annotations
+
 import os
 import sys
 import time
+from collections.abc import Iterator
+from typing import Any
 
 from pyflink.common import Types
 from pyflink.datastream import StreamExecutionEnvironment
-from pyflink.datastream.functions import KeyedProcessFunction
+from pyflink.datastream.functions import KeyedProcessFunction, RuntimeContext
 from pyflink.table import StreamTableEnvironment
 
 LOG_DIR, DUE_MS = sys.argv[1], int(sys.argv[2])
 SLEEP_S, BUNDLE_SIZE = float(sys.argv[3]), sys.argv[4]
 
 
-class Timers(KeyedProcessFunction):
-    def open(self, runtime_context):
+class Timers(KeyedProcessFunction):  # type: ignore[misc]
+    def open(self, runtime_context: RuntimeContext) -> None:
         os.makedirs(LOG_DIR, exist_ok=True)
         self.log = open(os.path.join(LOG_DIR, f"{os.getpid()}.log"), "a")
 
-    def process_element(self, value, ctx):
+    def process_element(self, value: str, ctx: Any) -> Iterator[str]:
         time.sleep(SLEEP_S)
         at = ctx.timer_service().current_processing_time() + DUE_MS
         ctx.timer_service().register_processing_time_timer(at)
@@ -32,7 +36,7 @@ class Timers(KeyedProcessFunction):
         self.log.flush()
         return iter(())
 
-    def on_timer(self, timestamp, ctx):
+    def on_timer(self, timestamp: int, ctx: Any) -> Iterator[str]:
         self.log.write(f"fire {ctx.get_current_key()} {timestamp}\n")
         self.log.flush()
         return iter(())
