@@ -22,6 +22,7 @@ from typing import IO, Any
 from actionstate.checkpoint import Checkpoint
 from actionstate.connectors.files import why_unwritable
 from actionstate.errors import ConfigError, IncompatibleStateError, StateLockedError
+from actionstate.private import create_private, private_dir, warn_if_exposed
 from actionstate.records.canonical import stored_json, untag, wire
 
 __all__ = ["STATE_FORMAT", "StateDir"]
@@ -50,9 +51,11 @@ class StateDir:
             raise ConfigError(f"--state {self.path} is a file, not a directory: give a "
                               "directory path")
         try:
-            self.path.mkdir(parents=True, exist_ok=True)
+            created = private_dir(self.path)
         except OSError as exc:
             raise _unwritable(self.path, exc) from None
+        if not created:
+            warn_if_exposed(self.path, "state dir")
         self._lock: IO[str] | None = None
         self._db: sqlite3.Connection | None = None
         marker = self.path / "actionstate.json"
@@ -90,6 +93,7 @@ class StateDir:
     def lock(self) -> None:
         """Hold the directory for this process (released when it exits, even by kill -9)."""
         try:
+            create_private(self.path / "lock")
             f = open(self.path / "lock", "a+")
         except OSError as exc:
             raise _unwritable(self.path, exc) from None
@@ -195,6 +199,7 @@ class StateDir:
 
     def _connect(self) -> sqlite3.Connection:
         if self._db is None:
+            create_private(self.checkpoint_path)  # its -wal and -shm files take its mode
             db = sqlite3.connect(self.checkpoint_path, isolation_level=None,
                                  check_same_thread=False)
             try:
@@ -267,6 +272,8 @@ def _unwritable(path: Path, exc: OSError) -> ConfigError:
 def write_atomic(path: Path, data: dict[str, Any]) -> None:
     """Replace ``path`` with ``data`` as JSON so that a crash leaves the old or the new file."""
     tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.unlink(missing_ok=True)
+    create_private(tmp)
     with open(tmp, "wb") as f:
         f.write(json.dumps(wire(data, path.name), ensure_ascii=False,
                            separators=(",", ":")).encode())

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from actionstate.errors import ConfigError, FencedError, IncompatibleStateError, StoreError
+from actionstate.private import create_private
 from actionstate.records.index import Position
 from actionstate.records.state import DropRecord, FenceRecord, Record
 from actionstate.stores.base import ActionStateStore, Durability, Marker
@@ -80,6 +81,8 @@ class SqliteActionStateStore(ActionStateStore):
         self._closed = False
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            if str(self.path) != ":memory:":
+                create_private(self.path)  # records are private; -wal/-shm take its mode
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
