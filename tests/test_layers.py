@@ -34,7 +34,7 @@ LAYERS: dict[str, set[str]] = {
     "demo": {"", "llm", "runners"},
     "api": {"errors", "agent", "connectors", "durable", "eventlog", "retry", "runners",
             "stores"},
-    "cli": {"errors", "durable", "eventlog", "loader", "runners", "stores", "inspection",
+    "cli": {"errors", "records", "durable", "eventlog", "loader", "runners", "stores", "inspection",
             "demo", "retry", "api"},
     "": {"agent", "context", "durable", "errors", "events", "memory", "stores", "retry", "api",
          "connectors"},

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
@@ -16,7 +16,7 @@ from actionstate.durable.chain import ChainSettings
 from actionstate.durable.execution import POLICIES
 from actionstate.durable.stats import RunStats
 from actionstate.errors import ConfigError
-from actionstate.eventlog import EventLogger, EventLogLevel
+from actionstate.eventlog import EventLogger, EventLogLevel, Redactor
 from actionstate.retry import RetryPolicy
 from actionstate.runners.local import LocalRunner, ProgressFn
 from actionstate.runners.statedir import StateDir
@@ -35,6 +35,7 @@ async def run_async(
     store: str | None = None, store_options: Mapping[str, str] | None = None,
     durability: str = "sync", checkpoint_interval: float = 1.0, concurrency: int = 64,
     event_log: str | Path | None = None, event_log_level: EventLogLevel = "standard",
+    event_log_redact: Redactor | Mapping[str, Iterable[str]] | None = None,
     divergence: str = "reexecute", retry: RetryPolicy | None = None,
     job: str | None = None, until_end: bool = False, dead_letter: SinkSpec | None = None,
     progress: ProgressFn | None = None, overwrite: bool = False,
@@ -60,6 +61,12 @@ async def run_async(
       already holds data, unless ``overwrite``: it would cut it to nothing.
     * ``store``: a store URL (default: SQLite inside ``state``; ``memory://`` for
       none), ``store_options`` its options (Flink Agents' names accepted).
+    * ``event_log``: a JSONL file of every event handled (docs/eventlog.md), at
+      ``event_log_level``; ``event_log_redact`` keeps fields out of it: a mapping of
+      event type name (or ``"*"``) to dotted field paths, or a function
+      ``(event type, fields) -> fields``.
+    * Payloads recorded in the store and the checkpoint are encrypted when keys are
+      configured (``ACTIONSTATE_KEYS`` or ``ACTIONSTATE_KEY_FILE``: docs/security.md).
     * ``job``: the name idempotency keys are made of (default ``module:Class`` of the
       agent, which is what the command derives from ``file.py:Class``).
 
@@ -95,7 +102,7 @@ async def run_async(
             letters = open_sink(dead_letter, role="--dead-letter", overwrite=overwrite)
             opened.callback(letters.close)
         logger = EventLogger(str(event_log) if event_log is not None else None,
-                             event_log_level)
+                             event_log_level, event_log_redact)
         opened.callback(logger.close)
         settings = ChainSettings(job=job or default_job(type(agent)), policy=divergence,
                                  retry=retry or RetryPolicy(), event_log=logger)

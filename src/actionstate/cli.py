@@ -23,7 +23,7 @@ from actionstate.errors import (
     AgentDefinitionError,
     ConfigError,
 )
-from actionstate.eventlog import LEVELS
+from actionstate.eventlog import LEVELS, FieldRedaction
 from actionstate.loader import load_agent_class
 from actionstate.retry import RetryPolicy
 from actionstate.stores import open_store
@@ -98,6 +98,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--event-log-level", choices=LEVELS, default="standard",
                      help="off, standard (events) or verbose (plus each action run with its "
                      "calls) (default: %(default)s)")
+    run.add_argument("--redact", action="append", default=[], metavar="TYPE:FIELD[,FIELD]",
+                     help="keep fields out of the event log, first runs and replays alike: an "
+                     "event type (as the log names it, or *) and dotted field paths, e.g. "
+                     "InputEvent:input.email,input.card (repeatable)")
     run.add_argument("--divergence", choices=POLICIES, default="reexecute",
                      help="what to do when replay finds a different call than recorded "
                      "(default: %(default)s)")
@@ -161,6 +165,8 @@ def _parser() -> argparse.ArgumentParser:
                            "event log (JSONL) to a file of its own there")
     flink_run.add_argument("--event-log-level", choices=LEVELS, default="standard",
                            help="(default: %(default)s)")
+    flink_run.add_argument("--redact", action="append", default=[],
+                           metavar="TYPE:FIELD[,FIELD]", help="as in actionstate run")
     flink_run.add_argument("--from-savepoint", metavar="PATH",
                            help="start from a savepoint of this job (e.g. after a stop with "
                            "savepoint; the parallelism may differ), a retained checkpoint "
@@ -183,7 +189,16 @@ def _parser() -> argparse.ArgumentParser:
     inspect.add_argument("--agent", metavar="SPEC",
                          help="the run's agent (path/to/file.py:Class), so that the events "
                          "its module defines can be read back")
+    inspect.add_argument("--store", metavar="URL",
+                         help="the store URL with its credentials: the checkpoint keeps the "
+                         "URL with secret option values masked as ***")
     inspect.set_defaults(command=_inspect)
+
+    keygen = sub.add_parser(
+        "keygen", help="print a new encryption key entry (id:base64) for ACTIONSTATE_KEYS or "
+        "ACTIONSTATE_KEY_FILE (docs/security.md)")
+    keygen.add_argument("id", help="the key's id (letters, digits, '.', '_', '-'), e.g. k2")
+    keygen.set_defaults(command=_keygen)
 
     demo = sub.add_parser("demo", help="run a bundled agent, kill it mid-run, resume, report")
     demo.add_argument("--dir", help="work directory (default: a new temporary one)")
@@ -206,6 +221,7 @@ def _run(args: argparse.Namespace) -> int:
         store=args.store, store_options=_options(args.option), durability=args.durability,
         checkpoint_interval=args.checkpoint_interval, concurrency=args.concurrency,
         event_log=args.event_log, event_log_level=args.event_log_level,
+        event_log_redact=FieldRedaction.parse(args.redact) if args.redact else None,
         divergence=args.divergence, retry=retry, job=args.job or _default_job(args.agent),
         until_end=args.until_end, dead_letter=args.dead_letter, progress=progress,
         overwrite=args.overwrite))
@@ -251,7 +267,7 @@ def _flink_run(args: argparse.Namespace) -> int:
         environment=_options(args.env, "--env"), start_bound=start_bound,
         submitted=int(time.time() * 1000),
         event_log=str(Path(args.event_log).resolve()) if args.event_log else None,
-        event_log_level=args.event_log_level,
+        event_log_level=args.event_log_level, redact=list(args.redact),
         savepoint=_restore_point(args.from_savepoint))
     job_id = flink.submit(job, detach=args.detach)
     print(job_id)
@@ -403,7 +419,7 @@ def _inspect(args: argparse.Namespace) -> int:
     if args.agent:
         load_agent_class(args.agent)  # registers the event classes its module defines
     try:
-        report = describe_state(Path(args.state), key=args.key)
+        report = describe_state(Path(args.state), key=args.key, store_url=args.store)
     except AgentDefinitionError as exc:
         raise AgentDefinitionError(f"{exc}; give the run's agent: actionstate inspect "
                                    "--state DIR --agent path/to/file.py:Class") from None
@@ -411,6 +427,13 @@ def _inspect(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2, ensure_ascii=False, default=str))
     else:
         print(render_text(report))
+    return 0
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    from actionstate.records.crypto import new_key_entry
+
+    print(new_key_entry(args.id))
     return 0
 
 

@@ -4,6 +4,7 @@ The tree::
 
     ActionStateError
     ├── ConfigError               bad URL, option or argument
+    │   └── EncryptionKeyError    a sealed payload whose key is missing or wrong
     ├── ActionFailedError         an action raised (its recorded calls are kept)
     ├── AgentDefinitionError      an agent or event class that cannot work
     ├── InputError                an input record that cannot be processed
@@ -29,6 +30,7 @@ __all__ = [
     "ConfigError",
     "ConnectorError",
     "CorruptRecordError",
+    "EncryptionKeyError",
     "FencedError",
     "IncompatibleStateError",
     "InputError",
@@ -46,6 +48,11 @@ class ActionStateError(Exception):
 
 class ConfigError(ActionStateError):
     """A URL, option or argument is invalid."""
+
+
+class EncryptionKeyError(ConfigError):
+    """A sealed payload's key is not configured, or the key under its id does not open it.
+    The message names the key id (never a key)."""
 
 
 class ActionFailedError(ActionStateError):

@@ -22,7 +22,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Literal, get_args
@@ -32,10 +32,69 @@ from actionstate.events import Event, event_type_name
 from actionstate.records.canonical import untag, wire
 from actionstate.records.state import StateKey
 
-__all__ = ["EventBatch", "EventLogLevel", "EventLogRecord", "EventLogger", "read_event_log"]
+__all__ = ["REDACTED", "EventBatch", "EventLogLevel", "EventLogRecord", "EventLogger",
+           "FieldRedaction", "Redactor", "read_event_log"]
 
 EventLogLevel = Literal["off", "standard", "verbose"]
 LEVELS: tuple[EventLogLevel, ...] = get_args(EventLogLevel)
+
+REDACTED = "[redacted]"
+Redactor = Callable[[str, dict[str, Any]], dict[str, Any]]
+"""(event type name, the event's fields as JSON) -> the fields the log shows."""
+
+
+class FieldRedaction:
+    """Keeps named fields out of the log: per event type (its name as the log's
+    ``event_type`` shows it, e.g. ``actionstate.InputEvent``, or the class name alone,
+    ``InputEvent``; ``*`` for every type), dotted paths into the event's
+    fields (``input.card.number``; a list on the way applies the rest of the path to
+    each element). A redacted field's value becomes ``"[redacted]"``; a path an event
+    does not have is skipped."""
+
+    def __init__(self, fields: Mapping[str, Iterable[str]]) -> None:
+        self._paths: dict[str, list[list[str]]] = {}
+        for event_type, paths in fields.items():
+            if isinstance(paths, str):
+                paths = [paths]
+            for path in paths:
+                parts = path.split(".")
+                if not event_type or not all(parts):
+                    raise ConfigError(f"event log redaction {event_type}:{path} is not "
+                                      "TYPE:field[.field...]: name an event type (or *) and "
+                                      "a field path")
+                self._paths.setdefault(event_type, []).append(parts)
+
+    @classmethod
+    def parse(cls, specs: Iterable[str]) -> FieldRedaction:
+        """From ``TYPE:field[.field][,field...]`` strings (the CLI's ``--redact``)."""
+        fields: dict[str, list[str]] = {}
+        for spec in specs:
+            event_type, sep, paths = spec.rpartition(":")
+            if not sep or not event_type:
+                raise ConfigError(f"--redact {spec!r} is not TYPE:field[,field...]: e.g. "
+                                  "--redact InputEvent:input.email or --redact '*:password'")
+            fields.setdefault(event_type, []).extend(p.strip() for p in paths.split(","))
+        return cls(fields)
+
+    def __call__(self, event_type: str, data: dict[str, Any]) -> dict[str, Any]:
+        short = event_type.rpartition(".")[2]
+        paths = [*self._paths.get(event_type, ()), *self._paths.get("*", ()),
+                 *(self._paths.get(short, ()) if short != event_type else ())]
+        for path in paths:
+            data = _without(data, path)
+        return data
+
+
+def _without(value: Any, path: list[str]) -> Any:
+    """``value`` with the field at ``path`` redacted (a copy along the path; ``value``
+    itself is not changed)."""
+    if isinstance(value, list):
+        return [_without(item, path) for item in value]
+    if not isinstance(value, dict) or path[0] not in value:
+        return value
+    copy = dict(value)
+    copy[path[0]] = REDACTED if len(path) == 1 else _without(value[path[0]], path[1:])
+    return copy
 
 
 @dataclass(frozen=True)
@@ -53,8 +112,9 @@ class EventLogRecord:
 class EventBatch:
     """The records of one input, kept until the runner takes the input as done."""
 
-    def __init__(self, level: EventLogLevel) -> None:
+    def __init__(self, level: EventLogLevel, redact: Redactor | None = None) -> None:
         self.level = level
+        self.redact = redact
         self.lines: list[str] = []  # list.append is atomic: ``def`` actions' threads log retries
 
     @property
@@ -66,10 +126,19 @@ class EventBatch:
         """Log one event."""
         if self.level == "off":
             return
+        type_name = event_type_name(type(event))
+        data = event.to_json()["data"]
+        if self.redact is not None:
+            try:
+                data = self.redact(type_name, data)
+            except Exception as exc:
+                raise ConfigError(f"the event log's redaction failed on a {type_name} event "
+                                  f"({type(exc).__name__}: {exc}): fix the redact function; "
+                                  "nothing of this input was logged") from None
         record = {
-            "context": {"event_type": event_type_name(type(event)), "key": key, "seq": seq,
+            "context": {"event_type": type_name, "key": key, "seq": seq,
                         "action": action, "time": time.time(), "replayed": replayed},
-            "event": event.to_json()["data"],
+            "event": data,
         }
         self._write(record)
 
@@ -104,11 +173,17 @@ class EventLogger:
     """Appends event log records to a JSONL file (nothing at level ``off``), an
     input's at a time."""
 
-    def __init__(self, path: str | Path | None, level: EventLogLevel = "standard") -> None:
+    def __init__(self, path: str | Path | None, level: EventLogLevel = "standard",
+                 redact: Redactor | Mapping[str, Iterable[str]] | None = None) -> None:
+        """``redact`` keeps sensitive fields out of the log, for first runs and replays
+        alike: a :class:`FieldRedaction` mapping (event type -> field paths), or a
+        function ``(event type, fields) -> fields``."""
         if level not in LEVELS:
             raise ConfigError(f"unknown event log level {level!r}: use one of {LEVELS}")
         self.level: EventLogLevel = level if path is not None else "off"
         self.path = Path(path) if path is not None else None
+        self.redact: Redactor | None = (
+            FieldRedaction(redact) if isinstance(redact, Mapping) else redact)
         self._file: IO[str] | None = None
         self._lock = threading.Lock()
         if self.level != "off" and self.path is not None:
@@ -121,7 +196,7 @@ class EventLogger:
 
     def batch(self) -> EventBatch:
         """A batch for one input's records (see :meth:`write`)."""
-        return EventBatch(self.level)
+        return EventBatch(self.level, self.redact)
 
     def write(self, lines: list[str]) -> None:
         """Append an input's records, once the runner takes the input as done."""

@@ -9,17 +9,21 @@ from typing import Any
 from actionstate.checkpoint import Checkpoint
 from actionstate.errors import ConfigError
 from actionstate.records.canonical import wire
+from actionstate.records.crypto import Sealed
 from actionstate.runners.statedir import StateDir
 from actionstate.stores import open_store
+from actionstate.stores.options import MASK
 
 __all__ = ["describe_state", "render_text"]
 
 
-def describe_state(path: Path, key: str | None = None) -> dict[str, Any]:
-    """A JSON-able report of the state dir at ``path`` (optionally one input key)."""
+def describe_state(path: Path, key: str | None = None,
+                   store_url: str | None = None) -> dict[str, Any]:
+    """A JSON-able report of the state dir at ``path`` (optionally one input key);
+    ``store_url`` replaces the checkpoint's store URL (whose secrets are masked)."""
     if not (path / "actionstate.json").exists():
         raise ConfigError(f"{path} is not an actionstate state dir (no actionstate.json)")
-    state_dir = StateDir(path)
+    state_dir = StateDir(path, sealed_ok=True)  # without the key: shown as encrypted
     checkpoint = state_dir.load_checkpoint()
     report: dict[str, Any] = {"state_dir": str(path), "checkpoint": None, "keys": []}
     if checkpoint is None:
@@ -30,7 +34,9 @@ def describe_state(path: Path, key: str | None = None) -> dict[str, Any]:
         "sink": {k: v for k, v in checkpoint.sink.items() if k != "records"},
         "inputs_in_flight": len(checkpoint.pending), "stats": checkpoint.stats,
     }
-    states = _states(checkpoint)
+    if state_dir.sealed_head is not None:
+        report["checkpoint"]["inputs_in_flight"] = f"encrypted with key {state_dir.sealed_head!r}"
+    states = _states(store_url or checkpoint.store, checkpoint)
     if key is not None:
         found = state_dir.key_state(key)
         kept = {key: found} if found is not None else {}
@@ -50,27 +56,36 @@ def describe_state(path: Path, key: str | None = None) -> dict[str, Any]:
     return report
 
 
-def _states(checkpoint: Checkpoint) -> list[tuple[str, dict[str, Any]]]:
-    url = checkpoint.store
+def _states(url: str, checkpoint: Checkpoint) -> list[tuple[str, dict[str, Any]]]:
     if not url or url.startswith("memory://"):
         return []
+    if MASK in url:
+        raise ConfigError(f"the checkpoint's store URL {url} has its secrets masked: give the "
+                          "store URL with them: actionstate inspect --store URL")
     store = open_store(url)
+    store.sealed_ok = True  # a payload whose key is not configured is shown as encrypted
     try:
         # Read only: a live run may own these records, and a claim would fence it.
         store.rebuild(checkpoint.marker, read_only=True)
         out = []
         for sk, state in sorted(store.states(), key=lambda kv: (kv[0].key, kv[0].seq,
                                                                 kv[0].action)):
-            calls = [{
-                "position": pos, "function": call.function_id, "status": call.status.name,
-                "size": len(json.dumps(wire(call.result if call.exception is None
-                                            else call.exception))),
-            } for pos, call in sorted(state.calls.items())]
+            calls = [{"position": pos, "function": call.function_id,
+                      "status": call.status.name, **_payload(call.result, call.exception)}
+                     for pos, call in sorted(state.calls.items())]
             out.append((sk.key, {"seq": sk.seq, "action": sk.action, "event_id": sk.event_id,
                                  "completed": state.completed, "calls": calls}))
         return out
     finally:
         store.close()
+
+
+def _payload(result: Any, exception: Any) -> dict[str, Any]:
+    """A call's payload as the report shows it: its size, or the key that sealed it."""
+    value = result if exception is None else exception
+    if isinstance(value, Sealed):
+        return {"encrypted": value.key_id}
+    return {"size": len(json.dumps(wire(value)))}
 
 
 def render_text(report: dict[str, Any]) -> str:
@@ -96,8 +111,10 @@ def render_text(report: dict[str, Any]) -> str:
             lines.append(f"    seq {state['seq']} action {state['action']} ({done}), "
                          f"event {state['event_id'][:16]}...")
             for call in state["calls"]:
+                size = (f"{call['size']} bytes" if "size" in call
+                        else f"encrypted with key {call['encrypted']!r}")
                 lines.append(f"      call {call['position']}: {call['function']} "
-                             f"{call['status']} {call['size']} bytes")
+                             f"{call['status']} {size}")
     return "\n".join(lines)
 
 

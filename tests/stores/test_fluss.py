@@ -33,7 +33,7 @@ from actionstate.records.state import (
 from actionstate.stores import ActionStateStore, Durability, open_store
 from actionstate.stores.fluss import FlussActionStateStore, bucket_of
 from actionstate.stores.fluss.config import parse_url
-from actionstate.testing.contract import StoreContract
+from actionstate.testing.contract import EncryptedStoreContract, StoreContract
 from actionstate.testing.services import Tables, start_service
 
 DATABASE = "actionstate_test"
@@ -82,6 +82,10 @@ class TestFlussStore(StoreContract):
     @pytest.fixture
     def store_url(self, shared_url: str) -> str:
         return shared_url
+
+
+class TestFlussEncryptedStore(EncryptedStoreContract, TestFlussStore):
+    """The contract with payloads sealed (AES-256-GCM), key rotation, missing/wrong keys."""
 
 
 def call(store: ActionStateStore, key: StateKey, position: int, result: object) -> None:

@@ -40,7 +40,7 @@ from actionstate.stores.kafka import KafkaActionStateStore, partition_of
 from actionstate.stores.kafka import store as kafka_store
 from actionstate.stores.kafka import topic as kafka_topic
 from actionstate.stores.kafka.config import parse_url
-from actionstate.testing.contract import StoreContract
+from actionstate.testing.contract import EncryptedStoreContract, StoreContract
 from actionstate.testing.services import SERVICES, delete_topics
 
 SERVICE = SERVICES / "kafka"
@@ -57,6 +57,10 @@ class TestKafkaStore(StoreContract):
     @pytest.fixture
     def store_url(self, kafka_servers: str, topic: str) -> str:
         return f"kafka://{kafka_servers}/{topic}?partitions=4"
+
+
+class TestKafkaEncryptedStore(EncryptedStoreContract, TestKafkaStore):
+    """The contract with payloads sealed (AES-256-GCM), key rotation, missing/wrong keys."""
 
 
 def _put(store: ActionStateStore, key: str, seq: int, position: int = 0) -> StateKey:

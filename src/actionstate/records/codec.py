@@ -21,6 +21,7 @@ from actionstate.records.canonical import (
     untag,
     wire,
 )
+from actionstate.records.crypto import Keyring, Sealed, missing_key
 from actionstate.records.state import (
     CallRecord,
     CallResult,
@@ -83,26 +84,39 @@ def _fid_json(function_id: str) -> str:
     return text
 
 
-def _encode_call(record: CallRecord, epoch: int) -> bytes:
+def _encode_call(record: CallRecord, epoch: int, keyring: Keyring | None = None) -> bytes:
     """A SUCCEEDED or PENDING call's envelope, composed directly: the hot path of a call.
 
     The bytes equal those of the generic path below (tests/test_golden.py checks it).
     """
     call = record.call
-    text = (f'{{"v":1,"t":"call","k":{_key_json(record.key)},"e":{int(epoch)},'
+    key_text = _key_json(record.key)
+    text = (f'{{"v":1,"t":"call","k":{key_text},"e":{int(epoch)},'
             f'"p":{int(record.position)},"f":{_fid_json(call.function_id)},'
             f'"d":{_json(call.args_digest)},"s":"{call.status.value}"')
     if call.status is not CallStatus.SUCCEEDED:
         return (text + "}").encode()
     result = call.result
     if type(result) is str:
-        return f'{text},"r":{encode_basestring(result)}}}'.encode()
-    stored = stored_json(result, "the result of durable call ", call.function_id)
+        stored = encode_basestring(result)
+    else:
+        stored = stored_json(result, "the result of durable call ", call.function_id)
+    if keyring is not None:
+        sealed = keyring.seal(f'{{"r":{stored}}}'.encode("utf-8", "surrogatepass"),
+                              _aad("call", key_text, record.position))
+        return f'{text},"z":{STORED_TEXT(sealed)}}}'.encode()
     return f'{text},"r":{stored}}}'.encode()
 
 
-def _encode_done(record: CompleteRecord, epoch: int) -> bytes:
-    """A CompleteRecord's envelope: ``{"v","t","k","e"}`` composed, the rest encoded."""
+def _aad(kind: str, key_text: str, position: Any) -> bytes:
+    """What a sealed payload is bound to: its record's kind, state key and position."""
+    where = "" if position is None else str(int(position))
+    return f"{kind}\0{key_text}\0{where}".encode("utf-8", "surrogatepass")
+
+
+def _encode_done(record: CompleteRecord, epoch: int, keyring: Keyring | None = None) -> bytes:
+    """A CompleteRecord's envelope: ``{"v","t","k","e"}`` composed, the rest encoded (and
+    sealed, with a keyring)."""
     key = record.key
     sent_by = f" sent by action {key.action!r}"
     body = STORED_TEXT({
@@ -111,18 +125,25 @@ def _encode_done(record: CompleteRecord, epoch: int) -> bytes:
                 for e in record.output_events],
         "mem": [[m.scope, m.path, wire(m.value, f"{m.scope} memory ", repr(m.path))]
                 for m in record.memory_updates]})
-    return f'{{"v":1,"t":"done","k":{_key_json(key)},"e":{int(epoch)},{body[1:]}'.encode()
+    key_text = _key_json(key)
+    if keyring is not None:
+        sealed = keyring.seal(body.encode("utf-8", "surrogatepass"), _aad("done", key_text, None))
+        body = f'{{"z":{STORED_TEXT(sealed)}}}'
+    return f'{{"v":1,"t":"done","k":{key_text},"e":{int(epoch)},{body[1:]}'.encode()
 
 
-def encode_record(record: Record, epoch: int | None = None) -> bytes:
+def encode_record(record: Record, epoch: int | None = None,
+                  keyring: Keyring | None = None) -> bytes:
     """Encode ``record`` as one versioned JSON envelope, under ``epoch`` if given
-    (a store writes its own epoch), else the record's."""
+    (a store writes its own epoch), else the record's. With a ``keyring``, the payload
+    (a call's result or exception, a completion's events and memory writes) is sealed
+    into ``"z"``; the fields rebuild, pruning and divergence read stay readable."""
     if epoch is None:
         epoch = record.epoch
     if type(record) is CallRecord and record.call.status is not CallStatus.FAILED:
-        return _encode_call(record, epoch)
+        return _encode_call(record, epoch, keyring)
     if type(record) is CompleteRecord:
-        return _encode_done(record, epoch)
+        return _encode_done(record, epoch, keyring)
     env: dict[str, Any]
     match record:
         case CallRecord(key=key, position=pos, call=call):
@@ -133,10 +154,14 @@ def encode_record(record: Record, epoch: int | None = None) -> bytes:
             elif call.status is CallStatus.FAILED:
                 env["x"] = wire(call.exception, "the exception of durable call ",
                                 call.function_id)
+                if keyring is not None:
+                    env["z"] = keyring.seal(
+                        STORED_TEXT({"x": env.pop("x")}).encode("utf-8", "surrogatepass"),
+                        _aad("call", STORED_TEXT(env["k"]), pos))
                 if call.retryable:
                     env["rt"] = 1
         case CompleteRecord():
-            return _encode_done(record, epoch)
+            return _encode_done(record, epoch, keyring)
         case TruncateRecord(key=key, position=pos):
             env = {"v": 1, "t": "trunc", "k": _k(key), "e": epoch, "p": pos}
         case DropRecord(key=key, after_seq=after):
@@ -166,11 +191,16 @@ def _loads(data: bytes, tagged: bool) -> Any:
     return json.loads(data, object_hook=untag) if tagged else json.loads(data)
 
 
-def decode_record(data: bytes, where: str) -> Record:
+def decode_record(data: bytes, where: str, keyring: Keyring | None = None,
+                  sealed_ok: bool = False) -> Record:
     """Decode one envelope; ``where`` names the record in any error (e.g. ``"row 12"``).
+    A sealed payload is opened with ``keyring``; ``sealed_ok`` leaves one whose key is
+    not there as :class:`~actionstate.records.crypto.Sealed` (for inspection).
 
     Raises:
         CorruptRecordError: the bytes are not a record of a known version.
+        EncryptionKeyError: the payload is sealed with a key ``keyring`` lacks or that
+            does not open it (unless ``sealed_ok``, for a lacking key).
     """
     try:
         env = _loads(data, _TAG_BYTES in data)
@@ -193,12 +223,39 @@ def decode_record(data: bytes, where: str) -> Record:
             f"version {FORMAT_VERSION}: use the actionstate version that wrote it"
         )
     try:
+        if "z" in env:
+            _unseal(env, keyring, where, sealed_ok)
         return _from_envelope(env)
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise CorruptRecordError(
             f"record at {where} is missing or has a malformed field ({exc!r}); the store "
             "is damaged at that record"
         ) from None
+
+
+def _unseal(env: dict[str, Any], keyring: Keyring | None, where: str, sealed_ok: bool) -> None:
+    """Put a sealed envelope's payload fields back in place (or placeholders)."""
+    kind, sealed = env["t"], env.pop("z")
+    key_id = sealed[0] if isinstance(sealed, list) and sealed else None
+    if keyring is None or key_id not in keyring.ids:
+        if not sealed_ok:
+            raise missing_key(str(key_id), f"record at {where}", keyring)
+        placeholder = Sealed(str(key_id))
+        if kind == "call":
+            env["r" if env.get("s") == CallStatus.SUCCEEDED.value else "x"] = placeholder
+        else:
+            env.update(ev=placeholder, out=[], mem=[])
+        return
+    plain = keyring.open(sealed, _aad(kind, STORED_TEXT(env["k"]), env.get("p")),
+                         f"record at {where}")
+    try:
+        payload = _loads(plain, _TAG_BYTES in plain)
+    except UndecodableValueError as exc:
+        raise CorruptRecordError(f"record at {where} holds {exc}") from None
+    except ValueError as exc:
+        raise CorruptRecordError(f"record at {where}: its decrypted payload is not valid "
+                                 f"JSON ({exc}); the store is damaged at that record") from None
+    env.update(payload)
 
 
 _DECODED_KEYS: dict[tuple[Any, ...], StateKey] = {}

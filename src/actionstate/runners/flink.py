@@ -70,7 +70,7 @@ from actionstate.connectors.files import Refused, decode_object, record_key
 from actionstate.durable.chain import ChainSettings, InputResult, process_input
 from actionstate.durable.threads import ActionThreads, SyncCommitter
 from actionstate.errors import ConfigError, InputError
-from actionstate.eventlog import EventLogger
+from actionstate.eventlog import EventLogger, FieldRedaction
 from actionstate.loader import load_agent_class
 from actionstate.memory import apply_update
 from actionstate.records.canonical import stored_json, untag, wire
@@ -79,6 +79,7 @@ from actionstate.records.state import DropRecord, FenceRecord, Record
 from actionstate.retry import RetryPolicy
 from actionstate.stores import open_store
 from actionstate.stores.base import ActionStateStore
+from actionstate.stores.options import redact_url
 
 __all__ = ["AgentFunction", "FlinkJob", "KeyScanner", "build", "default_connector_jar",
            "submit"]
@@ -135,6 +136,8 @@ class FlinkJob:
     """A directory on each TaskManager's file system: every worker appends its event log
     to ``<namespace>-<subtask>-<attempt>.jsonl`` there."""
     event_log_level: str = "standard"
+    redact: list[str] = field(default_factory=list)
+    """``--redact`` specs for the event log (:meth:`FieldRedaction.parse`)."""
     environment: dict[str, str] = field(default_factory=dict)
     """Set in each Python worker's environment before the agent loads (they travel in
     the job graph: give secrets through the TaskManagers' own environment)."""
@@ -149,8 +152,8 @@ def _topic(url: str, role: str) -> tuple[str, str]:
     split = urlsplit(url)
     topic = split.path.lstrip("/")
     if split.scheme != "kafka" or not split.netloc or not topic or split.query:
-        raise ConfigError(f"{role} {url!r}: the Flink runner reads and writes Kafka topics: "
-                          "give kafka://host:port/topic")
+        raise ConfigError(f"{role} {redact_url(url)!r}: the Flink runner reads and writes "
+                          "Kafka topics: give kafka://host:port/topic")
     return split.netloc, topic
 
 
@@ -308,8 +311,9 @@ class AgentFunction(KeyedProcessFunction):  # type: ignore[misc]  # pyflink is u
         if job.event_log:
             subtask = runtime_context.get_index_of_this_subtask()
             name = f"{job.namespace}-{subtask}-{runtime_context.get_attempt_number()}.jsonl"
-            settings.event_log = EventLogger(Path(job.event_log) / name,
-                                             job.event_log_level)  # type: ignore[arg-type]
+            settings.event_log = EventLogger(
+                Path(job.event_log) / name, job.event_log_level,  # type: ignore[arg-type]
+                FieldRedaction.parse(job.redact) if job.redact else None)
         self.lock = settings.lock
         self.engine = _Loop(self.store, settings, job.concurrency)
         # Finished inputs are taken in whatever callback comes next, under their own

@@ -24,6 +24,7 @@ from actionstate.connectors.files import why_unwritable
 from actionstate.errors import ConfigError, IncompatibleStateError, StateLockedError
 from actionstate.private import create_private, private_dir, warn_if_exposed
 from actionstate.records.canonical import stored_json, untag, wire
+from actionstate.records.crypto import Keyring, is_sealed_text, missing_key, text_parts
 
 __all__ = ["STATE_FORMAT", "StateDir"]
 
@@ -45,8 +46,14 @@ class StateDir:
     """A directory that one live run holds: ``actionstate.json``, ``lock``,
     ``checkpoint.db`` and, by default, the SQLite store ``state.db``."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, sealed_ok: bool = False) -> None:
         self.path = Path(path)
+        self.keyring = Keyring.from_env()
+        """Seals the checkpoint's inputs in flight and each key's memory (None: clear)."""
+        self.sealed_ok = sealed_ok
+        """Read what is sealed with a key not configured as ``Sealed`` (inspection)."""
+        self.sealed_head: str | None = None
+        """The key id of the last loaded checkpoint's sealed part, when it stayed sealed."""
         if self.path.exists() and not self.path.is_dir():
             raise ConfigError(f"--state {self.path} is a file, not a directory: give a "
                               "directory path")
@@ -170,9 +177,11 @@ class StateDir:
                         fresh: bool = False) -> None:
         """Commit ``checkpoint`` and the keys in ``changed`` in one transaction (a crash
         leaves the old or the new one); ``fresh`` forgets every key first."""
-        head = json.dumps(wire({"format": STATE_FORMAT, **checkpoint.to_json()},
-                               "the checkpoint"), ensure_ascii=False, separators=(",", ":"))
-        rows = [(key, next_seq, stored_json(memory, "short-term memory of key ", repr(key)))
+        data = wire({"format": STATE_FORMAT, **checkpoint.to_json()}, "the checkpoint")
+        if self.keyring is not None:
+            data = self._seal_head(data, self.keyring)
+        head = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+        rows = [(key, next_seq, self._memory_text(key, memory))
                 for key, (next_seq, memory) in (changed or {}).items()]
         try:
             db = self._connect()
@@ -191,6 +200,39 @@ class StateDir:
             self.legacy_checkpoint_path.unlink(missing_ok=True)
             write_atomic(self.path / "actionstate.json", {"format": STATE_FORMAT})
             self._format = STATE_FORMAT
+
+    def _memory_text(self, key: str, memory: dict[str, Any]) -> str:
+        text = stored_json(memory, "short-term memory of key ", repr(key))
+        if self.keyring is None:
+            return text
+        return self.keyring.seal_text(text, _memory_aad(key))
+
+    @staticmethod
+    def _seal_head(data: dict[str, Any], keyring: Keyring) -> dict[str, Any]:
+        """The checkpoint head with its payloads (inputs in flight, a sink's held records)
+        sealed into ``"sealed"``; positions, marker and counters stay readable."""
+        data, secret = dict(data), {"pending": data["pending"]}
+        data["pending"] = []
+        if isinstance(data.get("sink"), dict) and "records" in data["sink"]:
+            data["sink"] = dict(data["sink"])
+            secret["sink_records"] = data["sink"].pop("records")
+        plain = json.dumps(secret, ensure_ascii=False, separators=(",", ":"))
+        data["sealed"] = keyring.seal(plain.encode("utf-8", "surrogatepass"), _HEAD_AAD)
+        return data
+
+    def _open_head(self, path: Path, data: dict[str, Any]) -> None:
+        sealed = data.pop("sealed")
+        where = f"checkpoint {path}"
+        key_id = sealed[0] if isinstance(sealed, list) and sealed else None
+        if (self.keyring is None or key_id not in self.keyring.ids) and self.sealed_ok:
+            self.sealed_head = str(key_id)
+            return
+        if self.keyring is None:
+            raise missing_key(str(key_id), where, None)
+        secret = json.loads(self.keyring.open(sealed, _HEAD_AAD, where), object_hook=untag)
+        data["pending"] = secret["pending"]
+        if "sink_records" in secret:
+            data["sink"]["records"] = secret["sink_records"]
 
     def close(self) -> None:
         if self._db is not None:
@@ -234,6 +276,8 @@ class StateDir:
             raise IncompatibleStateError(
                 f"checkpoint {path} is not a JSON object with a 'format' field: it was "
                 "changed outside actionstate; restore it or use a new --state")
+        if "sealed" in data:
+            self._open_head(path, data)
         found = data["format"]
         if found not in _READS or isinstance(found, bool):
             raise IncompatibleStateError(
@@ -251,6 +295,14 @@ class StateDir:
         return next_seq, self._memory(key, memory)
 
     def _memory(self, key: str, text: str) -> dict[str, Any]:
+        if is_sealed_text(text):
+            where = f"checkpoint {self.checkpoint_path}, memory of key {key!r}"
+            key_id = text_parts(text, where)[0]
+            if self.keyring is None or key_id not in self.keyring.ids:
+                if self.sealed_ok:
+                    return {"encrypted with key": key_id}
+                raise missing_key(key_id, where, self.keyring)
+            text = self.keyring.open_text(text, _memory_aad(key), where)
         try:
             memory = json.loads(text, object_hook=untag)
         except ValueError:
@@ -261,6 +313,13 @@ class StateDir:
                 f"key {key!r}: it was changed outside actionstate; restore it or use a new "
                 "--state")
         return memory
+
+
+_HEAD_AAD = b"checkpoint head"
+
+
+def _memory_aad(key: str) -> bytes:
+    return f"memory\0{key}".encode("utf-8", "surrogatepass")
 
 
 def _unwritable(path: Path, exc: OSError) -> ConfigError:

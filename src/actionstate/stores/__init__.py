@@ -19,6 +19,7 @@ from typing import Any
 
 from actionstate.errors import ConfigError
 from actionstate.stores.base import ActionStateStore, Durability, Marker
+from actionstate.stores.options import redact_url
 
 __all__ = ["ActionStateStore", "Durability", "Marker", "open_store", "url_from_options"]
 
@@ -40,8 +41,8 @@ def open_store(url: str, durability: Durability = "sync", **options: Any) -> Act
     scheme, sep, rest = url.partition("://")
     if not sep or scheme not in _BACKENDS:
         raise ConfigError(
-            f"unknown store URL {url!r}: use one of memory://, sqlite:///path/state.db, "
-            "kafka://host:port/topic, fluss://host:port/database.table"
+            f"unknown store URL {redact_url(url)!r}: use one of memory://, "
+            "sqlite:///path/state.db, kafka://host:port/topic, fluss://host:port/database.table"
         )
     module_name, class_name, extra = _BACKENDS[scheme]
     try:
@@ -50,7 +51,7 @@ def open_store(url: str, durability: Durability = "sync", **options: Any) -> Act
         if extra is None:
             raise
         raise ConfigError(
-            f"store URL {url!r} needs the optional dependency {exc.name!r}: "
+            f"store URL {redact_url(url)!r} needs the optional dependency {exc.name!r}: "
             f"pip install 'actionstate[{extra}]'"
         ) from None
     cls: type[ActionStateStore] = getattr(module, class_name)

@@ -18,8 +18,10 @@ from typing import Any, ClassVar, Literal, get_args
 from actionstate.checkpoint import Marker
 from actionstate.errors import ConfigError, StoreError
 from actionstate.records.codec import decode_record, encode_record
+from actionstate.records.crypto import Keyring
 from actionstate.records.index import Position, StateIndex
 from actionstate.records.state import ActionState, DropRecord, FenceRecord, Record, StateKey
+from actionstate.stores.options import redact_url
 
 __all__ = ["ActionStateStore", "Durability", "Marker"]
 
@@ -69,11 +71,26 @@ class ActionStateStore(ABC):
         if durability not in DURABILITIES:
             raise ConfigError(f"unknown durability {durability!r}: use 'sync' or 'group'")
         self.durability: Durability = durability
-        self.url = ""
+        self._url = ""
         self.index = StateIndex()
         self.epoch = 0
         self._read_only = False
         self._namespace = uuid.uuid4().hex
+        self.keyring: Keyring | None = Keyring.from_env()
+        """Seals every payload put and opens sealed ones read (``ACTIONSTATE_KEYS`` or
+        ``ACTIONSTATE_KEY_FILE``; None: payloads in clear)."""
+        self.sealed_ok = False
+        """Read a payload whose key is missing as a ``Sealed`` placeholder (inspection)."""
+
+    @property
+    def url(self) -> str:
+        """The URL the store was opened with, without secrets (the values of secret
+        options are ``***``): safe in messages, checkpoints and reports."""
+        return self._url
+
+    @url.setter
+    def url(self, value: str) -> None:
+        self._url = redact_url(value)
 
     # -- the medium: what a backend implements -------------------------------
 
@@ -163,7 +180,7 @@ class ActionStateStore(ABC):
         if self._read_only:
             raise StoreError(f"store {self.url} was opened to read only: open it again to write")
         epoch = self.epoch
-        data = encode_record(record, epoch)
+        data = encode_record(record, epoch, self.keyring)
         position = self.append(record, data, self.durability == "sync" if sync is None else sync)
         self.index.apply(record, position, epoch)
 
@@ -208,7 +225,7 @@ class ActionStateStore(ABC):
         """The decoded records of this namespace from ``start`` up to ``stop``, in log
         order per partition."""
         for position, data, where in self.read(self.namespace, start, stop):
-            yield position, decode_record(data, where)
+            yield position, decode_record(data, where, self.keyring, self.sealed_ok)
 
     def rebuild(self, marker: Marker | None, *, read_only: bool = False) -> int:
         """Claim a new epoch and restore the states after ``marker``.
@@ -231,7 +248,7 @@ class ActionStateStore(ABC):
         stop = self.end_offsets()  # after the claim: whatever precedes it is read now
         count = 0
         for position, data, where in self.read(self.namespace, start, stop):
-            record = decode_record(data, where)
+            record = decode_record(data, where, self.keyring, self.sealed_ok)
             self.index.apply(record, position, record.epoch)
             count += 1
         return count
@@ -270,7 +287,7 @@ class ActionStateStore(ABC):
         stop = self.end_offsets()
         for position, data, where in self.read(self.namespace, {0: lower_bound[1]},
                                                {0: stop.get(0, 0)}):
-            record = decode_record(data, where)
+            record = decode_record(data, where, self.keyring, self.sealed_ok)
             if isinstance(record, FenceRecord) and record.claim == token:
                 return position
         raise StoreError(f"store {self.url or type(self).__name__}: the claim just written "

@@ -15,17 +15,56 @@ query parameters; :func:`~actionstate.stores.open_store` adds keyword options
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
 
 from actionstate.errors import ConfigError
 
-__all__ = ["IGNORED", "Option", "Parsed", "parse_options", "url_servers"]
+__all__ = ["IGNORED", "MASK", "Option", "Parsed", "is_secret", "parse_options", "redact_url",
+           "url_servers"]
 
 IGNORED = frozenset({"actionStateStoreBackend"})
 """Accepted by every backend and not used (it chose the backend)."""
+
+
+_SECRET = re.compile(r"pass(word|wd)?|secret|jaas|token|api[._-]?key|credential|\.pem$",
+                     re.IGNORECASE)
+MASK = "***"
+
+
+def is_secret(name: str) -> bool:
+    """An option whose value is a credential (``sasl.password``, ``flussSaslJaasConfig``,
+    ``ssl.key.pem``, ...): never shown in a message, a checkpoint or a report."""
+    return bool(_SECRET.search(name))
+
+
+def redact_url(url: str) -> str:
+    """``url`` with the values of its secret query options and any password in its
+    authority replaced by ``***`` (what a checkpoint or a report may show)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url
+    netloc = parts.netloc
+    if "@" in netloc:
+        user, _, host = netloc.rpartition("@")
+        if ":" in user:
+            netloc = f"{user.split(':', 1)[0]}:{MASK}@{host}"
+    items = parse_qsl(parts.query, keep_blank_values=True)
+    if not any(is_secret(name) for name, _ in items) and netloc == parts.netloc:
+        return url
+    query = "&".join(f"{quote(name, safe='._-')}="
+                     + (MASK if is_secret(name) else quote(value, safe="._-:/,"))
+                     for name, value in items)
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def shown(name: str, value: str) -> str:
+    """``value`` as a message may show it: masked for a secret option."""
+    return MASK if is_secret(name) else repr(value)
 
 
 @dataclass(frozen=True)
@@ -83,7 +122,7 @@ def parse_options(
                            else f"the {backend} {what} takes no options")
                     raise ConfigError(f"unknown {backend} {what} option {raw_name!r}: {fix}")
                 name = raw_name
-            label = f"{raw_name}={text!r} in {where}"
+            label = f"{raw_name}={shown(raw_name, text)} in {where}"
             if name in found and found[name][0] != text:
                 raise ConfigError(f"{backend} {what}: {found[name][1]} and {label} disagree: "
                                   "give the setting once")
@@ -97,8 +136,8 @@ def parse_options(
             try:
                 int(value)
             except ValueError:
-                raise ConfigError(f"{backend} {what} option {spec.name}={value!r} must be an "
-                                  "integer") from None
+                raise ConfigError(f"{backend} {what} option {spec.name}="
+                                  f"{shown(spec.name, value)} must be an integer") from None
         values[spec.name] = value
     return Parsed(values, extra)
 

@@ -26,9 +26,10 @@ import json
 import pytest
 
 from actionstate.checkpoint import Marker
-from actionstate.errors import CorruptRecordError
+from actionstate.errors import CorruptRecordError, EncryptionKeyError
 from actionstate.events import InputEvent, OutputEvent
 from actionstate.records.codec import decode_record
+from actionstate.records.crypto import KEY_FILE_ENV, KEYS_ENV, Sealed
 from actionstate.records.state import (
     CallRecord,
     CallResult,
@@ -43,7 +44,7 @@ from actionstate.stores import ActionStateStore
 from actionstate.testing.contract_recovery import RecoveryContract
 from actionstate.testing.samples import ContractEvent, complete, key, ok
 
-__all__ = ["ContractEvent", "StoreContract"]
+__all__ = ["ContractEvent", "EncryptedStoreContract", "StoreContract"]
 
 
 class StoreContract(RecoveryContract):
@@ -79,7 +80,8 @@ class StoreContract(RecoveryContract):
         # A partitioned store may yield its partitions in any order: pick this key's out.
         sizes = [len(data) for _, data, where in store.read(
             store.namespace, marker.offsets,
-            store.end_offsets()) if getattr(decode_record(data, where), "key", None) == sk]
+            store.end_offsets())
+            if getattr(decode_record(data, where, store.keyring), "key", None) == sk]
         assert len(sizes) == 200
         assert max(sizes) - min(sizes) <= 4, "a put must not rewrite earlier calls"
 
@@ -210,7 +212,98 @@ class StoreContract(RecoveryContract):
         other = self.reopen(store_url, marker, read_only=True)
         assert other.get(key("s", 0)) is not None
 
+    def test_payloads_are_sealed_at_rest_exactly_when_keys_are_configured(
+            self, store: ActionStateStore, store_url: str) -> None:
+        """The raw records hold no payload in clear with a keyring (the encrypted variant
+        of the suite), and every payload in clear without (the control); the fields a
+        rebuild reads stay readable either way."""
+        marker = self.start_marker(store)
+        sk = key("readable-key", 0)
+        ok(store, sk, 0, {"card": "CANARY-result"})
+        store.put(CallRecord(sk, 1, CallResult("f", "d" * 64, CallStatus.FAILED, exception={
+            "type": "builtins.ValueError", "message": "CANARY-exception", "args": []})))
+        store.put(CompleteRecord(
+            sk, InputEvent(input="CANARY-input"), (OutputEvent(output="CANARY-output"),),
+            (MemoryUpdate(MemoryScope.SHORT_TERM, "a", "CANARY-memory"),)))
+        store.flush()
+        raw = b"\n".join(data for _, data, _ in store.read(
+            store.namespace, marker.offsets, store.end_offsets()))
+        assert b"readable-key" in raw
+        canaries = {w for w in (b"CANARY-result", b"CANARY-exception", b"CANARY-input",
+                                b"CANARY-output", b"CANARY-memory") if w in raw}
+        if store.keyring is None:
+            assert len(canaries) == 5
+        else:
+            assert canaries == set(), "a payload is in clear under encryption"
+        state = self.reopen(store_url, marker, read_only=True).get(sk)
+        assert state is not None and state.calls[0].result == {"card": "CANARY-result"}
+        assert state.calls[1].exception is not None
+        assert state.calls[1].exception["message"] == "CANARY-exception"
+        assert state.task_event == InputEvent(input="CANARY-input")
+        assert state.memory_updates == [
+            MemoryUpdate(MemoryScope.SHORT_TERM, "a", "CANARY-memory")]
+
     def test_close_twice_is_fine(self, store_url: str) -> None:
         store = self.open_store(store_url)
         store.close()
         store.close()
+
+
+KEY_1 = "key-1:" + "MTExMTExMTExMTExMTExMTExMTExMTExMTExMTExMTE="  # 32 x "1"
+KEY_2 = "key-2:" + "MjIyMjIyMjIyMjIyMjIyMjIyMjIyMjIyMjIyMjIyMjI="  # 32 x "2"
+WRONG_1 = "key-1:" + "OTk5OTk5OTk5OTk5OTk5OTk5OTk5OTk5OTk5OTk5OTk="  # 32 x "9"
+
+
+class EncryptedStoreContract(StoreContract):
+    """The whole contract again with payloads sealed (keys in ``ACTIONSTATE_KEYS``), plus
+    key rotation and missing or wrong keys. Subclass it beside your store's plain
+    contract class, with the same ``store_url`` fixture (multiple inheritance: put this
+    class first)."""
+
+    @pytest.fixture(autouse=True)
+    def _keys(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv(KEYS_ENV, KEY_1)
+        monkeypatch.delenv(KEY_FILE_ENV, raising=False)
+
+    def test_keys_rotate_and_old_records_stay_readable(
+            self, store: ActionStateStore, store_url: str,
+            monkeypatch: pytest.MonkeyPatch) -> None:
+        assert store.keyring is not None and store.keyring.active == "key-1"
+        marker = self.start_marker(store)
+        ok(store, key("r", 0), 0, "under key 1")
+        store.flush()
+        monkeypatch.setenv(KEYS_ENV, f"{KEY_2},{KEY_1}")  # key 2 seals, key 1 still opens
+        second = self.reopen(store_url, marker)
+        ok(second, key("r", 1), 0, "under key 2")
+        second.flush()
+        third = self.reopen(store_url, marker, read_only=True)
+        assert [third.get(key("r", s)).calls[0].result  # type: ignore[union-attr]
+                for s in (0, 1)] == ["under key 1", "under key 2"]
+        raw = [data for _, data, _ in third.read(third.namespace, marker.offsets,
+                                                 third.end_offsets()) if b'"z"' in data]
+        assert [b'"key-1"' in d for d in raw] == [True, False]
+        assert [b'"key-2"' in d for d in raw] == [False, True]
+        monkeypatch.setenv(KEYS_ENV, KEY_2)  # key 1 dropped too early
+        with pytest.raises(EncryptionKeyError, match="encrypted with key 'key-1'") as info:
+            self.reopen(store_url, marker, read_only=True)
+        assert "add key 'key-1'" in str(info.value)
+
+    def test_a_wrong_key_or_none_is_a_clear_error_never_a_silent_miss(
+            self, store: ActionStateStore, store_url: str,
+            monkeypatch: pytest.MonkeyPatch) -> None:
+        marker = self.start_marker(store)
+        ok(store, key("w", 0), 0, "sealed")
+        store.flush()
+        monkeypatch.setenv(KEYS_ENV, WRONG_1)
+        with pytest.raises(EncryptionKeyError, match="does not decrypt with the configured "
+                                                     "key 'key-1'") as info:
+            self.reopen(store_url, marker, read_only=True)
+        assert "OTk5" not in str(info.value) and "MTEx" not in str(info.value)
+        monkeypatch.delenv(KEYS_ENV)
+        with pytest.raises(EncryptionKeyError, match="no key is configured"):
+            self.reopen(store_url, marker, read_only=True)
+        looker = self.open_store(store_url)  # inspection: sealed payloads shown as such
+        looker.sealed_ok = True
+        looker.rebuild(marker, read_only=True)
+        state = looker.get(key("w", 0))
+        assert state is not None and state.calls[0].result == Sealed("key-1")

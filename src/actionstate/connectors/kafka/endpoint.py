@@ -13,7 +13,7 @@ from confluent_kafka import KafkaException
 from actionstate.errors import ConfigError, ConnectorError, IncompatibleStateError
 from actionstate.stores.kafka.config import DEFAULT_CONNECT_TIMEOUT, ClientConfigs, split_config
 from actionstate.stores.kafka.failures import FIX_BROKER, reason
-from actionstate.stores.options import Option, Parsed, parse_options
+from actionstate.stores.options import Option, Parsed, parse_options, redact_url
 
 __all__ = ["CONNECT_TIMEOUT", "Endpoint", "parse_endpoint", "unreachable"]
 
@@ -74,8 +74,9 @@ def parse_endpoint(role: str, url: str, options: Mapping[str, Any] | None,
     """
     split = urlsplit(url)
     if split.scheme != "kafka" or not split.netloc or not split.path.strip("/"):
-        raise ConfigError(f"Kafka {role} {url!r} is not kafka://host:port[,host:port]/topic: "
-                          "give the bootstrap servers and the topic")
+        raise ConfigError(f"Kafka {role} {redact_url(url)!r} is not "
+                          "kafka://host:port[,host:port]/topic: give the bootstrap servers and "
+                          "the topic")
     parsed = parse_options("Kafka", [*specs, CONNECT_TIMEOUT], split.query, options or {},
                            passthrough=lambda name: "." in name, what=role)
     properties = {name: value for name, value in parsed.passthrough.items()

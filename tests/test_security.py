@@ -1,0 +1,228 @@
+"""Recorded data private at rest, secrets never leaked, sensitive fields kept out of
+the event log: checked on what real runs (killed with SIGKILL and resumed) write.
+
+Each end-to-end test has its control: the same run without keys (or without
+``--redact``) must show the text the protected run hides, so a search that finds
+nothing means the protection worked, not that the search looked in the wrong place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from actionstate.errors import ConfigError, EncryptionKeyError
+from actionstate.eventlog import REDACTED, FieldRedaction
+from actionstate.records.crypto import KEY_FILE_ENV, KEYS_ENV, Keyring, new_key_entry
+from actionstate.stores import open_store
+from actionstate.stores.options import redact_url
+from actionstate.testing.crash import TEXTS, Streams, command, make_tickets, run_to_end
+from actionstate.testing.fake_llm import FakeLLMServer
+from actionstate.testing.services import delete_topics
+
+TICKETS, CUSTOMERS = 60, 6
+KEY = new_key_entry("k1")
+API_KEY = "sk-CANARY-" + uuid.uuid4().hex  # the model client's key: must reach no file
+
+
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in (KEYS_ENV, KEY_FILE_ENV):
+        monkeypatch.delenv(name, raising=False)
+
+
+def _every_file(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def _killed_run(tmp: Path, server: FakeLLMServer, at_calls: int) -> None:
+    """One triage run, SIGKILLed when the model server has seen ``at_calls`` calls."""
+    env = dict(os.environ, ACTIONSTATE_MODEL_BASE_URL=server.base_url,
+               ACTIONSTATE_REFUND_LEDGER=str(tmp / "refunds.jsonl"))
+    proc = subprocess.Popen(command(tmp, None, "sync"), env=env)
+    server.on_call = lambda total: proc.kill() if total >= at_calls else None
+    try:
+        assert proc.wait(timeout=120) == -signal.SIGKILL
+    finally:
+        server.on_call = None
+
+
+def _inspect(tmp: Path, *args: str) -> str:
+    done = subprocess.run([sys.executable, "-m", "actionstate", "inspect", "--state",
+                           str(tmp / "state"), *args], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    return done.stdout
+
+
+@pytest.mark.parametrize("encrypted", [True, False], ids=["keys", "control"])
+def test_no_payload_at_rest_in_clear_across_kill_and_resume(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, encrypted: bool) -> None:
+    _clean_env(monkeypatch)
+    if encrypted:
+        monkeypatch.setenv(KEYS_ENV, KEY)
+    monkeypatch.setenv("OPENAI_API_KEY", API_KEY)
+    make_tickets(tmp_path / "tickets.jsonl", TICKETS, CUSTOMERS)
+    killed: list[dict[str, bytes]] = []  # the state dir as each kill -9 left it
+    with FakeLLMServer(latency=0.01) as server:
+        for at in (5, 25, 45):
+            _killed_run(tmp_path, server, at)
+            killed.append(_every_file(tmp_path / "state"))
+        assert run_to_end(tmp_path, server, None, "sync", [], []) == 0
+        calls = server.total_calls
+    assert calls <= TICKETS + 3 * CUSTOMERS, "the resumed runs replayed the recorded calls"
+    labels = [json.loads(line) for line in (tmp_path / "labels.jsonl").read_text().splitlines()]
+    assert len(labels) == TICKETS
+    state = _every_file(tmp_path / "state")
+    assert all("state.db" in s and "checkpoint.db" in s for s in killed)
+    at_rest = b"".join(data for files in (*killed, state) for data in files.values())
+    texts = [t.encode() for t in TEXTS if t.encode() in at_rest]
+    if encrypted:
+        assert texts == [], "a ticket's text is in the state dir in clear"
+        assert b'"z":["k1"' in at_rest
+    else:
+        assert texts, "control: without keys the tickets are in the state dir"
+    written = _every_file(tmp_path)
+    leaked = [name for name, data in written.items()
+              if API_KEY.encode() in data or KEY.split(":")[1].encode() in data]
+    assert leaked == [], "a secret reached a file"
+
+    report = _inspect(tmp_path, "--json")
+    assert API_KEY not in report
+    if encrypted:
+        monkeypatch.delenv(KEYS_ENV)
+        without_key = _inspect(tmp_path)
+        assert "encrypted with key 'k1'" in without_key, without_key
+        assert all(t not in without_key for t in TEXTS)
+
+
+def test_event_log_redaction_holds_for_first_runs_and_replays(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _clean_env(monkeypatch)
+    for name, redact in (("control", ()), ("redacted", ("--redact", "InputEvent:input.text"))):
+        run = tmp_path / name
+        run.mkdir()
+        make_tickets(run / "tickets.jsonl", TICKETS, CUSTOMERS)
+        log = run / "events.jsonl"
+        streams = Streams(str(run / "tickets.jsonl"), str(run / "labels.jsonl"),
+                          extra=("--event-log", str(log), *redact))
+        with FakeLLMServer(latency=0.01) as server:
+            assert run_to_end(run, server, None, "sync", [20, 40], [], streams) >= 2
+        records = [json.loads(line) for line in log.read_text().splitlines()]
+        inputs = [r for r in records if r["context"]["event_type"] == "actionstate.InputEvent"]
+        assert len(inputs) == TICKETS
+        replayed = [r for r in records if r["context"]["replayed"]]
+        assert replayed, "the kills left actions whose events were replayed"
+        text = log.read_text()
+        if redact:
+            assert all(r["event"]["input"]["text"] == REDACTED for r in inputs)
+            assert all(r["event"]["input"]["id"].startswith("T") for r in inputs)
+            assert all(t not in text for t in TEXTS)
+        else:
+            assert any(t in text for t in TEXTS)
+
+
+def test_a_secret_store_option_is_masked_in_checkpoint_errors_and_reports(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kafka_servers: str) -> None:
+    _clean_env(monkeypatch)
+    password = "pw-CANARY-" + uuid.uuid4().hex
+    topic = f"secret-{uuid.uuid4().hex[:8]}"
+    url = f"kafka://{kafka_servers}/{topic}?sasl.password={password}&sasl.username=u"
+    make_tickets(tmp_path / "tickets.jsonl", 12, 3)
+    try:
+        with FakeLLMServer() as server:
+            assert run_to_end(tmp_path, server, url, "sync", [], []) == 0
+        leaked = [name for name, data in _every_file(tmp_path).items()
+                  if password.encode() in data]
+        assert leaked == []
+        report = _inspect(tmp_path, "--store", url)
+        assert password not in report and "sasl.password=***" in report
+        done = subprocess.run([sys.executable, "-m", "actionstate", "inspect", "--state",
+                               str(tmp_path / "state")], capture_output=True, text=True,
+                              timeout=120, check=False)
+        assert done.returncode != 0 and "give the store URL with them" in done.stderr
+        assert password not in done.stderr + done.stdout and "Traceback" not in done.stderr
+    finally:
+        delete_topics(kafka_servers, [topic])
+    with pytest.raises(ConfigError) as info:  # a setting given twice, differently
+        open_store(url, **{"sasl.password": "other-" + password})
+    assert password not in str(info.value) and "sasl.password=***" in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        open_store(f"nosuch://h/t?sasl.password={password}")
+    assert password not in str(info.value)
+
+
+# -- units: keys, URLs, redaction --------------------------------------------------
+
+
+def test_keyring_errors_name_the_entry_never_the_key(tmp_path: Path) -> None:
+    secret = KEY.split(":")[1]
+    cases = {
+        "k1": "entry 1 is not id:base64key",
+        "k1:%%%": "the key of entry 1 ('k1') is not base64",
+        "k1:" + secret[:24]: "is 18 bytes, AES-256 needs 32",
+        f"{KEY},{KEY}": "given twice",
+        "bad id:" + secret: "is not 1-64 letters",
+        "": "holds no key",
+    }
+    for text, message in cases.items():
+        with pytest.raises(ConfigError, match=re.escape(message)) as info:
+            Keyring.parse(text, KEYS_ENV)
+        assert secret not in str(info.value)
+    with pytest.raises(ConfigError, match="set one"):
+        Keyring.from_env({KEYS_ENV: KEY, KEY_FILE_ENV: str(tmp_path / "keys")})
+    with pytest.raises(ConfigError, match="cannot be read"):
+        Keyring.from_env({KEY_FILE_ENV: str(tmp_path / "missing")})
+    (tmp_path / "keys").write_text(f"# rotated 2026-12\n{new_key_entry('k2')}\n{KEY}\n")
+    ring = Keyring.from_env({KEY_FILE_ENV: str(tmp_path / "keys")})
+    assert ring is not None and ring.active == "k2" and ring.ids == ["k2", "k1"]
+    assert secret not in repr(ring)
+    assert Keyring.from_env({}) is None
+
+
+def test_a_sealed_payload_is_bound_to_its_record() -> None:
+    ring = Keyring.parse(KEY, KEYS_ENV)
+    sealed = ring.seal(b"refund 120 EUR", b"call\0key-a\x000")
+    assert ring.open(sealed, b"call\0key-a\x000", "here") == b"refund 120 EUR"
+    with pytest.raises(EncryptionKeyError, match="does not decrypt"):
+        ring.open(sealed, b"call\0key-b\x000", "here")  # moved to another record
+
+
+def test_redact_url_masks_secret_values_only() -> None:
+    assert redact_url("kafka://h:1/t?sasl.password=x&sasl.username=u&acks=all") == (
+        "kafka://h:1/t?sasl.password=***&sasl.username=u&acks=all")
+    assert redact_url("fluss://h:1/d.t?flussSaslPassword=x&flussSaslJaasConfig=a%20b") == (
+        "fluss://h:1/d.t?flussSaslPassword=***&flussSaslJaasConfig=***")
+    assert redact_url("kafka://user:pw@h:1/t") == "kafka://user:***@h:1/t"
+    assert redact_url("sqlite:///tmp/state.db") == "sqlite:///tmp/state.db"
+
+
+def test_field_redaction() -> None:
+    redact = FieldRedaction.parse(["InputEvent:input.card.number,input.email", "*:secret"])
+    data = {"input": {"card": {"number": "4111", "exp": "12/30"}, "email": "a@b", "n": 1},
+            "secret": "s"}
+    assert redact("InputEvent", data) == {
+        "input": {"card": {"number": REDACTED, "exp": "12/30"}, "email": REDACTED, "n": 1},
+        "secret": REDACTED}
+    assert data["input"]["email"] == "a@b", "the event itself is not changed"
+    assert redact("OutputEvent", {"output": [{"secret": 1}], "secret": 2}) == {
+        "output": [{"secret": 1}], "secret": REDACTED}
+    assert FieldRedaction({"x": ["items.secret"]})("x", {"items": [{"secret": 1}, 2]}) == {
+        "items": [{"secret": REDACTED}, 2]}
+    for bad in ("nofield", ":x", "T:a..b"):
+        with pytest.raises(ConfigError, match="TYPE:field"):
+            FieldRedaction.parse([bad])
+
+
+def test_keygen_prints_a_usable_entry() -> None:
+    done = subprocess.run([sys.executable, "-m", "actionstate", "keygen", "k9"],
+                          capture_output=True, text=True, timeout=60, check=True)
+    ring = Keyring.parse(done.stdout.strip(), "keygen")
+    assert ring.active == "k9"
