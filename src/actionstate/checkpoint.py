@@ -26,7 +26,7 @@ from typing import Any, NoReturn
 
 from actionstate.errors import ConfigError, IncompatibleStateError
 
-__all__ = ["CHECKPOINT_VERSION", "Checkpoint", "Marker", "PendingInput"]
+__all__ = ["CHECKPOINT_VERSION", "Checkpoint", "Marker", "PendingInput", "offsets_text"]
 
 CHECKPOINT_VERSION = 4
 
@@ -167,6 +167,12 @@ class Checkpoint:
             epoch=read.count("epoch", 0), stats=read.mapping("stats", {}),
             time=read.number("time", 0.0),
         )
+
+
+def offsets_text(offsets: dict[str, Any]) -> str:
+    """A topic position's ``offsets`` (next offset per partition, as a source's state
+    saves them) in words: ``"0:12, 1:7"``, in sorted order of the partitions' names."""
+    return ", ".join(f"{p}:{o}" for p, o in sorted(offsets.items()))
 
 
 _REQUIRED: Any = object()

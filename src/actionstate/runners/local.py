@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from actionstate.agent import Agent
-from actionstate.checkpoint import Checkpoint, PendingInput
+from actionstate.checkpoint import Checkpoint, PendingInput, offsets_text
 from actionstate.connectors.base import InputRecord, Rejected, Sink, Source
 from actionstate.durable.chain import ChainSettings, process_input
 from actionstate.durable.stats import RunStats
@@ -459,7 +459,7 @@ def _resume_point(source: dict[str, Any], in_flight: int) -> str:
     if "line" in source:
         where = f"line {int(source['line']) + 1} of {Path(str(source['path'])).name}"
     elif "offsets" in source:
-        where = "offsets " + ", ".join(f"{p}:{o}" for p, o in sorted(source["offsets"].items()))
+        where = "offsets " + offsets_text(source["offsets"])
     else:
         where = "its checkpoint"
     return where + (f", {in_flight} inputs in flight redone first" if in_flight else "")
