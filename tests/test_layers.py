@@ -24,7 +24,7 @@ LAYERS: dict[str, set[str]] = {
     "stores": {"errors", "records", "checkpoint"},
     "durable": {"errors", "events", "records", "checkpoint", "memory", "context", "agent",
                 "eventlog", "stores", "retry"},
-    "connectors": {"errors", "records", "stores"},
+    "connectors": {"errors", "records", "eventlog", "stores"},
     "runners": {"errors", "records", "checkpoint", "memory", "agent", "eventlog", "durable",
                 "stores", "connectors", "loader", "retry"},
     "inspection": {"errors", "records", "checkpoint", "runners", "stores"},
