@@ -16,6 +16,7 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -152,7 +153,7 @@ def test_a_secret_store_option_is_masked_in_checkpoint_errors_and_reports(
     finally:
         delete_topics(kafka_servers, [topic])
     with pytest.raises(ConfigError) as info:  # a setting given twice, differently
-        open_store(url, **{"sasl.password": "other-" + password})
+        open_store(url, "sync", **{"sasl.password": "other-" + password})
     assert password not in str(info.value) and "sasl.password=***" in str(info.value)
     with pytest.raises(ConfigError) as info:
         open_store(f"nosuch://h/t?sasl.password={password}")
@@ -206,8 +207,9 @@ def test_redact_url_masks_secret_values_only() -> None:
 
 def test_field_redaction() -> None:
     redact = FieldRedaction.parse(["InputEvent:input.card.number,input.email", "*:secret"])
-    data = {"input": {"card": {"number": "4111", "exp": "12/30"}, "email": "a@b", "n": 1},
-            "secret": "s"}
+    data: dict[str, Any] = {
+        "input": {"card": {"number": "4111", "exp": "12/30"}, "email": "a@b", "n": 1},
+        "secret": "s"}
     assert redact("InputEvent", data) == {
         "input": {"card": {"number": REDACTED, "exp": "12/30"}, "email": REDACTED, "n": 1},
         "secret": REDACTED}

@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeGuard
 
 from actionstate.errors import ConfigError, IncompatibleStateError
 
-__all__ = ["CHECKPOINT_VERSION", "Checkpoint", "Marker", "PendingInput"]
+__all__ = ["CHECKPOINT_VERSION", "Checkpoint", "Marker", "PendingInput", "is_count",
+           "offsets_text"]
 
 CHECKPOINT_VERSION = 4
 
@@ -169,6 +170,12 @@ class Checkpoint:
         )
 
 
+def offsets_text(offsets: dict[str, Any]) -> str:
+    """A topic position's ``offsets`` (next offset per partition, as a source's state
+    saves them) in words: ``"0:12, 1:7"``, in sorted order of the partitions' names."""
+    return ", ".join(f"{p}:{o}" for p, o in sorted(offsets.items()))
+
+
 _REQUIRED: Any = object()
 
 
@@ -214,7 +221,7 @@ class _Fields:
 
     def count(self, name: str, default: Any = _REQUIRED) -> int:
         value = self._get(name, default, "a non-negative integer")
-        if not _is_count(value):
+        if not is_count(value):
             self.bad(name, "a non-negative integer")
         return int(value)
 
@@ -226,7 +233,7 @@ class _Fields:
 
     def counts(self, name: str, default: Any = _REQUIRED) -> dict[str, int]:
         value = self._get(name, default, "an object of non-negative integers")
-        if not isinstance(value, dict) or not all(_is_count(v) for v in value.values()):
+        if not isinstance(value, dict) or not all(is_count(v) for v in value.values()):
             self.bad(name, "an object of non-negative integers")
         return dict(value)
 
@@ -238,14 +245,15 @@ class _Fields:
 
     def pending(self, index: int, item: Any) -> PendingInput:
         if not (isinstance(item, list) and len(item) == 4 and isinstance(item[0], str)
-                and _is_count(item[1]) and _is_count(item[3])):
+                and is_count(item[1]) and is_count(item[3])):
             self.bad(f"pending[{index}]", "[key, seq, record, line]")
         key, seq, record, line = item
         return PendingInput(key, seq, record, line)
 
 
 
-def _is_count(value: Any) -> bool:
+def is_count(value: Any) -> TypeGuard[int]:
+    """Whether ``value`` is a count: a non-negative integer, not a bool."""
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 

@@ -33,7 +33,7 @@ from actionstate.records.canonical import untag, wire
 from actionstate.records.state import StateKey
 
 __all__ = ["REDACTED", "EventBatch", "EventLogLevel", "EventLogRecord", "EventLogger",
-           "FieldRedaction", "Redactor", "read_event_log"]
+           "FieldRedaction", "Redactor", "cut_back", "read_event_log"]
 
 EventLogLevel = Literal["off", "standard", "verbose"]
 LEVELS: tuple[EventLogLevel, ...] = get_args(EventLogLevel)
@@ -232,24 +232,34 @@ class EventLogger:
                 return
             if state.get("path") != str(self.path.resolve()):
                 return
-            self._file.flush()
             offset = int(state["offset"])
-            size = self.path.stat().st_size
-            if size < offset:  # rotated or cut by the user: theirs to keep, appended to
+            size = cut_back(self._file, self.path, offset)
+            if size is not None:  # rotated or cut by the user: theirs to keep, appended to
                 logging.getLogger(__name__).warning(
                     "event log %s is shorter (%d bytes) than at the last checkpoint (%d "
                     "bytes): it was rotated or changed outside actionstate; appending to it "
                     "without cutting back (records of inputs redone now may repeat "
                     "earlier ones)", self.path, size, offset)
-                return
-            self._file.truncate(offset)
-            self._file.seek(0, os.SEEK_END)
 
     def close(self) -> None:
         with self._lock:
             if self._file is not None:
                 self._file.close()
                 self._file = None
+
+
+def cut_back(file: IO[Any], path: Path, offset: int) -> int | None:
+    """Flush ``file`` (open for appending to ``path``) and cut it back to ``offset``
+    bytes (a checkpoint's size), leaving the position at the new end. Returns None, or
+    the file's size when it is shorter than ``offset``: then nothing is cut, and the
+    caller reports it (the event log warns, the JSONL sink refuses)."""
+    file.flush()
+    size = path.stat().st_size
+    if size < offset:
+        return size
+    file.truncate(offset)
+    file.seek(0, os.SEEK_END)
+    return None
 
 
 def read_event_log(path: str | Path) -> Iterator[EventLogRecord]:

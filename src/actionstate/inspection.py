@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from actionstate.checkpoint import Checkpoint
+from actionstate.checkpoint import Checkpoint, offsets_text
 from actionstate.errors import ConfigError
 from actionstate.records.canonical import wire
 from actionstate.records.crypto import Sealed
@@ -128,7 +128,6 @@ def _position(state: dict[str, Any]) -> str:
     if kind == "kafka":
         where = f"kafka://{state.get('servers')}/{state.get('topic')}"
         if "offsets" in state:
-            offsets = ", ".join(f"{p}:{o}" for p, o in sorted(state["offsets"].items()))
-            return f"{where} at offsets {{{offsets}}}"
+            return f"{where} at offsets {{{offsets_text(state['offsets'])}}}"
         return f"{where} (transaction {state.get('txn')})"
     return f"{kind} {({k: v for k, v in state.items() if k != 'kind'})}"

@@ -11,6 +11,7 @@ from typing import IO, Any
 
 from actionstate.connectors.base import InputRecord, Item, Rejected
 from actionstate.errors import ConfigError, InputError
+from actionstate.eventlog import cut_back
 from actionstate.records.canonical import wire
 
 __all__ = ["KEY_OF_MESSAGE", "JsonlSink", "JsonlSource", "Refused", "SourceDigest",
@@ -276,7 +277,8 @@ class JsonlSink:
                     "first run (its --state has no checkpoint), which would replace them: "
                     "give another file, pass --overwrite to replace it, or resume with the "
                     "--state that wrote it")
-            self.truncate(0)
+            self._file.truncate(0)  # flushed above
+            self._file.seek(0, os.SEEK_END)
             return
         recorded = state.get("path") if "kind" not in state else _describe(state)
         if recorded != str(self.path.resolve()):
@@ -286,16 +288,13 @@ class JsonlSink:
 
     def truncate(self, offset: int) -> None:
         """Drop everything after ``offset`` (outputs not covered by the checkpoint)."""
-        self._file.flush()
-        size = self.path.stat().st_size
-        if size < offset:
+        size = cut_back(self._file, self.path, offset)
+        if size is not None:
             raise ConfigError(
                 f"output file {self.path} is shorter ({size} bytes) than the checkpoint "
                 f"says ({offset} bytes): it was changed outside actionstate; restore it "
                 "or start with a new --state"
             )
-        self._file.truncate(offset)
-        self._file.seek(0, os.SEEK_END)
 
     def write(self, outputs: Sequence[tuple[str, Any]]) -> None:
         """Append outputs (buffered; :meth:`prepare` makes them durable)."""

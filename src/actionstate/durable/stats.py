@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from actionstate.checkpoint import is_count
+
 __all__ = ["RunStats"]
 
 
@@ -44,9 +46,8 @@ class RunStats:
         if not isinstance(usage, dict):
             return
         prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-        if not (_count(prompt) and _count(completion)):
+        if not (is_count(prompt) and is_count(completion)):
             return
-        assert isinstance(prompt, int) and isinstance(completion, int)
         if replayed:
             self.prompt_tokens_replayed += prompt
             self.completion_tokens_replayed += completion
@@ -76,7 +77,3 @@ class RunStats:
         """The counters (what a checkpoint keeps)."""
         return {name: value for name, value in vars(self).items()
                 if isinstance(value, int) and not isinstance(value, bool)}
-
-
-def _count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0

@@ -24,11 +24,12 @@ import signal
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from actionstate.agent import Agent
-from actionstate.checkpoint import Checkpoint, PendingInput
+from actionstate.checkpoint import Checkpoint, PendingInput, offsets_text
 from actionstate.connectors.base import InputRecord, Rejected, Sink, Source
 from actionstate.durable.chain import ChainSettings, process_input
 from actionstate.durable.stats import RunStats
@@ -94,12 +95,10 @@ class LocalRunner:
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._reader: asyncio.Task[InputError | None] | None = None
         self._grace: asyncio.TimerHandle | None = None
-        # (key, output) pairs waiting for the next group commit, and those of the group
-        # commit in progress.
-        self._held: list[tuple[str, Any]] = []
-        self._committing: list[tuple[str, Any]] = []
-        self._held_events: list[str] = []  # event log lines of the inputs held, in order
-        self._committing_events: list[str] = []
+        # Finished inputs waiting for the next group commit, in order, and those of the
+        # group commit in progress.
+        self._held: list[_Finished] = []
+        self._committing: list[_Finished] = []
         self._failed = False
         self.stopped_by: str | None = None
         """The signal that stopped the run early (``"SIGTERM"``, ``"SIGINT"``), or None."""
@@ -278,7 +277,8 @@ class LocalRunner:
                 del self._pending[(key, seq)]
                 self._done_seq[key] = seq
                 self.stats.inputs += 1
-                self._emit([(key, output) for output in done.outputs], done.events)
+                self._emit(_Finished([(key, output) for output in done.outputs],
+                                     done.events))
                 self._space.release()
             if not queue:  # every input done: live and committed memory agree
                 del self._working[key]
@@ -286,38 +286,36 @@ class LocalRunner:
             del self._queues[key]
             del self._workers[key]
 
-    def _emit(self, outputs: list[tuple[str, Any]], events: list[str]) -> None:
+    def _emit(self, finished: _Finished) -> None:
         """A finished input's outputs and event log lines leave (in ``group``
         durability once its records are durable)."""
         if self.store.durability == "group":
-            self._held.extend(outputs)
-            self._held_events.extend(events)
+            self._held.append(finished)
         else:
-            self._release(outputs, events)
+            self._release([finished])
 
     def _commit_group(self) -> None:
         """Make recorded work durable, then release the outputs that depend on it."""
         with self.settings.lock:
             self.store.flush()
-        self._release(self._committing + self._held,
-                      self._committing_events + self._held_events)
+        self._release(self._committing + self._held)
         self._committing, self._held = [], []
-        self._committing_events, self._held_events = [], []
 
     async def _commit_group_off_loop(self) -> None:
         """:meth:`_commit_group` with the commit on a worker thread: the keys go on while
         it waits for the disk. The outputs held now wait for it; later ones, for the next."""
         self._committing, self._held = self._held, []
-        self._committing_events, self._held_events = self._held_events, []
         await asyncio.to_thread(self.store.flush)  # the store allows flush beside put
-        self._release(self._committing, self._committing_events)
-        self._committing, self._committing_events = [], []
+        self._release(self._committing)
+        self._committing = []
 
-    def _release(self, outputs: list[tuple[str, Any]], events: list[str]) -> None:
+    def _release(self, inputs: list[_Finished]) -> None:
+        """Write the outputs of finished inputs, then their event log lines, in order."""
+        outputs = [pair for finished in inputs for pair in finished.outputs]
         if outputs:
             self.sink.write(outputs)
             self.stats.outputs += len(outputs)
-        self.settings.event_log.write(events)
+        self.settings.event_log.write([line for finished in inputs for line in finished.events])
 
     async def _ticker(self, started: float) -> None:
         last_checkpoint = time.monotonic()
@@ -416,6 +414,15 @@ class LocalRunner:
                 self.store.prune(key, done)
 
 
+@dataclass(frozen=True, slots=True)
+class _Finished:
+    """A finished input's ``(key, output)`` pairs and event log lines, which leave
+    together (in ``group`` durability, after the commit that covers them)."""
+
+    outputs: list[tuple[str, Any]]
+    events: list[str]
+
+
 def _install_signals(stop: Callable[[str], None]) -> list[signal.Signals]:
     """SIGTERM and Ctrl-C stop the run gracefully (when running in the main thread)."""
     loop = asyncio.get_running_loop()
@@ -452,7 +459,7 @@ def _resume_point(source: dict[str, Any], in_flight: int) -> str:
     if "line" in source:
         where = f"line {int(source['line']) + 1} of {Path(str(source['path'])).name}"
     elif "offsets" in source:
-        where = "offsets " + ", ".join(f"{p}:{o}" for p, o in sorted(source["offsets"].items()))
+        where = "offsets " + offsets_text(source["offsets"])
     else:
         where = "its checkpoint"
     return where + (f", {in_flight} inputs in flight redone first" if in_flight else "")
