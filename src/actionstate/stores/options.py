@@ -22,10 +22,19 @@ from urllib.parse import parse_qsl
 
 from actionstate.errors import ConfigError
 
-__all__ = ["IGNORED", "Option", "Parsed", "parse_options", "url_servers"]
+__all__ = ["IGNORED", "Option", "Parsed", "is_secret", "parse_options", "url_servers"]
 
 IGNORED = frozenset({"actionStateStoreBackend"})
 """Accepted by every backend and not used (it chose the backend)."""
+
+_SECRET_WORDS = ("password", "secret", "jaas", "token", "key.pem", "oauthbearer.config")
+
+
+def is_secret(name: str) -> bool:
+    """True for an option whose value must never be shown (``sasl.password``,
+    ``sasl.jaas.config``, ``ssl.key.password``, ``flussSaslPassword``...)."""
+    lowered = name.lower()
+    return any(word in lowered for word in _SECRET_WORDS)
 
 
 @dataclass(frozen=True)
@@ -83,7 +92,8 @@ def parse_options(
                            else f"the {backend} {what} takes no options")
                     raise ConfigError(f"unknown {backend} {what} option {raw_name!r}: {fix}")
                 name = raw_name
-            label = f"{raw_name}={text!r} in {where}"
+            shown = "'***'" if is_secret(raw_name) else repr(text)
+            label = f"{raw_name}={shown} in {where}"
             if name in found and found[name][0] != text:
                 raise ConfigError(f"{backend} {what}: {found[name][1]} and {label} disagree: "
                                   "give the setting once")
