@@ -19,7 +19,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote_plus, urlsplit, urlunsplit
 
 from actionstate.errors import ConfigError
 
@@ -29,9 +29,9 @@ __all__ = ["IGNORED", "MASK", "Option", "Parsed", "is_secret", "parse_options", 
 IGNORED = frozenset({"actionStateStoreBackend"})
 """Accepted by every backend and not used (it chose the backend)."""
 
-
-_SECRET = re.compile(r"pass(word|wd)?|secret|jaas|token|api[._-]?key|credential|\.pem$",
-                     re.IGNORECASE)
+_SECRET = re.compile(
+    r"pass(word|wd)?|secret|jaas|token|api[._-]?key|credential|\.pem$|oauthbearer\.config",
+    re.IGNORECASE)
 MASK = "***"
 
 
@@ -53,13 +53,12 @@ def redact_url(url: str) -> str:
         user, _, host = netloc.rpartition("@")
         if ":" in user:
             netloc = f"{user.split(':', 1)[0]}:{MASK}@{host}"
-    items = parse_qsl(parts.query, keep_blank_values=True)
-    if not any(is_secret(name) for name, _ in items) and netloc == parts.netloc:
+    pairs = parts.query.split("&") if parts.query else []
+    masked = [f"{pair.partition('=')[0]}={MASK}"
+              if is_secret(unquote_plus(pair.partition("=")[0])) else pair for pair in pairs]
+    if masked == pairs and netloc == parts.netloc:
         return url
-    query = "&".join(f"{quote(name, safe='._-')}="
-                     + (MASK if is_secret(name) else quote(value, safe="._-:/,"))
-                     for name, value in items)
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    return urlunsplit((parts.scheme, netloc, parts.path, "&".join(masked), parts.fragment))
 
 
 def shown(name: str, value: str) -> str:

@@ -23,6 +23,16 @@ a librdkafka property                       --          passed to the clients, e
                                                         ``producer.X`` / ``consumer.X`` for one
 ==========================================  ==========  ===========================================
 
+TLS and SASL are librdkafka properties too, e.g. for a SASL_SSL listener with SCRAM:
+``?security.protocol=SASL_SSL&sasl.mechanism=SCRAM-SHA-512&sasl.username=U&ssl.ca.location=
+/path/ca.pem`` with ``sasl.password`` as a keyword option (``--option`` in the CLI). A
+failed authentication or TLS handshake is a :class:`~actionstate.errors.StoreError` at
+once, naming the problem and the option to fix. Secret values (``sasl.password``,
+``sasl.jaas.config``, ``ssl.key.password``...) never appear in messages or reprs, and the
+store's ``url`` (which runners keep in checkpoints) shows them as ``***``: a URL holding
+one cannot be reopened from there. ``scripts/services/kafka start --secure`` runs such a
+broker locally.
+
 A setting given twice (URL and keyword, alias and name, URL host or path and option) must
 agree (see :mod:`actionstate.stores.options`); the URL's host may also be one of the
 servers ``kafkaBootstrapServers`` lists. The modules: ``store`` (the medium: produce,

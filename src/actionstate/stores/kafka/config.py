@@ -12,11 +12,12 @@ from urllib.parse import urlsplit
 from confluent_kafka import KafkaException
 
 from actionstate.errors import ConfigError
-from actionstate.stores.kafka.failures import reason
-from actionstate.stores.options import Option, parse_options, url_servers
+from actionstate.stores.kafka.failures import reason, scrub
+from actionstate.stores.options import Option, is_secret, parse_options, url_servers
 
 __all__ = ["DEFAULT_PARTITIONS", "DEFAULT_MAX_MESSAGE_BYTES", "DEFAULT_CONNECT_TIMEOUT",
-           "ClientConfigs", "KafkaSettings", "client", "parse_url", "split_config"]
+           "ClientConfigs", "KafkaSettings", "client", "parse_url", "redacted",
+           "split_config"]
 
 log = logging.getLogger("actionstate.stores.kafka")
 
@@ -52,7 +53,13 @@ _FIXED = {"enable.idempotence": ("true",), "acks": ("all", "-1"),
           "request.required.acks": ("all", "-1")}
 
 
-@dataclass(frozen=True)
+def redacted(config: Mapping[str, Any]) -> dict[str, Any]:
+    """``config`` with the value of every secret property (``sasl.password``,
+    ``sasl.jaas.config``, ``ssl.key.password``...) shown as ``***``."""
+    return {name: "***" if is_secret(name) else value for name, value in config.items()}
+
+
+@dataclass(frozen=True, repr=False)
 class KafkaSettings:
     """What a ``kafka://`` URL and its options say, in the store constructor's terms."""
 
@@ -66,6 +73,10 @@ class KafkaSettings:
     """Seconds."""
     client_config: dict[str, str]
     """librdkafka properties, passed through."""
+
+    def __repr__(self) -> str:  # secrets shown as ***
+        fields = {**vars(self), "client_config": redacted(self.client_config)}
+        return f"KafkaSettings({', '.join(f'{k}={v!r}' for k, v in fields.items())})"
 
 
 def parse_url(url: str, options: Mapping[str, Any]) -> KafkaSettings:
@@ -95,13 +106,17 @@ def parse_url(url: str, options: Mapping[str, Any]) -> KafkaSettings:
     )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class ClientConfigs:
     """librdkafka properties for every client, the producer only, and the consumer only."""
 
     common: dict[str, Any]
     producer: dict[str, Any]
     consumer: dict[str, Any]
+
+    def __repr__(self) -> str:  # secrets shown as ***
+        return (f"ClientConfigs(common={redacted(self.common)!r}, producer="
+                f"{redacted(self.producer)!r}, consumer={redacted(self.consumer)!r})")
 
 
 def split_config(servers: str, config: Mapping[str, str]) -> ClientConfigs:
@@ -149,6 +164,6 @@ def client(factory: Any, config: Mapping[str, Any]) -> Any:
     try:
         return factory({**config, "logger": log})
     except (KafkaException, ValueError, TypeError) as exc:
-        why = reason(exc) if isinstance(exc, KafkaException) else str(exc)
+        why = scrub(reason(exc) if isinstance(exc, KafkaException) else str(exc), config)
         raise ConfigError(f"bad Kafka client setting ({why}): fix or remove that "
                           "option") from None

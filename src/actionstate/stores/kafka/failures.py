@@ -3,11 +3,16 @@ to word the ones that do not."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from confluent_kafka import KafkaError, KafkaException
 
 from actionstate.errors import StoreError
+from actionstate.stores.options import is_secret
 
-__all__ = ["FIX_BROKER", "error_of", "hint", "passes", "reason", "settle_error"]
+__all__ = ["FIX_BROKER", "denied", "error_of", "hint", "passes", "reason", "scrub",
+           "security_problem", "settle_error"]
 
 FIX_BROKER = "start a broker (for local runs: scripts/services/kafka start) or fix the address"
 
@@ -69,3 +74,49 @@ def settle_error(what: str, error: KafkaError, servers: str, timeout: float) -> 
         f"{timeout:g}s of retries (a just-created topic settles within "
         "seconds): check the broker's log (scripts/services/kafka status for the local "
         "one), or raise kafkaConnectTimeoutMs")
+
+
+_DENIED = frozenset({KafkaError._AUTHENTICATION, KafkaError._SSL,
+                     KafkaError.SASL_AUTHENTICATION_FAILED})
+"""Errors of a connection the broker (or this client) refused: credentials, SASL
+mechanism, TLS. librdkafka reconnects after them, but they do not pass by themselves."""
+
+FIX_CA = ("set ssl.ca.location to the CA certificate that signed the broker's (the local "
+          "broker of scripts/services/kafka start --secure: scripts/services/kafka "
+          "client-config --secure prints it), and connect by a name or address the "
+          "certificate lists")
+
+
+def denied(error: KafkaError) -> bool:
+    """True for an authentication or TLS failure (see :func:`security_problem`)."""
+    return error.code() in _DENIED
+
+
+def scrub(text: str, config: Mapping[str, Any]) -> str:
+    """``text`` with the value of every secret option of ``config`` replaced by ``***``."""
+    for name, value in config.items():
+        if is_secret(name) and isinstance(value, str) and value:
+            text = text.replace(value, "***")
+    return text
+
+
+def security_problem(error: KafkaError, config: Mapping[str, Any]) -> str:
+    """What an authentication or TLS failure means and what to set, for a client with
+    ``config`` (options named, never a secret's value), then librdkafka's words."""
+    detail = scrub(str(error.str()), config)
+    mechanism = str(config.get("sasl.mechanism") or config.get("sasl.mechanisms") or "GSSAPI")
+    if error.code() == KafkaError._SSL:
+        if "certificate" in detail.lower():
+            problem = f"TLS handshake failed: the broker's certificate is not trusted: {FIX_CA}"
+        else:
+            problem = ("TLS handshake failed: check that security.protocol and the ssl.* "
+                       "options match the broker's listener")
+    elif "mechanism" in detail and "handshake failed" in detail:
+        problem = (f"the broker does not take SASL mechanism {mechanism}: set sasl.mechanism "
+                   "to one its listener enables")
+    else:
+        user = config.get("sasl.username")
+        who = f"user {user!r}" if user else "a client without sasl.username"
+        problem = (f"authentication failed for {who} ({mechanism}): check sasl.username and "
+                   "sasl.password (and that the user exists on the broker)")
+    return f"{problem} (librdkafka: {detail})"

@@ -23,7 +23,15 @@ from actionstate.stores.kafka.config import (
     parse_url,
     split_config,
 )
-from actionstate.stores.kafka.failures import error_of, hint, passes, reason, settle_error
+from actionstate.stores.kafka.failures import (
+    denied,
+    error_of,
+    hint,
+    passes,
+    reason,
+    security_problem,
+    settle_error,
+)
 from actionstate.stores.kafka.partition import partition_of
 from actionstate.stores.kafka.retention import Retention
 from actionstate.stores.kafka.topic import KafkaTopic
@@ -148,7 +156,7 @@ class KafkaActionStateStore(ActionStateStore):
                     retained_checkpoints=settings.retained_checkpoints,
                     connect_timeout=settings.connect_timeout,
                     client_config=settings.client_config)
-        store.url = url
+        store.url = url  # the url property masks secret values (checkpoints, messages)
         return store
 
     def rebuild(self, marker: Marker | None, *, read_only: bool = False) -> int:
@@ -411,6 +419,9 @@ class KafkaActionStateStore(ActionStateStore):
         if error.fatal():
             self._fatal = error
             log.error("Kafka producer for topic %s failed for good: %s", self.topic, error.str())
+        elif denied(error):
+            log.warning("Kafka producer for topic %s at %s: %s", self.topic, self.servers,
+                        security_problem(error, self._common))
         else:
             log.info("Kafka client error for %s (%s); the client reconnects and retries",
                      self.servers, error.str())

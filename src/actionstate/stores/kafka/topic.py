@@ -18,7 +18,15 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]  # no __all__ 
 
 from actionstate.errors import StoreError
 from actionstate.stores.kafka.config import client
-from actionstate.stores.kafka.failures import FIX_BROKER, error_of, passes, reason, settle_error
+from actionstate.stores.kafka.failures import (
+    FIX_BROKER,
+    denied,
+    error_of,
+    passes,
+    reason,
+    security_problem,
+    settle_error,
+)
 
 __all__ = ["KafkaTopic", "retrying"]
 
@@ -26,6 +34,9 @@ _T = TypeVar("_T")
 
 log = logging.getLogger("actionstate.stores.kafka")
 
+_CONNECT_STEP = 0.5
+"""Seconds of the first wait for the broker's first answer; the client's errors are looked
+at after each wait, and each wait is twice the one before."""
 _LATEST = OffsetSpec.latest()  # type: ignore[no-untyped-call]
 _EARLIEST = OffsetSpec.earliest()  # type: ignore[no-untyped-call]
 
@@ -42,20 +53,14 @@ class KafkaTopic:
         self.servers = str(config["bootstrap.servers"])
         self.timeout = timeout
         self._secured = any(k.startswith(("security.", "sasl.", "ssl.")) for k in config)
-        self._admin = client(AdminClient, config)
+        self._config = config
+        self._denied: KafkaError | None = None
+        """The last authentication or TLS failure the client reported (its error_cb)."""
+        self._admin = client(AdminClient, {**config, "error_cb": self._on_error})
 
     def open(self, partitions: int, replication: int, max_bytes: int) -> int:
         """Check the broker answers, create or verify the topic; returns its partitions."""
-        try:
-            metadata = self._admin.list_topics(timeout=self.timeout)
-        except KafkaException as exc:
-            raise StoreError(
-                f"cannot reach Kafka at {self.servers} within {self.timeout:g}s "
-                f"({reason(exc)}): {FIX_BROKER} (kafka://host:port/topic or "
-                "kafkaBootstrapServers)" + (", and check that security.protocol, sasl.* and "
-                                            "ssl.* match the broker's listener"
-                                            if self._secured else "")
-            ) from None
+        metadata = self._connect()
         found = metadata.topics.get(self.name)
         if found is None or found.error is not None:
             created = self._create(partitions, replication, max_bytes)
@@ -68,6 +73,43 @@ class KafkaTopic:
             log.info("Kafka topic %s exists with %d partitions (configured %d); using %d",
                      self.name, count, partitions, count)
         return count
+
+    def _connect(self) -> Any:
+        """The cluster's metadata, once the broker answers (within the timeout). A failed
+        authentication or TLS handshake ends the wait at once: librdkafka would only
+        retry it, and the metadata request would say no more than "transport failure"."""
+        deadline = time.monotonic() + self.timeout
+        step = _CONNECT_STEP
+        while True:
+            try:
+                return self._admin.list_topics(
+                    timeout=max(min(step, deadline - time.monotonic()), 0.01))
+            except KafkaException as exc:
+                step *= 2  # a broker slow to answer gets longer waits
+                error = error_of(exc)
+                if error is not None and denied(error):
+                    self._denied = error
+                else:
+                    self._admin.poll(0)  # serves error_cb: what the connections ran into
+                if self._denied is not None:
+                    problem = security_problem(self._denied, self._config)
+                    raise StoreError(f"cannot connect to Kafka at {self.servers}: "
+                                     f"{problem}") from None
+                if time.monotonic() < deadline:
+                    continue
+                raise StoreError(
+                    f"cannot reach Kafka at {self.servers} within {self.timeout:g}s "
+                    f"({reason(exc)}): {FIX_BROKER} (kafka://host:port/topic or "
+                    "kafkaBootstrapServers)" + (", and check that security.protocol, sasl.* "
+                                                "and ssl.* match the broker's listener"
+                                                if self._secured else
+                                                "; if its listener needs TLS or SASL, set "
+                                                "security.protocol, sasl.* and ssl.*")
+                ) from None
+
+    def _on_error(self, error: KafkaError) -> None:
+        if denied(error):
+            self._denied = error
 
     def end_offsets(self, partitions: Iterable[int]) -> dict[int, int]:
         """Per partition, the offset the next record will get."""
