@@ -25,7 +25,14 @@ from actionstate.eventlog import REDACTED, FieldRedaction
 from actionstate.records.crypto import KEY_FILE_ENV, KEYS_ENV, Keyring, new_key_entry
 from actionstate.stores import open_store
 from actionstate.stores.options import redact_url
-from actionstate.testing.crash import TEXTS, Streams, command, make_tickets, run_to_end
+from actionstate.testing.crash import (
+    TEXTS,
+    Streams,
+    command,
+    crash_check,
+    make_tickets,
+    run_to_end,
+)
 from actionstate.testing.fake_llm import FakeLLMServer
 from actionstate.testing.services import delete_topics
 
@@ -228,3 +235,41 @@ def test_keygen_prints_a_usable_entry() -> None:
                           capture_output=True, text=True, timeout=60, check=True)
     ring = Keyring.parse(done.stdout.strip(), "keygen")
     assert ring.active == "k9"
+
+
+@pytest.mark.slow
+def test_kill_and_resume_on_kafka_with_keys_leaves_no_payload_in_the_topic(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kafka_servers: str) -> None:
+    """The whole crash check (3 kills at random calls, 1 at a random time; outputs exact,
+    at most one call per key per kill again, no refund twice) with keys on the Kafka
+    store, then every message of the topic searched for the tickets' texts."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    _clean_env(monkeypatch)
+    monkeypatch.setenv(KEYS_ENV, KEY)
+    topic = f"actionstate-sealed-{uuid.uuid4().hex[:12]}"
+    try:
+        crash_check(tmp_path, f"kafka://{kafka_servers}/{topic}?partitions=2", seed=9)
+        consumer = Consumer({"bootstrap.servers": kafka_servers, "group.id": topic,
+                             "enable.auto.commit": False})
+        try:
+            values: list[bytes] = []
+            for partition in (0, 1):
+                low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition),
+                                                           timeout=10)
+                if high <= low:
+                    continue
+                consumer.assign([TopicPartition(topic, partition, low)])
+                while True:
+                    message = consumer.poll(10)
+                    assert message is not None and message.error() is None, message
+                    values.append(message.value() or b"")
+                    if (message.offset() or 0) >= high - 1:
+                        break
+        finally:
+            consumer.close()
+    finally:
+        delete_topics(kafka_servers, [topic])
+    raw = b"\n".join(values)
+    assert b'"z":["k1"' in raw, "sealed records are in the topic"
+    assert [t for t in TEXTS if t.encode() in raw] == []
