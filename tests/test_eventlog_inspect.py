@@ -74,6 +74,10 @@ def test_inspect_shows_keys_states_and_calls_of_an_interrupted_run(tmp_path: Pat
     assert report["keys"][0]["short_term_memory"] == {"total": 6}
     text = render_text(report)
     assert "key 'k0': next seq 2" in text
+    assert 'memory: {"total": 6}' in text, "memory shows in the text view"
+    assert report["checkpoint"]["time_utc"] in text and " UTC (" in text
+    assert f"{report['checkpoint']['stats']['inputs']:,} inputs" in text
+    assert "durable calls 5 executed, 0 replayed (not paid again)" in text
     one = actionstate("inspect", "--state", str(tmp_path / "state"), "--key", "k1", "--json")
     assert one.returncode == 0
     assert [k["key"] for k in json.loads(one.stdout)["keys"]] == ["k1"]

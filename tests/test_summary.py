@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from actionstate.inspection import describe_state, render_text
 from actionstate.testing.crash import Streams, ledger, make_tickets, run_to_end
 from actionstate.testing.fake_llm import FakeLLMServer
 
@@ -64,3 +65,9 @@ def test_a_resumed_run_s_summary_shows_what_replay_saved(tmp_path: Path,
     else:
         assert found["calls"]["replayed"] == 0
         assert replayed == {"prompt": 0, "completion": 0}, "memory:// replays nothing"
+    if store is None:  # inspect shows the same saving, from the last checkpoint's counters
+        text = render_text(describe_state(tmp_path / "state"))
+        executed = found["tokens"]["executed"]
+        assert (f"model tokens {executed['prompt'] + executed['completion']:,} paid, "
+                f"{replayed['prompt'] + replayed['completion']:,} replayed (saved)") in text
+        assert f"{found['calls']['replayed']:,} replayed (not paid again)" in text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,8 @@ def describe_state(path: Path, key: str | None = None,
     if checkpoint is None:
         return report
     report["checkpoint"] = {
-        "time": checkpoint.time, "store": checkpoint.store, "epoch": checkpoint.epoch,
+        "time": checkpoint.time, "time_utc": _utc(checkpoint.time),
+        "store": checkpoint.store, "epoch": checkpoint.epoch,
         "source": checkpoint.source,
         "sink": {k: v for k, v in checkpoint.sink.items() if k != "records"},
         "inputs_in_flight": len(checkpoint.pending), "stats": checkpoint.stats,
@@ -80,6 +82,41 @@ def _states(url: str, checkpoint: Checkpoint) -> list[tuple[str, dict[str, Any]]
         store.close()
 
 
+def _utc(epoch_seconds: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(epoch_seconds))
+
+
+def _age(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.0f} days"
+
+
+def _totals(stats: dict[str, Any]) -> str:
+    """What the run that took the checkpoint did and what its replay saved, in words."""
+    def n(name: str) -> int:
+        value = stats.get(name, 0)
+        return value if isinstance(value, int) else 0
+
+    text = (f"{n('inputs'):,} inputs, {n('outputs'):,} outputs; durable calls "
+            f"{n('calls_executed'):,} executed, {n('calls_replayed'):,} replayed (not paid "
+            f"again), {n('calls_reconciled'):,} reconciled, {n('calls_retried'):,} retried")
+    paid = n("prompt_tokens_executed") + n("completion_tokens_executed")
+    saved = n("prompt_tokens_replayed") + n("completion_tokens_replayed")
+    if paid or saved:
+        text += f"; model tokens {paid:,} paid, {saved:,} replayed (saved)"
+    return text
+
+
+def _short(value: Any, limit: int = 160) -> str:
+    text = json.dumps(wire(value), ensure_ascii=False, default=str)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def _payload(result: Any, exception: Any) -> dict[str, Any]:
     """A call's payload as the report shows it: its size, or the key that sealed it."""
     value = result if exception is None else exception
@@ -96,16 +133,21 @@ def render_text(report: dict[str, Any]) -> str:
         lines.append("no checkpoint yet: the first run has not reached one")
         return "\n".join(lines)
     stats = ckpt["stats"]
+    age = max(0.0, time.time() - ckpt["time"])
     lines += [
-        f"last checkpoint: {ckpt['time']:.3f} (epoch {ckpt['epoch']}), store {ckpt['store']}",
+        f"last checkpoint: {_utc(ckpt['time'])} ({_age(age)} ago), epoch {ckpt['epoch']}, "
+        f"store {ckpt['store']}",
         f"  input {_position(ckpt['source'])}, output {_position(ckpt['sink'])}",
-        f"  {ckpt['inputs_in_flight']} inputs in flight; counters: "
-        + ", ".join(f"{k}={v}" for k, v in stats.items()),
+        f"  {ckpt['inputs_in_flight']} inputs in flight",
+        "  the run that took it: " + _totals(stats),
+        "  counters: " + ", ".join(f"{k}={v}" for k, v in stats.items()),
         f"keys: {len(report['keys'])}",
     ]
     for entry in report["keys"]:
         lines.append(f"  key {entry['key']!r}: next seq {entry['next_seq']}, "
                      f"{len(entry['states'])} states held")
+        if entry["short_term_memory"]:
+            lines.append(f"    memory: {_short(entry['short_term_memory'])}")
         for state in entry["states"]:
             done = "completed" if state["completed"] else "in flight"
             lines.append(f"    seq {state['seq']} action {state['action']} ({done}), "
