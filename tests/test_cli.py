@@ -235,6 +235,24 @@ def test_inspect_reads_the_agent_s_own_events_when_given_the_agent(tmp_path: Pat
     assert "seq 0 action classify (completed)" in given.stdout
 
 
+def test_inspect_remembers_the_agent_of_the_run(tmp_path: Path) -> None:
+    """A checkpoint taken by a run names its agent's file: inspect reads the agent's own
+    events without --agent (the README's triage example, whose Classified event is its
+    own), while the agent's file is there."""
+    from actionstate.testing.crash import make_tickets, run_to_end
+    from actionstate.testing.fake_llm import FakeLLMServer
+
+    make_tickets(tmp_path / "tickets.jsonl", 6, 2)
+    with FakeLLMServer() as server:
+        assert run_to_end(tmp_path, server, None, "sync", [], []) == 0
+    checkpoint = StateDir(tmp_path / "state").load_checkpoint()
+    assert checkpoint is not None
+    assert checkpoint.agent == str((CHECKOUT / "examples" / "triage.py").resolve()) + ":Triage"
+    bare = actionstate("inspect", "--state", str(tmp_path / "state"), "--json")
+    assert bare.returncode == 0, bare.stderr
+    assert json.loads(bare.stdout)["checkpoint"]["stats"]["inputs"] == 6
+
+
 def test_a_first_run_refuses_an_output_file_that_holds_data_unless_overwrite(
         tmp_path: Path) -> None:
     write_lines(tmp_path / "in.jsonl", [input_line(i) for i in range(3)])

@@ -110,6 +110,9 @@ class Checkpoint:
     event_log: dict[str, Any] | None = None
     """``{"path", "offset"}`` of the event log when the run writes one: a restore cuts
     it back there, as it does the output file."""
+    agent: str | None = None
+    """The agent as ``/abs/path/file.py:Class``, when its class comes from a file:
+    ``actionstate inspect`` loads it to read the agent's own event types back."""
 
     def to_json(self) -> dict[str, Any]:
         data = {
@@ -123,6 +126,8 @@ class Checkpoint:
             data["dead_letter"] = self.dead_letter
         if self.event_log is not None:
             data["event_log"] = self.event_log
+        if self.agent is not None:
+            data["agent"] = self.agent
         return data
 
     @classmethod
@@ -167,6 +172,7 @@ class Checkpoint:
             pending=[read.pending(i, item) for i, item in enumerate(read.items("pending"))],
             epoch=read.count("epoch", 0), stats=read.mapping("stats", {}),
             time=read.number("time", 0.0),
+            agent=read.text("agent") if "agent" in data else None,
         )
 
 

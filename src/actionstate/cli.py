@@ -188,7 +188,8 @@ def _parser() -> argparse.ArgumentParser:
     inspect.add_argument("--json", action="store_true", help="machine-readable output")
     inspect.add_argument("--agent", metavar="SPEC",
                          help="the run's agent (path/to/file.py:Class), so that the events "
-                         "its module defines can be read back")
+                         "its module defines can be read back (default: the one the "
+                         "checkpoint names, if its file is still there)")
     inspect.add_argument("--store", metavar="URL",
                          help="the store URL with its credentials: the checkpoint keeps the "
                          "URL with secret option values masked as ***")
@@ -416,8 +417,9 @@ def _clock_text(seconds: float) -> str:
 def _inspect(args: argparse.Namespace) -> int:
     from actionstate.inspection import describe_state, render_text
 
-    if args.agent:
-        load_agent_class(args.agent)  # registers the event classes its module defines
+    spec = args.agent or _remembered_agent(Path(args.state))
+    if spec:
+        load_agent_class(spec)  # registers the event classes its module defines
     try:
         report = describe_state(Path(args.state), key=args.key, store_url=args.store)
     except AgentDefinitionError as exc:
@@ -428,6 +430,19 @@ def _inspect(args: argparse.Namespace) -> int:
     else:
         print(render_text(report))
     return 0
+
+
+def _remembered_agent(state: Path) -> str | None:
+    """The agent the run that took the last checkpoint ran, if its file is still there."""
+    if not (state / "actionstate.json").exists():
+        return None
+    from actionstate.runners.statedir import StateDir
+
+    checkpoint = StateDir(state, sealed_ok=True).load_checkpoint()
+    spec = checkpoint.agent if checkpoint is not None else None
+    if spec is None or not Path(spec.rpartition(":")[0]).is_file():
+        return None
+    return spec
 
 
 def _keygen(args: argparse.Namespace) -> int:

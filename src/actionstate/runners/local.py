@@ -20,6 +20,7 @@ import asyncio
 import base64
 import contextlib
 import copy
+import inspect
 import signal
 import time
 from collections import deque
@@ -73,6 +74,7 @@ class LocalRunner:
         self.dead_letter = dead_letter
         self.state_dir, self.settings = state_dir, settings
         self.stats = settings.stats
+        self._agent_spec = agent_spec(type(agent))
         self._concurrency = concurrency
         self._checkpoint_interval = checkpoint_interval
         self._tick = (group_interval if store.durability == "group"
@@ -355,7 +357,7 @@ class LocalRunner:
             source=self.source.state(), sink=sink, dead_letter=dead_letter,
             event_log=event_log,
             pending=[PendingInput(k, s, r, line) for (k, s), (r, line) in self._pending.items()],
-            epoch=self.store.epoch, stats=self.stats.counters(),
+            epoch=self.store.epoch, stats=self.stats.counters(), agent=self._agent_spec,
         ), changed, fresh=self._fresh)
         # The checkpoint holds what the sinks need to finish their commits after a crash.
         self.sink.commit()
@@ -463,3 +465,15 @@ def _resume_point(source: dict[str, Any], in_flight: int) -> str:
     else:
         where = "its checkpoint"
     return where + (f", {in_flight} inputs in flight redone first" if in_flight else "")
+
+
+def agent_spec(cls: type) -> str | None:
+    """``/abs/path/file.py:Class`` of an agent class defined in a file (what the
+    checkpoint remembers for ``inspect``), else None."""
+    try:
+        path = inspect.getfile(cls)
+    except (TypeError, OSError):
+        return None
+    if not path.endswith(".py") or "<" in cls.__qualname__:
+        return None
+    return f"{Path(path).resolve()}:{cls.__qualname__}"
