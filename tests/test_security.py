@@ -22,7 +22,7 @@ import pytest
 
 from actionstate.errors import ConfigError, EncryptionKeyError
 from actionstate.eventlog import REDACTED, FieldRedaction
-from actionstate.records.crypto import KEY_FILE_ENV, KEYS_ENV, Keyring, new_key_entry
+from actionstate.records.crypto import KEY_FILE_ENV, KEYS_ENV, Keyring, Sealed, new_key_entry
 from actionstate.stores import open_store
 from actionstate.stores.options import redact_url
 from actionstate.testing.crash import (
@@ -273,3 +273,34 @@ def test_kill_and_resume_on_kafka_with_keys_leaves_no_payload_in_the_topic(
     raw = b"\n".join(values)
     assert b'"z":["k1"' in raw, "sealed records are in the topic"
     assert [t for t in TEXTS if t.encode() in raw] == []
+
+
+def test_records_written_without_keys_stay_readable_once_keys_are_configured(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A store that ran without keys, then with: both kinds of records read back, under
+    keys and (the clear ones) without."""
+    from actionstate.testing.samples import call, key
+
+    _clean_env(monkeypatch)
+    url = f"sqlite://{tmp_path}/state.db"
+    plain = open_store(url)
+    plain.rebuild(None)
+    marker = plain.recovery_marker()
+    plain.put(call(key("a", 0), 0, "written in clear"))
+    plain.close()
+    monkeypatch.setenv(KEYS_ENV, KEY)
+    sealed = open_store(url)
+    sealed.rebuild(marker)
+    sealed.put(call(key("a", 1), 0, "written sealed"))
+    sealed.close()
+    for keys in (True, False):
+        if not keys:
+            monkeypatch.delenv(KEYS_ENV)
+        reader = open_store(url)
+        reader.sealed_ok = not keys
+        reader.rebuild(marker, read_only=True)
+        first, second = reader.get(key("a", 0)), reader.get(key("a", 1))
+        reader.close()
+        assert first is not None and first.calls[0].result == "written in clear"
+        assert second is not None
+        assert second.calls[0].result == ("written sealed" if keys else Sealed("k1"))
