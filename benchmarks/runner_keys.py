@@ -68,11 +68,12 @@ class TimedStateDir(StateDir):
         self.keys_written: list[int] = []
 
     def save_checkpoint(self, checkpoint: Checkpoint, changed: Any = None, *,
-                        fresh: bool = False) -> None:
+                        fresh: bool = False) -> int:
         started = time.perf_counter()
-        super().save_checkpoint(checkpoint, changed, fresh=fresh)
+        written = super().save_checkpoint(checkpoint, changed, fresh=fresh)
         self.seconds.append(time.perf_counter() - started)
         self.keys_written.append(len(changed or {}))
+        return written
 
 
 def write_inputs(path: Path, start: int, n: int, keys: int, mode: str = "w") -> None:

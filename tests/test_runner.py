@@ -136,9 +136,9 @@ def test_a_checkpoint_writes_only_the_keys_that_changed_and_lets_idle_keys_go(
     save = StateDir.save_checkpoint
 
     def counting(self: StateDir, checkpoint: Checkpoint, changed: Any = None,
-                 **kw: Any) -> None:
+                 **kw: Any) -> int:
         written.append(len(changed or {}))
-        save(self, checkpoint, changed, **kw)
+        return save(self, checkpoint, changed, **kw)
 
     monkeypatch.setattr(StateDir, "save_checkpoint", counting)
     with open(tmp_path / "in.jsonl", "a") as f:

@@ -22,6 +22,7 @@ from actionstate.runners.local import LocalRunner, ProgressFn
 from actionstate.runners.statedir import StateDir
 from actionstate.stores import open_store, url_from_options
 from actionstate.stores.base import DURABILITIES
+from actionstate.telemetry import attach
 
 __all__ = ["default_job", "run", "run_async"]
 
@@ -39,6 +40,7 @@ async def run_async(
     divergence: str = "reexecute", retry: RetryPolicy | None = None,
     job: str | None = None, until_end: bool = False, dead_letter: SinkSpec | None = None,
     progress: ProgressFn | None = None, overwrite: bool = False,
+    meter_provider: Any = None,
 ) -> RunStats:
     """Run ``agent`` over ``source`` into ``sink``, resuming from ``state`` if a
     checkpoint is there; returns the run's counters (``stopped_by`` names the signal
@@ -67,6 +69,8 @@ async def run_async(
       ``(event type, fields) -> fields``.
     * Payloads recorded in the store and the checkpoint are encrypted when keys are
       configured (``ACTIONSTATE_KEYS`` or ``ACTIONSTATE_KEY_FILE``: docs/security.md).
+    * Metrics go to OpenTelemetry (``meter_provider``, default the global one; a
+      no-op without the SDK): :mod:`actionstate.telemetry` lists them.
     * ``job``: the name idempotency keys are made of (default ``module:Class`` of the
       agent, which is what the command derives from ``file.py:Class``).
 
@@ -106,6 +110,7 @@ async def run_async(
         opened.callback(logger.close)
         settings = ChainSettings(job=job or default_job(type(agent)), policy=divergence,
                                  retry=retry or RetryPolicy(), event_log=logger)
+        opened.callback(attach(settings.stats, meter_provider))
         runner = LocalRunner(
             agent, source=the_source, sink=the_sink, store=the_store, state_dir=state_dir,
             settings=settings, concurrency=concurrency,

@@ -7,6 +7,7 @@ import asyncio
 import importlib.metadata
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -28,6 +29,7 @@ from actionstate.loader import load_agent_class
 from actionstate.retry import RetryPolicy
 from actionstate.stores import open_store
 from actionstate.stores.base import DURABILITIES
+from actionstate.telemetry import configure_from_env
 
 __all__ = ["main"]
 
@@ -217,15 +219,22 @@ def _run(args: argparse.Namespace) -> int:
                         initial_interval=args.retry_wait_interval)
     progress = None if args.quiet else _Progress(sys.stderr)
     started = time.monotonic()
-    stats = asyncio.run(run_async(
-        agent_cls, source=args.input, sink=args.output, key=args.key, state=args.state,
-        store=args.store, store_options=_options(args.option), durability=args.durability,
-        checkpoint_interval=args.checkpoint_interval, concurrency=args.concurrency,
-        event_log=args.event_log, event_log_level=args.event_log_level,
-        event_log_redact=FieldRedaction.parse(args.redact) if args.redact else None,
-        divergence=args.divergence, retry=retry, job=args.job or _default_job(args.agent),
-        until_end=args.until_end, dead_letter=args.dead_letter, progress=progress,
-        overwrite=args.overwrite))
+    meters = configure_from_env(os.environ)  # OTEL_METRICS_EXPORTER: docs/metrics.md
+    try:
+        stats = asyncio.run(run_async(
+            agent_cls, source=args.input, sink=args.output, key=args.key, state=args.state,
+            store=args.store, store_options=_options(args.option),
+            durability=args.durability, checkpoint_interval=args.checkpoint_interval,
+            concurrency=args.concurrency, event_log=args.event_log,
+            event_log_level=args.event_log_level,
+            event_log_redact=FieldRedaction.parse(args.redact) if args.redact else None,
+            divergence=args.divergence, retry=retry,
+            job=args.job or _default_job(args.agent), until_end=args.until_end,
+            dead_letter=args.dead_letter, progress=progress, overwrite=args.overwrite,
+            meter_provider=meters))
+    finally:
+        if meters is not None:
+            meters.shutdown()  # exports the final values
     if args.summary:
         _write_summary(Path(args.summary), stats.summary(time.monotonic() - started))
     if progress is not None:

@@ -143,8 +143,8 @@ def _skip(state: ActionState, short_term: dict[str, Any], sensory: dict[str, Any
           settings: ChainSettings) -> list[Event]:
     """Re-apply a completed action's memory writes; return the events it sent."""
     settings.stats.actions_skipped += 1
-    settings.stats.calls_replayed += len(state.calls)
     for call in state.calls.values():
+        settings.stats.call(call.function_id, "replayed")
         if call.status is CallStatus.SUCCEEDED:
             settings.stats.add_tokens(call.result, replayed=True)
     for update in state.memory_updates:

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 from contextlib import AbstractContextManager
+from time import perf_counter_ns
 from typing import Any, Literal, TypeVar, cast, get_args
 
 from actionstate.context import RunnerContext
@@ -350,18 +351,18 @@ class ActionContext(RunnerContext):
     ) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
         """What to call for a call that has no recorded outcome."""
         if step.recorded is not None and reconciler is not None:
-            self.stats.calls_reconciled += 1
+            self.stats.call(step.fid, "reconciled")
             return reconciler, (), {}
         if reconciler is not None:
             pending = CallResult(step.fid, step.digest, CallStatus.PENDING)
             self._put(CallRecord(self._sk, step.position, pending), sync=True)
         if step.wants_key and "idempotency_key" not in kwargs:
             kwargs = {**kwargs, "idempotency_key": step.call_id}
-        self.stats.calls_executed += 1
+        self.stats.call(step.fid, "executed")
         return fn, args, kwargs
 
     def _replay(self, recorded: CallResult) -> Any:
-        self.stats.calls_replayed += 1
+        self.stats.call(recorded.function_id, "replayed")
         if recorded.status is CallStatus.FAILED:
             assert recorded.exception is not None
             raise decode_exception(recorded.exception)
@@ -391,7 +392,9 @@ class ActionContext(RunnerContext):
 
     def _put(self, record: CallRecord | TruncateRecord, sync: bool | None = None) -> None:
         try:
+            started = perf_counter_ns()
             self._store.put(record, sync=sync)
+            self.stats.observe("store_put_us", (perf_counter_ns() - started) // 1000)
         except ActionStateError as exc:  # reported as the store's, even if the action catches it
             self.store_failure = exc
             raise
@@ -405,7 +408,7 @@ class ActionContext(RunnerContext):
         transient = policy.retryable(exc)
         if transient and attempt < policy.max_attempts:
             wait = policy.delay(attempt, exc)
-            self.stats.calls_retried += 1
+            self.stats.call(step.fid, "retried")
             log.info("%s failed (%s: %s), attempt %d of %d; again in %.2f s", step.fid,
                      type(exc).__name__, exc, attempt, policy.max_attempts, wait)
             if self._on_retry is not None:

@@ -2,12 +2,50 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from actionstate.checkpoint import is_count
 
-__all__ = ["RunStats"]
+__all__ = ["CALL_OUTCOMES", "Histogram", "RunStats"]
+
+CALL_OUTCOMES = ("executed", "replayed", "reconciled", "retried")
+"""What happened to a durable call: run (paid), served from the store, looked up by its
+reconciler after a crash, or tried again after a transient failure."""
+
+
+class Histogram:
+    """Counts of values in power-of-two buckets (of microseconds for durations, bytes
+    for sizes): cheap to add to on the hot path; quantiles to within a factor of two."""
+
+    __slots__ = ("buckets", "count", "total", "unit")
+
+    def __init__(self, unit: str) -> None:
+        self.unit = unit
+        self.buckets = [0] * 64
+        self.count = 0
+        self.total = 0
+
+    def add(self, value: int) -> None:
+        self.buckets[min(max(value, 0).bit_length(), 63)] += 1
+        self.count += 1
+        self.total += value
+
+    def quantile(self, q: float) -> int:
+        """The upper bound of the bucket holding the ``q`` quantile (0 when empty)."""
+        rank, seen = q * self.count, 0
+        for index, n in enumerate(self.buckets):
+            seen += n
+            if n and seen >= rank:
+                return (1 << index) - 1 if index else 0
+        return 0
+
+    def summary(self) -> dict[str, Any]:
+        mean = self.total / self.count if self.count else 0
+        return {"count": self.count, "unit": self.unit, "mean": round(mean, 1),
+                "p50_at_most": self.quantile(0.5), "p99_at_most": self.quantile(0.99)}
 
 
 @dataclass
@@ -39,6 +77,33 @@ class RunStats:
     ``"line 1201 of tickets.jsonl"``), None on a first run."""
     done_fraction: float | None = None
     """The share of the input read so far (a file's bytes), when the source knows it."""
+    by_function: Counter[tuple[str, str]] = field(default_factory=Counter)
+    """Durable calls per (function id, outcome in :data:`CALL_OUTCOMES`)."""
+    histograms: dict[str, Histogram] = field(default_factory=lambda: {
+        "store_put_us": Histogram("us"), "store_flush_us": Histogram("us"),
+        "checkpoint_us": Histogram("us"), "checkpoint_bytes": Histogram("bytes")})
+    """Latencies of recording a call, of commits (flushes), of checkpoints, and the bytes
+    each checkpoint wrote."""
+    on_observe: Callable[[str, int], None] | None = None
+    """Also told every histogram value (OpenTelemetry export: :mod:`actionstate.telemetry`)."""
+
+    def call(self, function_id: str, outcome: str) -> None:
+        """Count one durable call of ``function_id`` with ``outcome``."""
+        self.by_function[(function_id, outcome)] += 1
+        if outcome == "executed":
+            self.calls_executed += 1
+        elif outcome == "replayed":
+            self.calls_replayed += 1
+        elif outcome == "reconciled":
+            self.calls_reconciled += 1
+        else:
+            self.calls_retried += 1
+
+    def observe(self, name: str, value: int) -> None:
+        """Add ``value`` to histogram ``name``."""
+        self.histograms[name].add(value)
+        if self.on_observe is not None:
+            self.on_observe(name, value)
 
     def add_tokens(self, result: Any, *, replayed: bool) -> None:
         """Count the tokens of a call's result when it is a model reply with usage."""
@@ -71,7 +136,16 @@ class RunStats:
                 "replayed": {"prompt": self.prompt_tokens_replayed,
                              "completion": self.completion_tokens_replayed},
             },
+            "functions": self.functions(),
+            "latency": {name: h.summary() for name, h in self.histograms.items()},
         }
+
+    def functions(self) -> dict[str, dict[str, int]]:
+        """Durable calls per function id and outcome."""
+        out: dict[str, dict[str, int]] = {}
+        for (function_id, outcome), n in sorted(self.by_function.items()):
+            out.setdefault(function_id, dict.fromkeys(CALL_OUTCOMES, 0))[outcome] = n
+        return out
 
     def counters(self) -> dict[str, int]:
         """The counters (what a checkpoint keeps)."""

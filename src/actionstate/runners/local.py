@@ -114,7 +114,7 @@ class LocalRunner:
         lock = self.settings.lock = EngineLock()  # this run's, closed when it ends
         committer = None
         if self.store.durability == "sync" and not self.store.url.startswith("memory://"):
-            committer = self.settings.committer = SyncCommitter(self.store.flush,
+            committer = self.settings.committer = SyncCommitter(self._flush,
                                                                 asyncio.get_running_loop())
         try:
             return await self._run(started)
@@ -299,7 +299,7 @@ class LocalRunner:
     def _commit_group(self) -> None:
         """Make recorded work durable, then release the outputs that depend on it."""
         with self.settings.lock:
-            self.store.flush()
+            self._flush()
         self._release(self._committing + self._held)
         self._committing, self._held = [], []
 
@@ -307,7 +307,7 @@ class LocalRunner:
         """:meth:`_commit_group` with the commit on a worker thread: the keys go on while
         it waits for the disk. The outputs held now wait for it; later ones, for the next."""
         self._committing, self._held = self._held, []
-        await asyncio.to_thread(self.store.flush)  # the store allows flush beside put
+        await asyncio.to_thread(self._flush)  # the store allows flush beside put
         self._release(self._committing)
         self._committing = []
 
@@ -338,9 +338,17 @@ class LocalRunner:
 
     # -- checkpoints ---------------------------------------------------------
 
+    def _flush(self) -> None:
+        """The store's flush (a commit), timed."""
+        started = time.perf_counter_ns()
+        self.store.flush()
+        self.stats.observe("store_flush_us", (time.perf_counter_ns() - started) // 1000)
+
     def _checkpoint(self) -> None:
+        started = time.perf_counter_ns()
         with self.settings.lock:  # pool threads of ``def`` actions use the store too
             self._checkpoint_locked()
+        self.stats.observe("checkpoint_us", (time.perf_counter_ns() - started) // 1000)
 
     def _checkpoint_locked(self) -> None:
         self._commit_group()
@@ -352,13 +360,14 @@ class LocalRunner:
         self._done_seq.clear()
         marker = self.store.recovery_marker()
         changed = {key: (self._next_seq[key], self._committed[key]) for key in self._changed}
-        self.state_dir.save_checkpoint(Checkpoint(
+        written = self.state_dir.save_checkpoint(Checkpoint(
             job=self.settings.job, marker=marker, store=self.store.url,
             source=self.source.state(), sink=sink, dead_letter=dead_letter,
             event_log=event_log,
             pending=[PendingInput(k, s, r, line) for (k, s), (r, line) in self._pending.items()],
             epoch=self.store.epoch, stats=self.stats.counters(), agent=self._agent_spec,
         ), changed, fresh=self._fresh)
+        self.stats.observe("checkpoint_bytes", written)
         # The checkpoint holds what the sinks need to finish their commits after a crash.
         self.sink.commit()
         if self.dead_letter is not None:

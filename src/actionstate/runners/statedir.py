@@ -174,9 +174,10 @@ class StateDir:
 
     def save_checkpoint(self, checkpoint: Checkpoint,
                         changed: Mapping[str, KeyState] | None = None, *,
-                        fresh: bool = False) -> None:
+                        fresh: bool = False) -> int:
         """Commit ``checkpoint`` and the keys in ``changed`` in one transaction (a crash
-        leaves the old or the new one); ``fresh`` forgets every key first."""
+        leaves the old or the new one); ``fresh`` forgets every key first. Returns the
+        bytes of JSON written (head and key rows)."""
         data = wire({"format": STATE_FORMAT, **checkpoint.to_json()}, "the checkpoint")
         if self.keyring is not None:
             data = self._seal_head(data, self.keyring)
@@ -200,6 +201,7 @@ class StateDir:
             self.legacy_checkpoint_path.unlink(missing_ok=True)
             write_atomic(self.path / "actionstate.json", {"format": STATE_FORMAT})
             self._format = STATE_FORMAT
+        return len(head) + sum(len(key) + len(memory) for key, _, memory in rows)
 
     def _memory_text(self, key: str, memory: dict[str, Any]) -> str:
         text = stored_json(memory, "short-term memory of key ", repr(key))

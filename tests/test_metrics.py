@@ -1,0 +1,234 @@
+"""Metrics: the run's counters, per function, and its histograms, checked against runs
+with known counts, through OpenTelemetry's in-memory reader (the Python API) and
+through a real OTLP/HTTP export of ``actionstate run`` to a fake collector (which
+decodes what it receives), across a kill -9 and a resume."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceRequest,
+)
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+import actionstate
+from actionstate import ActionFailedError, Agent, InputEvent, OutputEvent, RunnerContext, action
+from actionstate.testing.crash import Streams, command, make_tickets
+from actionstate.testing.fake_llm import FakeLLMServer
+
+FAIL_ON = {"armed": True}
+
+
+def lookup(order: int) -> dict[str, Any]:
+    return {"order": order, "usage": {"prompt_tokens": 10, "completion_tokens": 3}}
+
+
+def pay(order: int) -> str:
+    return f"paid-{order}"
+
+
+class Orders(Agent):
+    """Two durable calls per input; input 7's action fails after both while armed."""
+
+    @action(InputEvent)
+    def handle(self, event: InputEvent, ctx: RunnerContext) -> None:
+        order = event.input["n"]
+        ctx.durable_execute(lookup, order)
+        ctx.durable_execute(pay, order)
+        if order == 7 and FAIL_ON["armed"]:
+            raise RuntimeError("the payments API went away")
+        ctx.send_event(OutputEvent(output={"n": order}))
+
+
+def _points(reader: InMemoryMetricReader) -> dict[str, list[Any]]:
+    data = reader.get_metrics_data()
+    assert data is not None
+    found: dict[str, list[Any]] = {}
+    for resource in data.resource_metrics:
+        for scope in resource.scope_metrics:
+            if scope.scope.name != "actionstate":
+                continue
+            for metric in scope.metrics:
+                found[metric.name] = list(metric.data.data_points)
+    return found
+
+
+def _by(points: list[Any], *names: str) -> Counter[tuple[Any, ...]]:
+    return Counter({tuple(p.attributes.get(n) for n in names): p.value for p in points})
+
+
+def test_counters_and_histograms_match_a_failed_run_and_its_resume(tmp_path: Path) -> None:
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    inputs = tmp_path / "in.jsonl"
+    inputs.write_text("".join(json.dumps({"n": n, "k": f"k{n % 3}"}) + "\n" for n in range(12)))
+    common: dict[str, Any] = dict(source=str(inputs), key="k", sink=str(tmp_path / "out.jsonl"),
+                                  state=tmp_path / "state", concurrency=1,
+                                  meter_provider=provider)
+    FAIL_ON["armed"] = True
+    with pytest.raises(ActionFailedError):
+        actionstate.run(Orders, **common)
+    first = _points(reader)
+    first_calls = _by(first["actionstate.calls"], "function", "outcome")
+    executed_first = sum(n for (_, outcome), n in first_calls.items() if outcome == "executed")
+    assert executed_first >= 2, "input 7's calls were made and recorded before it failed"
+    FAIL_ON["armed"] = False
+    stats = actionstate.run(Orders, **common)
+    points = _points(reader)
+
+    calls = _by(points["actionstate.calls"], "function", "outcome")
+    fid_lookup = next(f for f, _ in calls if f.endswith("lookup"))
+    fid_pay = next(f for f, _ in calls if f.endswith("pay"))
+    recorded = executed_first // 2  # inputs whose calls the failed run recorded (7 included)
+    # the resumed run replays every recorded call and pays only for the rest
+    per_function = {"executed": 12 - recorded, "replayed": recorded, "reconciled": 0,
+                    "retried": 0}
+    assert stats.functions() == {fid_lookup: per_function, fid_pay: per_function}
+    # the exported counters are cumulative over both runs of this process: none paid twice
+    assert calls[(fid_lookup, "executed")] == 12 and calls[(fid_pay, "executed")] == 12
+    assert calls[(fid_lookup, "replayed")] == recorded == calls[(fid_pay, "replayed")]
+    tokens = _by(points["actionstate.tokens"], "type", "outcome")
+    assert tokens[("prompt", "executed")] == 120 and tokens[("completion", "executed")] == 36
+    assert tokens[("prompt", "replayed")] == 10 * recorded
+    assert tokens[("completion", "replayed")] == 3 * recorded
+    assert stats.prompt_tokens_replayed == 10 * recorded
+    assert stats.outputs == 12 and len((tmp_path / "out.jsonl").read_text().splitlines()) == 12
+    assert _by(points["actionstate.outputs"])[()] == 12 + _by(first["actionstate.outputs"])[()]
+    assert _by(points["actionstate.inputs"])[()] == stats.inputs + _by(first[
+        "actionstate.inputs"])[()]
+    actions = _by(points["actionstate.actions"], "outcome")
+    # each input's action completed once; the ones the failed run completed were skipped
+    assert actions[("run",)] == 12 and actions[("skipped",)] == recorded - 1
+    # histograms: one put per recorded call, one flush per commit, each checkpoint
+    puts = points["actionstate.store.put.duration"][0]
+    assert puts.count >= 24 and 0 < puts.sum < 60
+    checkpoints = points["actionstate.checkpoint.duration"][0]
+    assert checkpoints.count >= 2
+    assert points["actionstate.checkpoint.size"][0].sum > 0
+    assert points["actionstate.store.flush.duration"][0].count >= 1
+    summary = stats.summary(1.0)
+    assert summary["latency"]["store_put_us"]["count"] == stats.histograms["store_put_us"].count
+    assert summary["functions"] == stats.functions()
+
+
+class FakeOtlpCollector:
+    """An OTLP/HTTP receiver on 127.0.0.1 that decodes each metrics export it gets."""
+
+    def __init__(self) -> None:
+        self.requests: list[ExportMetricsServiceRequest] = []
+        received = self.requests
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                if self.headers.get("Content-Encoding") == "gzip":
+                    body = gzip.decompress(body)
+                request = ExportMetricsServiceRequest()
+                request.ParseFromString(body)
+                received.append(request)
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> FakeOtlpCollector:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def last_sums(self) -> dict[str, Counter[tuple[tuple[str, str], ...]]]:
+        """Per counter, the last value exported for each attribute set."""
+        found: dict[str, Counter[tuple[tuple[str, str], ...]]] = {}
+        for request in self.requests:
+            for resource in request.resource_metrics:
+                for scope in resource.scope_metrics:
+                    for metric in scope.metrics:
+                        if metric.WhichOneof("data") != "sum":
+                            continue
+                        values = found.setdefault(metric.name, Counter())
+                        for point in metric.sum.data_points:
+                            attrs = tuple(sorted((a.key, a.value.string_value)
+                                                 for a in point.attributes))
+                            values[attrs] = point.as_int
+        return found
+
+
+@pytest.fixture
+def collector() -> Iterator[FakeOtlpCollector]:
+    with FakeOtlpCollector() as made:
+        yield made
+
+
+def test_actionstate_run_exports_over_otlp_what_its_summary_says_after_a_kill(
+        tmp_path: Path, collector: FakeOtlpCollector) -> None:
+    make_tickets(tmp_path / "tickets.jsonl", 40, 4)
+    summary = tmp_path / "summary.json"
+    streams = Streams(str(tmp_path / "tickets.jsonl"), str(tmp_path / "labels.jsonl"),
+                      extra=("--summary", str(summary)))
+    env = dict(os.environ, OTEL_METRICS_EXPORTER="otlp",
+               OTEL_EXPORTER_OTLP_ENDPOINT=collector.endpoint,
+               OTEL_METRIC_EXPORT_INTERVAL="600000", OTEL_SERVICE_NAME="triage-test")
+    with FakeLLMServer(latency=0.01) as server:
+        env.update(ACTIONSTATE_MODEL_BASE_URL=server.base_url,
+                   ACTIONSTATE_REFUND_LEDGER=str(tmp_path / "refunds.jsonl"))
+        killed = subprocess.Popen(command(tmp_path, None, "sync", streams), env=env)
+        server.on_call = lambda total: killed.kill() if total >= 15 else None
+        assert killed.wait(timeout=120) < 0
+        server.on_call = None
+        collector.requests.clear()  # a killed run exports nothing at exit
+        done = subprocess.run(command(tmp_path, None, "sync", streams), env=env,
+                              capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert collector.requests, "the run's exit exported its metrics"
+    resource = collector.requests[-1].resource_metrics[0].resource
+    assert {a.key: a.value.string_value for a in resource.attributes}["service.name"] == (
+        "triage-test")
+    sums = collector.last_sums()
+    found = json.loads(summary.read_text())
+    calls = sums["actionstate.calls"]
+    for outcome in ("executed", "replayed"):
+        assert sum(n for attrs, n in calls.items()
+                   if dict(attrs)["outcome"] == outcome) == found["calls"][outcome]
+    assert found["calls"]["replayed"] > 0, "the resumed run replayed recorded calls"
+    tokens = sums["actionstate.tokens"]
+    assert tokens[(("outcome", "replayed"), ("type", "prompt"))] == (
+        found["tokens"]["replayed"]["prompt"]) > 0
+    assert sum(sums["actionstate.inputs"].values()) == found["inputs"]
+    by_function = {dict(a)["function"] for a in calls}
+    assert any(f.endswith("reply") for f in by_function), by_function
+
+
+def test_an_unknown_exporter_is_a_clear_error(tmp_path: Path) -> None:
+    make_tickets(tmp_path / "tickets.jsonl", 2, 1)
+    env = dict(os.environ, OTEL_METRICS_EXPORTER="zipkin")
+    done = subprocess.run([sys.executable, "-m", "actionstate", "run",
+                           "examples/triage.py:Triage", "--input",
+                           str(tmp_path / "tickets.jsonl"), "--key", "customer", "--state",
+                           str(tmp_path / "state"), "--output", str(tmp_path / "out.jsonl")],
+                          env=env, capture_output=True, text=True, timeout=60, check=False,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "OTEL_METRICS_EXPORTER='zipkin'" in done.stderr and "otlp, console or none" in (
+        done.stderr)
