@@ -83,28 +83,32 @@ def test_inspect_shows_keys_states_and_calls_of_an_interrupted_run(tmp_path: Pat
     assert [k["key"] for k in json.loads(one.stdout)["keys"]] == ["k1"]
 
 
-def test_demo_kills_its_first_run_and_resumes_with_no_duplicates(tmp_path: Path) -> None:
+def test_demo_kills_its_first_run_mid_chain_and_shows_what_replay_saved(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     inputs, customers = 150, 20  # the demo spreads its orders over 20 customers
+    monkeypatch.setenv("ACTIONSTATE_DEMO_LATENCY", "0.05")
     result = actionstate("demo", "--dir", str(tmp_path), "--inputs", str(inputs))
     assert result.returncode == 0, result.stderr
     assert "first run: killed with SIGKILL mid-run" in result.stdout, (
         f"the demo must kill its first run, else it shows nothing:\n{result.stdout}")
-    rows = {name.strip(): int(value) for name, value in (
-        line.rsplit(None, 1) for line in result.stdout.splitlines()
-        if line.startswith("  ") and line.strip())}
-    assert rows["inputs"] == inputs and rows["outputs"] == inputs
-    assert rows["duplicate outputs"] == 0 and rows["missing outputs"] == 0
-    assert rows["refunds executed twice"] == 0
-    assert rows["calls executed twice"] <= customers, "only calls in flight at the kill"
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["outputs"] == inputs and report["duplicate_outputs"] == 0
+    assert report["missing_outputs"] == 0 and report["refunds_twice"] == 0
+    assert report["paid_twice"][0] <= customers, "only calls answered at the kill"
+    assert report["mid_chain"] > 0 and report["replayed"][0] > 0 and report["replayed"][1] > 0
+    for line in ("paid by the killed run", "replayed by the resumed run: saved",
+                 "paid twice", "refunds issued twice"):
+        assert line in result.stdout
     # The report agrees with the files the demo left behind.
     outcomes = [json.loads(line) for line in (tmp_path / "outcomes.jsonl").read_text().splitlines()]
     orders = [json.loads(line) for line in (tmp_path / "orders.jsonl").read_text().splitlines()]
     assert sorted(o["order_id"] for o in outcomes) == sorted(o["order_id"] for o in orders)
     calls = [json.loads(line) for line in (tmp_path / "calls.jsonl").read_text().splitlines()]
     refunds = sum("refund" in outcome for outcome in outcomes)
-    assert len({c["call_id"] for c in calls}) == inputs + refunds, "every call ran"
-    assert len(calls) == rows["calls executed (both runs)"]
-    assert len(calls) - (inputs + refunds) <= customers, "at most one call per key ran again"
+    assert len({c["call_id"] for c in calls}) == 2 * inputs + refunds, "every call ran"
+    assert len(calls) == report["calls"] == report["killed_run_paid"][0] + report[
+        "resumed_run_paid"][0]
+    assert len(calls) - (2 * inputs + refunds) == report["paid_twice"][0]
 
 
 def test_records_logged_from_many_threads_stay_whole_lines(tmp_path: Path) -> None:

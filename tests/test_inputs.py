@@ -338,7 +338,8 @@ def test_a_damaged_key_row_is_named(tmp_path: Path, column: str, value: Any,
 
 def test_a_checkpoint_that_is_a_directory_is_named(tmp_path: Path) -> None:
     write_lines(tmp_path / "in.jsonl", [input_line(0)])
-    (tmp_path / "state" / "checkpoint.db").mkdir(parents=True)
+    (tmp_path / "state").mkdir(mode=0o700)  # private, as actionstate makes it
+    (tmp_path / "state" / "checkpoint.db").mkdir(mode=0o700)
     _refused(tmp_path, f"checkpoint {tmp_path / 'state' / 'checkpoint.db'} cannot be read",
              "new --state")
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 from collections import Counter
 from pathlib import Path
-
-from actionstate.runners.statedir import StateDir
+from typing import Any
 
 __all__ = ["run_demo"]
 
@@ -25,6 +25,9 @@ def run_demo(directory: str | None, inputs: int) -> int:
     work = Path(directory or tempfile.mkdtemp(prefix="actionstate-demo-"))
     work.mkdir(parents=True, exist_ok=True)
     orders, output, state = work / "orders.jsonl", work / "outcomes.jsonl", work / "state"
+    for name in ("calls.jsonl", "summary.json", "report.json", output.name):
+        (work / name).unlink(missing_ok=True)  # a demo run before, in the same dir
+    shutil.rmtree(state, ignore_errors=True)
     rng = random.Random(42)
     with open(orders, "w", encoding="utf-8") as f:
         for i in range(inputs):
@@ -33,44 +36,83 @@ def run_demo(directory: str | None, inputs: int) -> int:
                                 "amount": round(rng.uniform(5, 200), 2)}) + "\n")
     command = [sys.executable, "-m", "actionstate", "run", "actionstate.demo.agent:OrderDesk",
                "--input", str(orders), "--key", "customer", "--state", str(state),
-               "--output", str(output), "--checkpoint-interval", "0.2", "--quiet"]
+               "--output", str(output), "--checkpoint-interval", "0.5", "--quiet",
+               "--summary", str(work / "summary.json")]
     env = dict(os.environ, ACTIONSTATE_DEMO_DIR=str(work))
-    print(f"demo in {work}: {inputs} orders, agent actionstate.demo.agent:OrderDesk")
+    latency = env.setdefault("ACTIONSTATE_DEMO_LATENCY", "0.2")
+    print(f"demo in {work}: {inputs} orders of 20 customers; agent "
+          f"actionstate.demo.agent:OrderDesk: per order a model call, a refund when due, "
+          f"and a model call drafting the reply; the model answers in {latency} s")
     first = subprocess.Popen(command, env=env)
     killed = _kill_when(first, output, inputs // 3)
-    print("first run: " + ("killed with SIGKILL mid-run" if killed else "finished before kill"))
+    written = output.read_text().count("\n") if output.exists() else 0
+    paid_first = _calls(work)
+    print("first run: " + (f"killed with SIGKILL mid-run, after {written} of {inputs} "
+                           "outputs" if killed else "finished before the kill"))
     second = subprocess.run(command, env=env, check=False)
     if second.returncode != 0:
         print(f"resumed run failed with exit code {second.returncode}", file=sys.stderr)
         return second.returncode
-    lines = [json.loads(line) for line in output.read_text().splitlines()]
-    ids = Counter(line["order_id"] for line in lines)
-    calls = [json.loads(line) for line in (work / "calls.jsonl").read_text().splitlines()]
-    executed = Counter(call["call_id"] for call in calls)
-    checkpoint = StateDir(state).load_checkpoint()
-    assert checkpoint is not None, "the resumed run finished, so it wrote a checkpoint"
-    rows = [
-        ("inputs", inputs),
-        ("outputs", len(lines)),
-        ("duplicate outputs", sum(n - 1 for n in ids.values())),
-        ("missing outputs", inputs - len(ids)),
-        ("calls executed (both runs)", len(calls)),
-        ("calls replayed (resumed run)", checkpoint.stats["calls_replayed"]),
-        ("calls executed twice", sum(1 for n in executed.values() if n > 1)),
-        ("refunds executed twice", sum(1 for c, n in executed.items() if n > 1 and any(
-            x["call_id"] == c and x["kind"] == "refund" for x in calls))),
-    ]
-    width = max(len(name) for name, _ in rows)
-    print()
-    for name, value in rows:
-        print(f"  {name:<{width}}  {value:>6}")
-    print("\ncalls executed twice can only be model calls in flight at the kill "
-          "(at most one per key); refunds have a reconciler and never repeat.")
+    report = _report(work, inputs, paid_first, killed)
+    (work / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(f"resumed run: finished (resumed at {report['resumed_at']}); "
+          f"{report['mid_chain']} orders were mid-chain at the kill (first action done, "
+          "second not)\n")
+    rows = [("", "calls", "tokens"),
+            ("paid by the killed run", *report["killed_run_paid"]),
+            ("replayed by the resumed run: saved", *report["replayed"]),
+            ("paid by the resumed run", *report["resumed_run_paid"]),
+            ("paid twice", *report["paid_twice"]),
+            ("refunds issued twice", report["refunds_twice"], "")]
+    for name, calls, tokens in rows:
+        print(f"  {name:<36} {_n(calls):>7} {_n(tokens):>8}")
+    print(f"\n  outputs: {report['outputs']} of {inputs}, {report['duplicate_outputs']} "
+          f"duplicates, {report['missing_outputs']} missing")
+    print("\nA call is paid twice only if the kill falls between its answer and its "
+          "record; refunds have a reconciler and are never issued twice.")
     if not killed:
         print("the first run finished before it could be killed, so nothing was shown: "
               "run the demo again with more --inputs", file=sys.stderr)
-    ok = killed and len(lines) == inputs and len(ids) == inputs
+    ok = killed and report["outputs"] == inputs and report["duplicate_outputs"] == 0
     return 0 if ok else 1
+
+
+def _n(value: object) -> str:
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def _calls(work: Path) -> list[dict[str, Any]]:
+    path = work / "calls.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _report(work: Path, inputs: int, paid_first: list[dict[str, Any]],
+            killed: bool) -> dict[str, Any]:
+    """What the demo shows, from its files: the outputs, every call that really ran
+    (calls.jsonl) and the resumed run's summary."""
+    lines = [json.loads(line) for line in (work / "outcomes.jsonl").read_text().splitlines()]
+    ids = Counter(line["order_id"] for line in lines)
+    calls = _calls(work)
+    runs = Counter(call["call_id"] for call in calls)
+    twice = [c for c in calls[len(paid_first):] if runs[c["call_id"]] > 1]
+    summary = json.loads((work / "summary.json").read_text())
+    replayed = summary["tokens"]["replayed"]
+    return {
+        "killed": killed, "resumed_at": summary["resumed_at"],
+        "mid_chain": summary["actions"]["skipped"],
+        "outputs": len(lines), "duplicate_outputs": sum(n - 1 for n in ids.values()),
+        "missing_outputs": inputs - len(ids),
+        "killed_run_paid": [len(paid_first), sum(c["tokens"] for c in paid_first)],
+        "replayed": [summary["calls"]["replayed"],
+                     replayed["prompt"] + replayed["completion"]],
+        "resumed_run_paid": [len(calls) - len(paid_first),
+                             sum(c["tokens"] for c in calls[len(paid_first):])],
+        "paid_twice": [len(twice), sum(c["tokens"] for c in twice)],
+        "refunds_twice": sum(1 for c in twice if c["kind"] == "refund"),
+        "calls": len(calls),
+    }
 
 
 def _kill_when(process: subprocess.Popen[bytes], output: Path, lines: int) -> bool:
