@@ -162,6 +162,11 @@ def _parser() -> argparse.ArgumentParser:
                            "derive from it (default: the agent spec)")
     flink_run.add_argument("--until-end", action="store_true",
                            help="read the input up to its end when the job starts, then finish")
+    flink_run.add_argument("--dead-letter", metavar="URL",
+                           help="a Kafka topic (kafka://host:port/topic) for input records "
+                           "that cannot be inputs (not UTF-8 JSON objects, no key), written "
+                           "exactly once with the outputs; without it such a record fails "
+                           "the job, which Flink restarts at it again")
     flink_run.add_argument("--event-log", metavar="DIR",
                            help="a directory on each TaskManager: every worker appends its "
                            "event log (JSONL) to a file of its own there")
@@ -273,6 +278,7 @@ def _flink_run(args: argparse.Namespace) -> int:
         max_retries=args.max_retries, retry_wait=args.retry_wait_interval,
         parallelism=args.parallelism, checkpoint_interval=_duration(args.checkpoint_interval),
         concurrency=args.concurrency, until_end=args.until_end, jobmanager=args.jobmanager,
+        dead_letter=args.dead_letter,
         connector_jar=args.connector_jar or flink.default_connector_jar(),
         environment=_options(args.env, "--env"), start_bound=start_bound,
         submitted=int(time.time() * 1000),

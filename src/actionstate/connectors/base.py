@@ -31,6 +31,7 @@ offsets in a topic, a count of items in an iterable.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -74,6 +75,19 @@ class Rejected:
     def key(self) -> str:
         """The dead-letter record's key: the record's own key, else ``""``."""
         return self.raw_key.decode("utf-8", "replace") if self.raw_key is not None else ""
+
+    def letter(self, source: str) -> dict[str, Any]:
+        """The dead-letter record: the error, the ``source`` and where in it, and the
+        record as text (``record_base64`` instead when it is not UTF-8)."""
+        try:
+            text: str | None = self.raw.decode("utf-8")
+        except UnicodeDecodeError:
+            text = None
+        letter: dict[str, Any] = {"error": self.error, "source": source, "where": self.where,
+                                  "record": text}
+        if text is None:
+            letter["record_base64"] = base64.b64encode(self.raw).decode()
+        return letter
 
 
 Item = InputRecord | Rejected

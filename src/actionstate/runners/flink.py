@@ -60,13 +60,15 @@ from urllib.parse import urlsplit
 
 import pyflink
 from pyflink.common import Configuration, Row, Types
-from pyflink.datastream import CheckpointingMode, StreamExecutionEnvironment
-from pyflink.datastream.functions import KeyedProcessFunction, RuntimeContext
+from pyflink.datastream import CheckpointingMode, OutputTag, StreamExecutionEnvironment
+from pyflink.datastream.functions import KeyedProcessFunction, ProcessFunction, RuntimeContext
 from pyflink.datastream.state import MapStateDescriptor, ValueStateDescriptor
 from pyflink.datastream.time_domain import TimeDomain
 from pyflink.table import StreamTableEnvironment
 
-from actionstate.connectors.files import Refused, decode_object, record_key
+from actionstate.connectors.base import Rejected
+from actionstate.connectors.files import Refused
+from actionstate.connectors.kafka.source import decode_message, refusal
 from actionstate.durable.chain import ChainSettings, InputResult, process_input
 from actionstate.durable.threads import ActionThreads, SyncCommitter
 from actionstate.errors import ConfigError, InputError
@@ -81,8 +83,8 @@ from actionstate.stores import open_store
 from actionstate.stores.base import ActionStateStore
 from actionstate.stores.options import redact_url
 
-__all__ = ["AgentFunction", "FlinkJob", "KeyScanner", "build", "default_connector_jar",
-           "submit"]
+__all__ = ["AgentFunction", "FlinkJob", "InputDecoder", "KeyScanner", "build",
+           "default_connector_jar", "submit"]
 
 CONNECTOR = "flink-sql-connector-kafka-5.0.0-2.2.jar"
 """Flink's Kafka connector (none is released for 2.3 yet; this one works on 2.3.0)."""
@@ -122,6 +124,9 @@ class FlinkJob:
     concurrency: int = 64
     """Inputs in flight per subtask (distinct keys; a key's inputs run in order)."""
     until_end: bool = False
+    dead_letter: str | None = None
+    """A Kafka topic URL for the input records that cannot be inputs (else they fail
+    the job)."""
     jobmanager: str | None = None
     connector_jar: str = ""
     savepoint: str | None = None
@@ -464,25 +469,51 @@ class AgentFunction(KeyedProcessFunction):  # type: ignore[misc]  # pyflink is u
             self.store.close()
 
 
-def agent_key(key_field: str, raw_key: str | None, value: str, where: str) -> str:
-    """The agent key of one input record, under the rules every source shares."""
-    try:
-        return record_key(decode_object(value.encode()), key_field, raw_key)
-    except Refused as refused:
-        raise InputError(f"{where}: {refused}") from None
+DEAD_LETTERS = OutputTag("actionstate-dead-letters", Types.ROW([Types.STRING(), Types.STRING()]))
+"""Where :class:`InputDecoder` puts the records that cannot be inputs."""
+
+
+class InputDecoder(ProcessFunction):  # type: ignore[misc]  # pyflink is untyped
+    """Each Kafka message's agent key and record, under the rules every source shares
+    (:func:`~actionstate.connectors.kafka.source.decode_message`: UTF-8 JSON object,
+    the key field or a UTF-8 message key). A message that cannot be an input goes to
+    the dead-letter output (as ``actionstate run --dead-letter`` writes it), or, without
+    one, fails the job with the error naming the message and the fixes."""
+
+    def __init__(self, key_field: str, topic: str, source: str, dead_letters: bool) -> None:
+        self.key_field, self.topic, self.source = key_field, topic, source
+        self.dead_letters = dead_letters
+
+    def process_element(self, row: Row, ctx: ProcessFunction.Context) -> Iterator[Any]:
+        raw_key, raw, partition, offset = row[0], row[1], row[2], row[3]
+        raw_key = bytes(raw_key) if raw_key is not None else None
+        raw = bytes(raw) if raw is not None else None
+        try:
+            key, _ = decode_message(raw_key, raw, self.key_field)
+        except Refused as refused:
+            error = refusal(self.topic, partition, offset, refused)
+            if not self.dead_letters:
+                raise InputError(error) from None
+            rejected = Rejected(error, raw or b"", raw_key, offset)
+            yield DEAD_LETTERS, Row(rejected.key, json.dumps(rejected.letter(self.source),
+                                                             ensure_ascii=False))
+            return
+        assert raw is not None
+        yield Row(key, raw.decode("utf-8"))
 
 
 def build(env: StreamExecutionEnvironment, job: FlinkJob) -> Any:
     """Add the job's pipeline to ``env``; returns the table insert to execute."""
     in_servers, in_topic = _topic(job.input, "--input")
     out_servers, out_topic = _topic(job.output, "--output")
+    letters = _topic(job.dead_letter, "--dead-letter") if job.dead_letter else None
     t_env = StreamTableEnvironment.create(env)
     for name, value in _settings(job).items():  # the table planner submits: tell it too
         t_env.get_config().set(name, value)
     bounded = "'scan.bounded.mode'='latest-offset'," if job.until_end else ""
     t_env.execute_sql(f"""
         CREATE TABLE actionstate_input (
-            k STRING, v STRING,
+            k BYTES, v BYTES,
             `partition` INT METADATA VIRTUAL, `offset` BIGINT METADATA VIRTUAL
         ) WITH (
             'connector'='kafka', 'topic'='{in_topic}',
@@ -493,29 +524,38 @@ def build(env: StreamExecutionEnvironment, job: FlinkJob) -> Any:
             'key.format'='raw', 'key.fields'='k',
             'value.format'='raw', 'value.fields-include'='EXCEPT_KEY'
         )""")
-    t_env.execute_sql(f"""
-        CREATE TABLE actionstate_output (k STRING, v STRING) WITH (
-            'connector'='kafka', 'topic'='{out_topic}',
-            'properties.bootstrap.servers'='{out_servers}',
+    t_env.execute_sql(_sink_table("actionstate_output", out_servers, out_topic, job.namespace))
+    if letters is not None:
+        t_env.execute_sql(_sink_table("actionstate_dead_letters", *letters,
+                                      f"{job.namespace}-dead-letters"))
+    pair = Types.ROW([Types.STRING(), Types.STRING()])
+    inputs = t_env.to_data_stream(t_env.from_path("actionstate_input"))
+    decoder = InputDecoder(job.key, in_topic, f"input topic kafka://{in_servers}/{in_topic}",
+                           letters is not None)
+    decoded = inputs.process(decoder, output_type=pair).uid("actionstate-keys")
+    outputs = (decoded.key_by(lambda row: row[0], key_type=Types.STRING())
+               .process(AgentFunction(job), output_type=pair)
+               .uid("actionstate-agent").name("actionstate agent"))
+    statements = t_env.create_statement_set()
+    statements.add_insert("actionstate_output", t_env.from_data_stream(outputs))
+    if letters is not None:
+        statements.add_insert("actionstate_dead_letters",
+                              t_env.from_data_stream(decoded.get_side_output(DEAD_LETTERS)))
+    return statements.execute()
+
+
+def _sink_table(name: str, servers: str, topic: str, transactions: str) -> str:
+    """A Kafka topic written exactly once: a transaction per Flink checkpoint."""
+    return f"""
+        CREATE TABLE {name} (k STRING, v STRING) WITH (
+            'connector'='kafka', 'topic'='{topic}',
+            'properties.bootstrap.servers'='{servers}',
             'key.format'='raw', 'key.fields'='k',
             'value.format'='raw', 'value.fields-include'='EXCEPT_KEY',
             'sink.delivery-guarantee'='exactly-once',
-            'sink.transactional-id-prefix'='{job.namespace}',
+            'sink.transactional-id-prefix'='{transactions}',
             'properties.transaction.timeout.ms'='60000'
-        )""")
-    key_field, topic = job.key, in_topic
-
-    def keyed(row: Row) -> Row:
-        where = f"{topic}[{row[2]}]@{row[3]}"
-        return Row(agent_key(key_field, row[0], row[1], where), row[1])
-
-    pair = Types.ROW([Types.STRING(), Types.STRING()])
-    inputs = t_env.to_data_stream(t_env.from_path("actionstate_input"))
-    outputs = (inputs.map(keyed, output_type=pair).uid("actionstate-keys")
-               .key_by(lambda row: row[0], key_type=Types.STRING())
-               .process(AgentFunction(job), output_type=pair)
-               .uid("actionstate-agent").name("actionstate agent"))
-    return t_env.from_data_stream(outputs).execute_insert("actionstate_output")
+        )"""
 
 
 def _settings(job: FlinkJob) -> dict[str, str]:

@@ -17,7 +17,6 @@ key that shows up again is read back from the state dir.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import copy
 import inspect
@@ -219,15 +218,7 @@ class LocalRunner:
         before it finish and are checkpointed first)."""
         if self.dead_letter is None:
             raise InputError(item.error)
-        try:
-            text: str | None = item.raw.decode("utf-8")
-        except UnicodeDecodeError:
-            text = None
-        letter: dict[str, Any] = {"error": item.error, "source": self.source.describe(),
-                                  "where": item.where, "record": text}
-        if text is None:
-            letter["record_base64"] = base64.b64encode(item.raw).decode()
-        self.dead_letter.write([(item.key, letter)])
+        self.dead_letter.write([(item.key, item.letter(self.source.describe()))])
         self.source.admitted(item)
         self.stats.dead_letters += 1
 

@@ -27,7 +27,7 @@ from actionstate.stores.kafka.failures import passes, reason
 from actionstate.stores.kafka.topic import retrying
 from actionstate.stores.options import Option
 
-__all__ = ["KEY_OF_MESSAGE", "KafkaSource"]
+__all__ = ["KEY_OF_MESSAGE", "KafkaSource", "decode_message", "refusal"]
 
 log = logging.getLogger("actionstate.connectors.kafka")
 
@@ -245,22 +245,32 @@ class KafkaSource:
 
     def _decode(self, partition: int, offset: int, raw_key: bytes | None,
                 raw: bytes | None) -> Item:
-        where = f"{self.endpoint.topic}[{partition}]@{offset}"
         mark = (partition, offset + 1)
         try:
-            if raw is None:
-                raise Refused("the record has no value (a tombstone)")
-            record = decode_object(raw)
-            try:  # only read when the key is the message key (@key)
-                message_key = (raw_key.decode("utf-8")
-                               if raw_key is not None and self.key == KEY_OF_MESSAGE else None)
-            except UnicodeDecodeError:
-                raise Refused("the message key is not valid UTF-8: produce UTF-8 keys, "
-                              "or choose a JSON field with --key") from None
-            key = record_key(record, self.key, message_key)
+            key, record = decode_message(raw_key, raw, self.key)
         except Refused as refused:
-            return Rejected(f"{where}: {refused}; fix what produces to {self.endpoint.topic}, "
-                            "or set such records aside with --dead-letter", raw or b"",
-                            raw_key, offset, mark)
+            return Rejected(refusal(self.endpoint.topic, partition, offset, refused),
+                            raw or b"", raw_key, offset, mark)
         return InputRecord(key, record, offset, mark)
 
+
+def decode_message(raw_key: bytes | None, raw: bytes | None,
+                   key_field: str) -> tuple[str, dict[str, Any]]:
+    """The agent key and the record of one Kafka message (as the Flink runner reads
+    them too); raises :class:`Refused` saying what is wrong with it."""
+    if raw is None:
+        raise Refused("the record has no value (a tombstone)")
+    record = decode_object(raw)
+    try:  # only read when the key is the message key (@key)
+        message_key = (raw_key.decode("utf-8")
+                       if raw_key is not None and key_field == KEY_OF_MESSAGE else None)
+    except UnicodeDecodeError:
+        raise Refused("the message key is not valid UTF-8: produce UTF-8 keys, "
+                      "or choose a JSON field with --key") from None
+    return record_key(record, key_field, message_key), record
+
+
+def refusal(topic: str, partition: int, offset: int, refused: Refused) -> str:
+    """The error of a refused message: where it is, what is wrong, the fixes."""
+    return (f"{topic}[{partition}]@{offset}: {refused}; fix what produces to {topic}, "
+            "or set such records aside with --dead-letter")

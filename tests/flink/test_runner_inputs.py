@@ -1,0 +1,110 @@
+"""Input records the Flink runner cannot use, on the real cluster and broker: message
+keys read as bytes (UTF-8 decoded by the runner, refused clearly when not UTF-8),
+values too; with ``--dead-letter`` such records go to a topic, exactly once, and the
+job goes on; without it the job fails at the record with the error naming it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from actionstate.testing.crash import TRIAGE, make_tickets
+from actionstate.testing.fake_llm import FakeLLMServer
+from actionstate.testing.topics import Message, Topics, produce, read_committed
+from tests.flink.conftest import Flink, script
+
+GOOD = 12
+
+
+@pytest.fixture
+def topics(kafka_servers: str) -> Iterator[Topics]:
+    made = Topics(kafka_servers)
+    yield made
+    made.delete()
+
+
+@pytest.fixture
+def cluster(flink: Flink) -> Iterator[Flink]:
+    for job in flink.rest("/jobs/overview")["jobs"]:
+        if job["state"] not in ("FINISHED", "FAILED", "CANCELED"):
+            flink.cancel(job["jid"])
+    if not flink.rest("/taskmanagers")["taskmanagers"]:
+        script("start-taskmanager")
+    yield flink
+
+
+def _submit(flink: Flink, servers: str, source: str, output: str, server: FakeLLMServer,
+            tmp: Path, *extra: str) -> str:
+    cmd = [sys.executable, "-m", "actionstate", "flink", "run", f"{TRIAGE}:Triage",
+           "--input", f"kafka://{servers}/{source}", "--key", "@key",
+           "--output", f"kafka://{servers}/{output}", "--store", "memory://",
+           "--jobmanager", flink.address, "--parallelism", "1", "--checkpoint-interval", "1s",
+           "--detach", "--job", f"inputs-{source}", "--connector-jar", flink.connector_jar,
+           "--env", f"ACTIONSTATE_MODEL_BASE_URL={server.base_url}",
+           "--env", f"ACTIONSTATE_REFUND_LEDGER={tmp / 'refunds.jsonl'}", *extra]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout.strip().splitlines()[-1]
+
+
+def test_refused_records_go_to_the_dead_letter_topic_and_keys_are_utf8_bytes(
+        cluster: Flink, kafka_servers: str, topics: Topics, tmp_path: Path) -> None:
+    make_tickets(tmp_path / "tickets.jsonl", GOOD, 4)
+    tickets = [json.loads(line) for line in (tmp_path / "tickets.jsonl").read_text().splitlines()]
+    for ticket in tickets[::3]:
+        ticket["customer"] = "клиент-" + ticket["customer"]  # non-ASCII keys, as UTF-8 bytes
+    good: list[Message] = [(0, t["customer"].encode(),
+                            json.dumps(t, ensure_ascii=False).encode()) for t in tickets]
+    bad: list[Message] = [(0, b"\xff\xfekey", b'{"id": "B0", "text": "a key that is not UTF-8"}'),
+           (0, None, b'{"id": "B1", "text": "no message key"}'),
+           (0, b"c_9", b"not json at all"),
+           (0, b"c_9", b"\xc3\x28 not UTF-8"),
+           (0, b"c_9", b"[1, 2]")]
+    source, output, letters = topics.create(1), topics.create(1), topics.create(1)
+    produce(kafka_servers, source, good[:6] + bad + good[6:])
+    with FakeLLMServer() as server:
+        job = _submit(cluster, kafka_servers, source, output, server, tmp_path,
+                      "--until-end", "--dead-letter", f"kafka://{kafka_servers}/{letters}")
+        cluster.wait_job(job, {"FINISHED"}, timeout=240)
+    outputs = [json.loads(v) for k, v in read_committed(kafka_servers, output) if v]
+    assert sorted(o["id"] for o in outputs) == sorted(t["id"] for t in tickets)
+    keys = {k.decode() for k, v in read_committed(kafka_servers, output) if k is not None}
+    assert any(k.startswith("клиент-") for k in keys), keys
+    dead = [(k, json.loads(v)) for k, v in read_committed(kafka_servers, letters) if v]
+    assert len(dead) == len(bad), "each refused record once, in a committed transaction"
+    errors = [letter["error"] for _, letter in dead]
+    assert "message key is not valid UTF-8" in errors[0]
+    assert "no message key" in errors[1]
+    assert "not a JSON object" in errors[2]
+    assert "not valid UTF-8" in errors[3] and dead[3][1]["record"] is None
+    assert dead[3][1]["record_base64"]
+    assert "not a JSON object" in errors[4] or "JSON object" in errors[4]
+    assert all(f"{source}[0]@" in e and "--dead-letter" in e for e in errors)
+    assert [letter["where"] for _, letter in dead] == [6, 7, 8, 9, 10]
+    assert all(letter["source"] == f"input topic kafka://{kafka_servers}/{source}"
+               for _, letter in dead)
+    assert dead[2][0] == b"c_9"
+
+
+def test_without_a_dead_letter_topic_a_refused_record_fails_the_job_naming_it(
+        cluster: Flink, kafka_servers: str, topics: Topics, tmp_path: Path) -> None:
+    source, output = topics.create(1), topics.create(1)
+    produce(kafka_servers, source, [(0, b"c_1", b'{"id": "T0", "text": "hi"}'),
+                                    (0, b"\xff", b'{"id": "T1", "text": "bad key"}')])
+    with FakeLLMServer() as server:
+        job = _submit(cluster, kafka_servers, source, output, server, tmp_path)
+        deadline = time.monotonic() + 120
+        root = ""
+        while "message key is not valid UTF-8" not in root:
+            assert time.monotonic() < deadline, f"no failure naming the record: {root[:2000]}"
+            time.sleep(0.5)  # the REST API's poll interval
+            history = cluster.rest(f"/jobs/{job}/exceptions")
+            root = json.dumps(history)
+        cluster.cancel(job)
+    assert f"{source}[0]@1" in root and "--dead-letter" in root
