@@ -343,6 +343,29 @@ def test_existing_topic_must_be_compacted(kafka_servers: str, topic: str) -> Non
         open_store(f"kafka://{kafka_servers}/{topic}")
 
 
+def test_a_retention_lets_the_broker_delete_old_records_and_is_checked_on_open(
+        kafka_servers: str, topic: str) -> None:
+    """kafkaActionStateTopicRetentionMs: the topic is created compact,delete with that
+    retention.ms (what a Flink job, which never deletes records itself, uses to clean
+    up); a reopen with another retention, or without one, is refused naming both."""
+    week = 7 * 24 * 3600 * 1000
+    store = open_store(f"kafka://{kafka_servers}/{topic}?retentionMs={week}")
+    store.close()
+    admin = AdminClient({"bootstrap.servers": kafka_servers})
+    resource = ConfigResource("topic", topic)
+    found = admin.describe_configs([resource])[resource].result()
+    assert found["cleanup.policy"].value == "compact,delete"
+    assert found["retention.ms"].value == str(week)
+    open_store(f"kafka://{kafka_servers}/{topic}",
+               kafkaActionStateTopicRetentionMs=str(week)).close()
+    with pytest.raises(StoreError, match=f"kafkaActionStateTopicRetentionMs={week}"):
+        open_store(f"kafka://{kafka_servers}/{topic}")
+    with pytest.raises(StoreError, match=f"retention.ms={week}, not compact,delete and 86400000"):
+        open_store(f"kafka://{kafka_servers}/{topic}?retentionMs=86400000")
+    with pytest.raises(ConfigError, match="under a minute"):
+        open_store(f"kafka://{kafka_servers}/{topic}?retentionMs=1000")
+
+
 def test_existing_topic_keeps_its_partition_count(kafka_servers: str, topic: str) -> None:
     admin = AdminClient({"bootstrap.servers": kafka_servers})
     admin.create_topics([NewTopic(topic, 2, 1, config={"cleanup.policy": "compact"})])[

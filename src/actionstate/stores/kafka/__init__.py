@@ -14,6 +14,14 @@ option                                      default     meaning
                                                         (alias ``replicationFactor``)
 ``kafkaActionStateTopicMaxMessageBytes``    16 MiB      largest record (topic ``max.message.bytes``)
 ``kafkaRetainedCheckpoints``                1           checkpoints whose records are kept
+``kafkaActionStateTopicRetentionMs``        none        the broker deletes records older than
+                                                        this (a created topic gets
+                                                        ``cleanup.policy=compact,delete`` and
+                                                        this ``retention.ms``; an existing one
+                                                        must have them); none: compacted only.
+                                                        Alias ``retentionMs``. What cleans up
+                                                        after Flink jobs (their workers delete
+                                                        nothing); at least one minute
 ``kafkaConnectTimeoutMs``                   10000       how long to wait for the broker, and for
                                                         a just-created topic to settle
 a librdkafka property                       --          passed to the clients, e.g.

@@ -35,6 +35,7 @@ _OPTIONS = (
     Option("kafkaActionStateTopicReplicationFactor", "1", ("replicationFactor",), integer=True),
     Option("kafkaActionStateTopicMaxMessageBytes", str(DEFAULT_MAX_MESSAGE_BYTES), integer=True),
     Option("kafkaRetainedCheckpoints", "1", integer=True),
+    Option("kafkaActionStateTopicRetentionMs", None, ("retentionMs",), integer=True),
     Option("kafkaConnectTimeoutMs", str(int(DEFAULT_CONNECT_TIMEOUT * 1000)), integer=True),
 )
 
@@ -69,6 +70,8 @@ class KafkaSettings:
     replication_factor: int
     max_message_bytes: int
     retained_checkpoints: int
+    retention_ms: int | None
+    """The topic's retention.ms (cleanup.policy compact,delete), None: compacted only."""
     connect_timeout: float
     """Seconds."""
     client_config: dict[str, str]
@@ -101,6 +104,8 @@ def parse_url(url: str, options: Mapping[str, Any]) -> KafkaSettings:
         replication_factor=parsed.integer("kafkaActionStateTopicReplicationFactor"),
         max_message_bytes=parsed.integer("kafkaActionStateTopicMaxMessageBytes"),
         retained_checkpoints=parsed.integer("kafkaRetainedCheckpoints"),
+        retention_ms=(parsed.integer("kafkaActionStateTopicRetentionMs")
+                      if parsed.values["kafkaActionStateTopicRetentionMs"] is not None else None),
         connect_timeout=parsed.integer("kafkaConnectTimeoutMs") / 1000,
         client_config=parsed.passthrough,
     )

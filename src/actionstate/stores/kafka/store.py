@@ -97,6 +97,7 @@ class KafkaActionStateStore(ActionStateStore):
         replication_factor: int = 1,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         retained_checkpoints: int = 1,
+        retention_ms: int | None = None,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         client_config: Mapping[str, str] | None = None,
     ) -> None:
@@ -108,6 +109,11 @@ class KafkaActionStateStore(ActionStateStore):
                             ("max message bytes", max_message_bytes)):
             if value < 1:
                 raise ConfigError(f"Kafka store {name} must be at least 1, got {value}")
+        if retention_ms is not None and retention_ms < 60_000:
+            raise ConfigError(
+                f"kafkaActionStateTopicRetentionMs={retention_ms} is under a minute: records "
+                "a restore needs would be deleted; give at least the longest time a job may "
+                "be down plus its checkpoint interval (e.g. 604800000, a week)")
         self.servers, self.topic = bootstrap_servers, topic
         self.url = f"kafka://{bootstrap_servers}/{topic}"
         self._timeout = connect_timeout
@@ -142,7 +148,8 @@ class KafkaActionStateStore(ActionStateStore):
         # checked (created later, its first record waited ~0.5 s for the id).
         self._producer: Any = client(Producer, {**self._common, **self._producer_conf})
         self._topic = KafkaTopic(topic, self._common, connect_timeout)
-        self.partitions = self._topic.open(partitions, replication_factor, max_message_bytes)
+        self.partitions = self._topic.open(partitions, replication_factor, max_message_bytes,
+                                           retention_ms)
         self._next = self.end_offsets()
 
     @classmethod
@@ -154,6 +161,7 @@ class KafkaActionStateStore(ActionStateStore):
                     replication_factor=settings.replication_factor,
                     max_message_bytes=settings.max_message_bytes,
                     retained_checkpoints=settings.retained_checkpoints,
+                    retention_ms=settings.retention_ms,
                     connect_timeout=settings.connect_timeout,
                     client_config=settings.client_config)
         store.url = url  # the url property masks secret values (checkpoints, messages)

@@ -58,17 +58,20 @@ class KafkaTopic:
         """The last authentication or TLS failure the client reported (its error_cb)."""
         self._admin = client(AdminClient, {**config, "error_cb": self._on_error})
 
-    def open(self, partitions: int, replication: int, max_bytes: int) -> int:
-        """Check the broker answers, create or verify the topic; returns its partitions."""
+    def open(self, partitions: int, replication: int, max_bytes: int,
+             retention_ms: int | None = None) -> int:
+        """Check the broker answers, create or verify the topic; returns its partitions.
+        ``retention_ms``: the broker deletes records older than that (cleanup.policy
+        compact,delete); None: compacted only."""
         metadata = self._connect()
         found = metadata.topics.get(self.name)
         if found is None or found.error is not None:
-            created = self._create(partitions, replication, max_bytes)
+            created = self._create(partitions, replication, max_bytes, retention_ms)
         else:
             created = False
         count = self._wait_for_leaders()
         if not created:
-            self._check_compacted()
+            self._check_policy(retention_ms)
         if count != partitions:
             log.info("Kafka topic %s exists with %d partitions (configured %d); using %d",
                      self.name, count, partitions, count)
@@ -119,10 +122,14 @@ class KafkaTopic:
         """Per partition, the offset of the first record still there."""
         return self._list_offsets(_EARLIEST, partitions)
 
-    def _create(self, partitions: int, replication: int, max_bytes: int) -> bool:
+    def _create(self, partitions: int, replication: int, max_bytes: int,
+                retention_ms: int | None) -> bool:
         """Create the topic; False when another client created it first."""
+        config = {"cleanup.policy": "compact", "max.message.bytes": str(max_bytes)}
+        if retention_ms is not None:
+            config.update({"cleanup.policy": "compact,delete", "retention.ms": str(retention_ms)})
         topic = NewTopic(self.name, num_partitions=partitions, replication_factor=replication,
-                         config={"cleanup.policy": "compact", "max.message.bytes": str(max_bytes)})
+                         config=config)
 
         def create(timeout: float) -> None:
             futures = self._admin.create_topics([topic], request_timeout=timeout,
@@ -172,7 +179,9 @@ class KafkaTopic:
                     "local one), or raise kafkaConnectTimeoutMs")
             time.sleep(0.05)
 
-    def _check_compacted(self) -> None:
+    def _check_policy(self, retention_ms: int | None) -> None:
+        """The topic's cleanup is the one configured: compacted only, or with
+        ``retention_ms`` compacted and deleted after exactly that retention."""
         resource = ConfigResource("topic", self.name)
         try:
             entries = self._retrying(
@@ -185,13 +194,23 @@ class KafkaTopic:
                              "describe the topic's configuration (DescribeConfigs ACL)") from None
         entry = entries.get("cleanup.policy")
         policy = {p.strip() for p in (entry.value if entry else "delete").split(",")}
-        if policy != {"compact"}:
+        retention = entries.get("retention.ms")
+        found_ms = retention.value if retention is not None else None
+        if retention_ms is None and policy != {"compact"}:
             raise StoreError(
                 f"Kafka topic {self.name} has cleanup.policy={','.join(sorted(policy))}: an "
                 "action state topic must be compacted only, or records are deleted while "
                 "checkpoints still need them; set cleanup.policy=compact on it (kafka-configs "
-                "--alter --add-config cleanup.policy=compact) or use a new topic"
-            )
+                "--alter --add-config cleanup.policy=compact) or use a new topic, or, to let "
+                f"the broker delete old records, give kafkaActionStateTopicRetentionMs="
+                f"{found_ms} (its retention.ms) with cleanup.policy=compact,delete")
+        if retention_ms is not None and (policy != {"compact", "delete"}
+                                         or found_ms != str(retention_ms)):
+            raise StoreError(
+                f"Kafka topic {self.name} has cleanup.policy={','.join(sorted(policy))} and "
+                f"retention.ms={found_ms}, not compact,delete and {retention_ms} as "
+                "kafkaActionStateTopicRetentionMs says: set them on the topic (kafka-configs "
+                "--alter --add-config) or give the option the topic's retention")
 
     def _list_offsets(self, spec: Any, partitions: Iterable[int]) -> dict[int, int]:
         """Per partition, the offset ``spec`` names; retries while leadership settles."""
