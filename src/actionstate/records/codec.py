@@ -102,9 +102,9 @@ def _encode_call(record: CallRecord, epoch: int, keyring: Keyring | None = None)
     else:
         stored = stored_json(result, "the result of durable call ", call.function_id)
     if keyring is not None:
-        sealed = keyring.seal(f'{{"r":{stored}}}'.encode("utf-8", "surrogatepass"),
-                              _aad("call", key_text, record.position))
-        return f'{text},"z":{STORED_TEXT(sealed)}}}'.encode()
+        sealed = keyring.seal_json(f'{{"r":{stored}}}'.encode("utf-8", "surrogatepass"),
+                                   _aad("call", key_text, record.position))
+        return f'{text},"z":{sealed}}}'.encode()
     return f'{text},"r":{stored}}}'.encode()
 
 
@@ -127,8 +127,9 @@ def _encode_done(record: CompleteRecord, epoch: int, keyring: Keyring | None = N
                 for m in record.memory_updates]})
     key_text = _key_json(key)
     if keyring is not None:
-        sealed = keyring.seal(body.encode("utf-8", "surrogatepass"), _aad("done", key_text, None))
-        body = f'{{"z":{STORED_TEXT(sealed)}}}'
+        sealed = keyring.seal_json(body.encode("utf-8", "surrogatepass"),
+                                   _aad("done", key_text, None))
+        body = f'{{"z":{sealed}}}'
     return f'{{"v":1,"t":"done","k":{key_text},"e":{int(epoch)},{body[1:]}'.encode()
 
 
