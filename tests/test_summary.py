@@ -66,7 +66,11 @@ def test_a_resumed_run_s_summary_shows_what_replay_saved(tmp_path: Path,
         assert found["calls"]["replayed"] == 0
         assert replayed == {"prompt": 0, "completion": 0}, "memory:// replays nothing"
     if store is None:  # inspect shows the same saving, from the last checkpoint's counters
-        text = render_text(describe_state(tmp_path / "state"))
+        report = describe_state(tmp_path / "state")
+        kept = report["checkpoint"]["summary"]  # inspect --json: the final checkpoint's
+        assert kept["functions"] == found["functions"] and kept["calls"] == found["calls"]
+        assert set(kept["latency"]) == set(found["latency"])
+        text = render_text(report)
         executed = found["tokens"]["executed"]
         assert (f"model tokens {executed['prompt'] + executed['completion']:,} paid, "
                 f"{replayed['prompt'] + replayed['completion']:,} replayed (saved)") in text

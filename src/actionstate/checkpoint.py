@@ -113,6 +113,9 @@ class Checkpoint:
     agent: str | None = None
     """The agent as ``/abs/path/file.py:Class``, when its class comes from a file:
     ``actionstate inspect`` loads it to read the agent's own event types back."""
+    summary: dict[str, Any] | None = None
+    """What the run that took the checkpoint had done by then, as ``--summary`` writes it
+    (calls per function, latencies...): ``actionstate inspect --json`` shows it."""
 
     def to_json(self) -> dict[str, Any]:
         data = {
@@ -128,6 +131,8 @@ class Checkpoint:
             data["event_log"] = self.event_log
         if self.agent is not None:
             data["agent"] = self.agent
+        if self.summary is not None:
+            data["summary"] = self.summary
         return data
 
     @classmethod
@@ -173,6 +178,7 @@ class Checkpoint:
             epoch=read.count("epoch", 0), stats=read.mapping("stats", {}),
             time=read.number("time", 0.0),
             agent=read.text("agent") if "agent" in data else None,
+            summary=read.obj("summary").data if "summary" in data else None,
         )
 
 

@@ -35,6 +35,7 @@ def describe_state(path: Path, key: str | None = None,
         "source": checkpoint.source,
         "sink": {k: v for k, v in checkpoint.sink.items() if k != "records"},
         "inputs_in_flight": len(checkpoint.pending), "stats": checkpoint.stats,
+        "summary": checkpoint.summary,
     }
     if state_dir.sealed_head is not None:
         report["checkpoint"]["inputs_in_flight"] = f"encrypted with key {state_dir.sealed_head!r}"

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from actionstate.testing.crash import TRIAGE, make_tickets
+from actionstate.records.crypto import new_key_entry
+from actionstate.testing.crash import TEXTS, TRIAGE, make_tickets
 from actionstate.testing.fake_llm import FakeLLMServer
 from actionstate.testing.topics import Message, Topics, produce, read_committed
 from tests.flink.conftest import Flink, script
@@ -40,10 +41,10 @@ def cluster(flink: Flink) -> Iterator[Flink]:
 
 
 def _submit(flink: Flink, servers: str, source: str, output: str, server: FakeLLMServer,
-            tmp: Path, *extra: str) -> str:
+            tmp: Path, *extra: str, store: str = "memory://") -> str:
     cmd = [sys.executable, "-m", "actionstate", "flink", "run", f"{TRIAGE}:Triage",
            "--input", f"kafka://{servers}/{source}", "--key", "@key",
-           "--output", f"kafka://{servers}/{output}", "--store", "memory://",
+           "--output", f"kafka://{servers}/{output}", "--store", store,
            "--jobmanager", flink.address, "--parallelism", "1", "--checkpoint-interval", "1s",
            "--detach", "--job", f"inputs-{source}", "--connector-jar", flink.connector_jar,
            "--env", f"ACTIONSTATE_MODEL_BASE_URL={server.base_url}",
@@ -108,3 +109,28 @@ def test_without_a_dead_letter_topic_a_refused_record_fails_the_job_naming_it(
             root = json.dumps(history)
         cluster.cancel(job)
     assert f"{source}[0]@1" in root and "--dead-letter" in root
+
+
+def test_the_workers_seal_what_they_record_with_the_key_file_the_job_names(
+        cluster: Flink, kafka_servers: str, topics: Topics, tmp_path: Path) -> None:
+    """Encryption at rest on Flink: ``--env ACTIONSTATE_KEY_FILE=...`` (the file on each
+    TaskManager; here the one machine): every payload in the store's topic is sealed,
+    and the outputs are exact."""
+    keys = tmp_path / "keys"
+    keys.write_text(new_key_entry("flink-1") + "\n")
+    keys.chmod(0o600)
+    make_tickets(tmp_path / "tickets.jsonl", GOOD, 4)
+    lines = (tmp_path / "tickets.jsonl").read_text().splitlines()
+    source, output, states = topics.create(1), topics.create(1), topics.create(2)
+    produce(kafka_servers, source, [(0, json.loads(line)["customer"].encode(), line.encode())
+                                    for line in lines])
+    with FakeLLMServer() as server:
+        job = _submit(cluster, kafka_servers, source, output, server, tmp_path, "--until-end",
+                      "--env", f"ACTIONSTATE_KEY_FILE={keys}",
+                      store=f"kafka://{kafka_servers}/{states}?partitions=2")
+        cluster.wait_job(job, {"FINISHED"}, timeout=240)
+    outputs = [json.loads(v) for k, v in read_committed(kafka_servers, output) if v]
+    assert sorted(o["id"] for o in outputs) == sorted(json.loads(x)["id"] for x in lines)
+    recorded = b"\n".join(v for _, v in read_committed(kafka_servers, states) if v)
+    assert recorded.count(b'"z":["flink-1"') >= 2 * GOOD, "each call and completion sealed"
+    assert [t for t in TEXTS if t.encode() in recorded] == []

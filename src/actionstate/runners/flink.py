@@ -282,6 +282,24 @@ class _Loop:
             self.loop.close()
 
 
+_SET_BY_JOB: dict[str, str | None] = {}
+"""What the last job's ``--env`` changed in this Python worker: name -> the value before."""
+
+
+def _job_environment(values: dict[str, str]) -> None:
+    """Set a job's ``--env`` values in this worker, after undoing the last job's (a worker
+    may serve several jobs: one job's keys or URLs must not reach the next)."""
+    for name, before in _SET_BY_JOB.items():
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
+    _SET_BY_JOB.clear()
+    for name, value in values.items():
+        _SET_BY_JOB[name] = os.environ.get(name)
+        os.environ[name] = value
+
+
 class AgentFunction(KeyedProcessFunction):  # type: ignore[misc]  # pyflink is untyped
     """Runs each input's chain of actions, up to ``job.concurrency`` keys at once per
     subtask; per key: seq, memory, queued inputs and ``since`` in Flink's keyed state
@@ -292,7 +310,7 @@ class AgentFunction(KeyedProcessFunction):  # type: ignore[misc]  # pyflink is u
 
     def open(self, runtime_context: RuntimeContext) -> None:
         job = self.job
-        os.environ.update(job.environment)
+        _job_environment(job.environment)
         spec = job.agent
         target, _, name = spec.rpartition(":")
         if target.endswith(".py"):

@@ -74,6 +74,7 @@ class LocalRunner:
         self.state_dir, self.settings = state_dir, settings
         self.stats = settings.stats
         self._agent_spec = agent_spec(type(agent))
+        self._started = time.monotonic()
         self._concurrency = concurrency
         self._checkpoint_interval = checkpoint_interval
         self._tick = (group_interval if store.durability == "group"
@@ -106,7 +107,7 @@ class LocalRunner:
 
     async def run(self) -> RunStats:
         """Restore, process every input, checkpoint at the end; returns the counters."""
-        started = time.monotonic()
+        started = self._started = time.monotonic()
         own_threads = self.settings.threads is None
         if own_threads:  # every input in flight may be in a blocking ``def`` action
             self.settings.threads = ActionThreads(self._concurrency)
@@ -357,6 +358,7 @@ class LocalRunner:
             event_log=event_log,
             pending=[PendingInput(k, s, r, line) for (k, s), (r, line) in self._pending.items()],
             epoch=self.store.epoch, stats=self.stats.counters(), agent=self._agent_spec,
+            summary=self.stats.summary(time.monotonic() - self._started),
         ), changed, fresh=self._fresh)
         self.stats.observe("checkpoint_bytes", written)
         # The checkpoint holds what the sinks need to finish their commits after a crash.
