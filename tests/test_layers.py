@@ -27,7 +27,7 @@ LAYERS: dict[str, set[str]] = {
                 "eventlog", "stores", "retry"},
     "connectors": {"errors", "records", "eventlog", "stores"},
     "runners": {"errors", "private", "records", "checkpoint", "memory", "agent", "eventlog",
-                "durable", "stores", "connectors", "loader", "retry"},
+                "durable", "stores", "connectors", "loader", "retry", "telemetry"},
     "inspection": {"errors", "records", "checkpoint", "runners", "stores"},
     "testing": {"errors", "events", "records", "checkpoint", "llm", "stores", "durable",
                 "agent"},

@@ -5,22 +5,16 @@ decodes what it receives), across a kill -9 and a resume."""
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import subprocess
 import sys
-import threading
 from collections import Counter
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
-from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
-    ExportMetricsServiceRequest,
-)
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
@@ -28,6 +22,7 @@ import actionstate
 from actionstate import ActionFailedError, Agent, InputEvent, OutputEvent, RunnerContext, action
 from actionstate.testing.crash import Streams, command, make_tickets
 from actionstate.testing.fake_llm import FakeLLMServer
+from actionstate.testing.fake_otlp import FakeOtlpCollector
 
 FAIL_ON = {"armed": True}
 
@@ -122,57 +117,6 @@ def test_counters_and_histograms_match_a_failed_run_and_its_resume(tmp_path: Pat
     summary = stats.summary(1.0)
     assert summary["latency"]["store_put_us"]["count"] == stats.histograms["store_put_us"].count
     assert summary["functions"] == stats.functions()
-
-
-class FakeOtlpCollector:
-    """An OTLP/HTTP receiver on 127.0.0.1 that decodes each metrics export it gets."""
-
-    def __init__(self) -> None:
-        self.requests: list[ExportMetricsServiceRequest] = []
-        received = self.requests
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                if self.headers.get("Content-Encoding") == "gzip":
-                    body = gzip.decompress(body)
-                request = ExportMetricsServiceRequest()
-                request.ParseFromString(body)
-                received.append(request)
-                self.send_response(200)
-                self.send_header("Content-Type", "application/x-protobuf")
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self) -> FakeOtlpCollector:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-    def last_sums(self) -> dict[str, Counter[tuple[tuple[str, str], ...]]]:
-        """Per counter, the last value exported for each attribute set."""
-        found: dict[str, Counter[tuple[tuple[str, str], ...]]] = {}
-        for request in self.requests:
-            for resource in request.resource_metrics:
-                for scope in resource.scope_metrics:
-                    for metric in scope.metrics:
-                        if metric.WhichOneof("data") != "sum":
-                            continue
-                        values = found.setdefault(metric.name, Counter())
-                        for point in metric.sum.data_points:
-                            attrs = tuple(sorted((a.key, a.value.string_value)
-                                                 for a in point.attributes))
-                            values[attrs] = point.as_int
-        return found
 
 
 @pytest.fixture

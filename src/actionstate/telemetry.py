@@ -150,10 +150,12 @@ def attach(stats: RunStats, meter_provider: Any = None) -> Callable[[], None]:
     return detach
 
 
-def configure_from_env(environ: Mapping[str, str]) -> Any:
+def configure_from_env(environ: Mapping[str, str],
+                       instance: str | None = None) -> Any:
     """A meter provider as the standard ``OTEL_*`` variables describe it, or None when
     ``OTEL_METRICS_EXPORTER`` is unset or ``none``. Call ``shutdown()`` on it at exit:
-    that exports the last values."""
+    that exports the last values. ``instance`` sets ``service.instance.id`` (a Flink
+    worker's: each reports its own counters)."""
     exporter_name = environ.get("OTEL_METRICS_EXPORTER", "none").strip().lower()
     if exporter_name in ("", "none"):
         return None
@@ -163,7 +165,7 @@ def configure_from_env(environ: Mapping[str, str]) -> Any:
             ConsoleMetricExporter,
             PeriodicExportingMetricReader,
         )
-        from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+        from opentelemetry.sdk.resources import SERVICE_INSTANCE_ID, SERVICE_NAME, Resource
     except ImportError:
         raise ConfigError(
             f"OTEL_METRICS_EXPORTER={exporter_name} is set but the OpenTelemetry SDK is not "
@@ -190,7 +192,11 @@ def configure_from_env(environ: Mapping[str, str]) -> Any:
     else:
         raise ConfigError(f"OTEL_METRICS_EXPORTER={exporter_name!r} is not one actionstate "
                           "configures: use otlp, console or none")
-    resource = Resource.create({} if environ.get("OTEL_SERVICE_NAME")
-                               else {SERVICE_NAME: "actionstate"})
+    attributes: dict[str, str] = {}
+    if not environ.get("OTEL_SERVICE_NAME"):
+        attributes[SERVICE_NAME] = "actionstate"
+    if instance is not None:
+        attributes[SERVICE_INSTANCE_ID] = instance
+    resource = Resource.create(attributes)
     return MeterProvider(metric_readers=[PeriodicExportingMetricReader(exporter)],
                          resource=resource)

@@ -51,7 +51,7 @@ import os
 import queue
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,6 +82,7 @@ from actionstate.retry import RetryPolicy
 from actionstate.stores import open_store
 from actionstate.stores.base import ActionStateStore
 from actionstate.stores.options import redact_url
+from actionstate.telemetry import attach, configure_from_env
 
 __all__ = ["AgentFunction", "FlinkJob", "InputDecoder", "KeyScanner", "build",
            "default_connector_jar", "submit"]
@@ -307,6 +308,8 @@ class AgentFunction(KeyedProcessFunction):  # type: ignore[misc]  # pyflink is u
 
     def __init__(self, job: FlinkJob) -> None:
         self.job = job
+        self.meters: Any = None
+        self.detach_meters: Callable[[], None] | None = None
 
     def open(self, runtime_context: RuntimeContext) -> None:
         job = self.job
@@ -338,6 +341,12 @@ class AgentFunction(KeyedProcessFunction):  # type: ignore[misc]  # pyflink is u
                 Path(job.event_log) / name, job.event_log_level,  # type: ignore[arg-type]
                 FieldRedaction.parse(job.redact) if job.redact else None)
         self.lock = settings.lock
+        # Metrics (docs/metrics.md): each worker exports its own, as service.instance.id
+        # <namespace>-<subtask>-<attempt>, when the job's --env configures OTEL_*.
+        subtask = runtime_context.get_index_of_this_subtask()
+        self.meters = configure_from_env(
+            os.environ, f"{job.namespace}-{subtask}-{runtime_context.get_attempt_number()}")
+        self.detach_meters = attach(settings.stats, self.meters) if self.meters else None
         self.engine = _Loop(self.store, settings, job.concurrency)
         # Finished inputs are taken in whatever callback comes next, under their own
         # key: the state backend (PyFlink's, whose timers follow it) is switched to it.
@@ -485,6 +494,9 @@ class AgentFunction(KeyedProcessFunction):  # type: ignore[misc]  # pyflink is u
         finally:
             self.engine.settings.event_log.close()
             self.store.close()
+            if self.detach_meters is not None:
+                self.detach_meters()
+                self.meters.shutdown()  # exports the worker's final values
 
 
 DEAD_LETTERS = OutputTag("actionstate-dead-letters", Types.ROW([Types.STRING(), Types.STRING()]))
