@@ -121,7 +121,7 @@ def test_the_workers_seal_what_they_record_with_the_key_file_the_job_names(
     keys.chmod(0o600)
     make_tickets(tmp_path / "tickets.jsonl", GOOD, 4)
     lines = (tmp_path / "tickets.jsonl").read_text().splitlines()
-    source, output, states = topics.create(1), topics.create(1), topics.create(2)
+    source, output, states = topics.create(1), topics.create(1), topics.name()
     produce(kafka_servers, source, [(0, json.loads(line)["customer"].encode(), line.encode())
                                     for line in lines])
     with FakeLLMServer() as server:

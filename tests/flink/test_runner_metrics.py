@@ -66,12 +66,13 @@ def test_each_worker_exports_its_counters_and_the_totals_match_what_ran(
     assert len(outputs) == TICKETS
     instances = collector.instances()
     assert len(instances) == 2 and all(i and i.endswith(("-0-0", "-1-0")) for i in instances)
-    executed = inputs = 0
+    executed = inputs = written = 0
     for instance in instances:  # each worker's last (final, at close) export
         sums = collector.last_sums(instance)
         inputs += sum(sums["actionstate.inputs"].values())
+        written += sum(sums["actionstate.outputs"].values())
         executed += sum(n for attrs, n in sums["actionstate.calls"].items()
                         if dict(attrs)["outcome"] == "executed")
     refunds = len(ledger.read_text().splitlines()) if ledger.exists() else 0
-    assert inputs == TICKETS
+    assert inputs == TICKETS and written == TICKETS
     assert executed == model_calls + refunds > TICKETS

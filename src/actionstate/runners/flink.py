@@ -341,6 +341,7 @@ class AgentFunction(KeyedProcessFunction):  # type: ignore[misc]  # pyflink is u
                 Path(job.event_log) / name, job.event_log_level,  # type: ignore[arg-type]
                 FieldRedaction.parse(job.redact) if job.redact else None)
         self.lock = settings.lock
+        self.stats = settings.stats
         # Metrics (docs/metrics.md): each worker exports its own, as service.instance.id
         # <namespace>-<subtask>-<attempt>, when the job's --env configures OTEL_*.
         subtask = runtime_context.get_index_of_this_subtask()
@@ -372,6 +373,7 @@ class AgentFunction(KeyedProcessFunction):  # type: ignore[misc]  # pyflink is u
             arrived = self.seq.value() or 0
         self.queued.put(arrived, value[1])
         self.next_in.update(arrived + 1)
+        self.stats.inputs += 1
         yield from self._take_finished()
         if key not in self.running:
             while len(self.running) >= self.job.concurrency:  # every slot busy: wait
@@ -445,6 +447,7 @@ class AgentFunction(KeyedProcessFunction):  # type: ignore[misc]  # pyflink is u
                 self.store.prune(key, seq)
             for output in done.outputs:
                 yield Row(key, json.dumps(wire(output, "an output"), ensure_ascii=False))
+            self.stats.outputs += len(done.outputs)
             self.engine.settings.event_log.write(done.events)
             self._start(key)
         finally:
