@@ -352,7 +352,10 @@ def test_a_zombie_is_fenced_by_the_run_that_restored_its_state(
     state = zombie.prepare()
     zombie.commit()
     successor = open_sink(kafka_servers, topic, state)
-    with pytest.raises(ConnectorError, match="fenced: a newer run of this state dir took over"):
+    # librdkafka reports the fence as such, or (transaction.version 2, now and then) only
+    # as the broker's abort of the zombie's transaction: either way the zombie stops.
+    with pytest.raises(ConnectorError, match="fenced: a newer run of this state dir took over"
+                       "|the broker aborted this run's transaction"):
         zombie.write([("z", {"n": 9})])
         zombie.prepare()
     zombie.close()

@@ -214,7 +214,24 @@ class KafkaSink:
             # raises a SystemError (with or without the KafkaException as its cause).
             raise self._error("write to", self._fatal(exc)) from None
         if self._failed:
-            error, self._failed = self._failed[0], []
+            failed, self._failed = self._failed, []
+            fenced = [e for e in failed if e.code() in _FENCED]
+            error = fenced[0] if fenced else failed[0]
+            if not fenced and error.code() in (KafkaError._PURGE_QUEUE,
+                                               KafkaError._PURGE_INFLIGHT):
+                # Purged: the broker aborted the transaction. A newer run taking over the
+                # transactional id does that; librdkafka then reports the fence on the
+                # abort, or (transaction.version 2) only the purge.
+                try:
+                    self._producer.abort_transaction(self.endpoint.timeout)
+                except KafkaException as why:
+                    raise self._error("write to", why) from None
+                raise ConnectorError(
+                    f"Kafka output topic {self.endpoint.topic}: the broker aborted this run's "
+                    f"transaction (transactional.id {self._id}), as it does when a newer run "
+                    "of this state dir takes over the output topic: this run stops, its "
+                    "outputs since the last checkpoint are aborted, and the run that resumes "
+                    "writes them again")
             raise self._error("write to", KafkaException(error))
 
     def _begin(self) -> None:
