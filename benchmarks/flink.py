@@ -7,7 +7,8 @@ through ``ctx.durable_execute``, a second action that may issue a refund), over
 the fake model server of ``actionstate.testing`` (it counts calls; latency set
 per part). Every job: a 4-partition input topic produced once before it, a
 2-partition output topic (exactly once), the Kafka store on a 4-partition topic
-(``--durability sync``), checkpoints every 2 s, ``until_end`` (a bounded job).
+(``--durability sync``), checkpoints every 2 s, ``until_end`` (the client drains
+the job once the input's end is in a checkpoint).
 Timed from the fake model's log: the span from the first request received to the
 last one answered (Flink's start-up and the final commit are outside it), and the
 job's wall time from submission to FINISHED. Checked: a read_committed consumer
@@ -121,7 +122,8 @@ class Bench:
                 concurrency=concurrency, until_end=not kill_after, jobmanager=self.address,
                 connector_jar=self.jar, start_bound=start_bound, environment=environment)
             submitted = time.monotonic()
-            job_id = flink.submit(job, detach=True)
+            # --until-end on a cluster: submit returns once it has drained the job.
+            job_id = flink.submit(job, detach=bool(kill_after))
             if kill_after:
                 # Unbounded: a bounded job restored from a checkpoint taken after its
                 # source finished loses its queued inputs (docs/architecture.md).

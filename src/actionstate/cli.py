@@ -161,7 +161,9 @@ def _parser() -> argparse.ArgumentParser:
     flink_run.add_argument("--job", help="job name: the store namespace and idempotency keys "
                            "derive from it (default: the agent spec)")
     flink_run.add_argument("--until-end", action="store_true",
-                           help="read the input up to its end when the job starts, then finish")
+                           help="read the input up to its end when the job starts, then "
+                           "finish (on a cluster the client waits and stops the job with a "
+                           "drain: not with --detach)")
     flink_run.add_argument("--dead-letter", metavar="URL",
                            help="a Kafka topic (kafka://host:port/topic) for input records "
                            "that cannot be inputs (not UTF-8 JSON objects, no key), written "

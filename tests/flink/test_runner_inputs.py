@@ -46,9 +46,11 @@ def _submit(flink: Flink, servers: str, source: str, output: str, server: FakeLL
            "--input", f"kafka://{servers}/{source}", "--key", "@key",
            "--output", f"kafka://{servers}/{output}", "--store", store,
            "--jobmanager", flink.address, "--parallelism", "1", "--checkpoint-interval", "1s",
-           "--detach", "--job", f"inputs-{source}", "--connector-jar", flink.connector_jar,
+           "--job", f"inputs-{source}", "--connector-jar", flink.connector_jar,
            "--env", f"ACTIONSTATE_MODEL_BASE_URL={server.base_url}",
            "--env", f"ACTIONSTATE_REFUND_LEDGER={tmp / 'refunds.jsonl'}", *extra]
+    if "--until-end" not in extra:
+        cmd.append("--detach")  # --until-end: the client returns once it drained the job
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout.strip().splitlines()[-1]

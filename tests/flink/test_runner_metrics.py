@@ -50,7 +50,7 @@ def test_each_worker_exports_its_counters_and_the_totals_match_what_ran(
                "--input", f"kafka://{kafka_servers}/{source}", "--key", "customer",
                "--output", f"kafka://{kafka_servers}/{output}", "--store", "memory://",
                "--jobmanager", cluster.address, "--parallelism", "2",
-               "--checkpoint-interval", "1s", "--detach", "--until-end",
+               "--checkpoint-interval", "1s", "--until-end",
                "--job", f"metrics-{source}", "--connector-jar", cluster.connector_jar,
                "--env", f"ACTIONSTATE_MODEL_BASE_URL={server.base_url}",
                "--env", f"ACTIONSTATE_REFUND_LEDGER={ledger}",

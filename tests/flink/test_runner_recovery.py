@@ -75,14 +75,14 @@ class FlinkRun:
         produce(self.servers, self.input, [(i % 4, None, self.lines[i].encode())
                                            for i in range(start, stop)])
 
-    def submit(self, parallelism: int = PARALLELISM, savepoint: str | None = None,
-               until_end: bool = False, concurrency: int = CONCURRENCY,
-               event_log: Path | None = None) -> str:
+    def command(self, parallelism: int = PARALLELISM, concurrency: int = CONCURRENCY,
+                savepoint: str | None = None, event_log: Path | None = None) -> list[str]:
+        """``actionstate flink run`` of this job (add --detach or --until-end)."""
         cmd = [sys.executable, "-m", "actionstate", "flink", "run", f"{TRIAGE}:Triage",
                "--input", f"kafka://{self.servers}/{self.input}", "--key", "customer",
                "--output", f"kafka://{self.servers}/{self.output}", "--store", self.store,
                "--jobmanager", self.flink.address, "--parallelism", str(parallelism),
-               "--checkpoint-interval", "2s", "--detach", "--concurrency", str(concurrency),
+               "--checkpoint-interval", "2s", "--concurrency", str(concurrency),
                "--job", f"triage-{self.input}", "--connector-jar", self.flink.connector_jar,
                "--env", f"ACTIONSTATE_MODEL_BASE_URL={self.server.base_url}",
                "--env", f"ACTIONSTATE_REFUND_LEDGER={self.tmp / 'refunds.jsonl'}"]
@@ -90,12 +90,33 @@ class FlinkRun:
             cmd += ["--from-savepoint", savepoint]
         if event_log is not None:
             cmd += ["--event-log", str(event_log)]
-        if until_end:
-            cmd.append("--until-end")
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+        return cmd
+
+    def submit(self, parallelism: int = PARALLELISM, savepoint: str | None = None,
+               concurrency: int = CONCURRENCY, event_log: Path | None = None) -> str:
+        """Submit the job, unbounded and detached; its id."""
+        done = subprocess.run(
+            [*self.command(parallelism, concurrency, savepoint, event_log), "--detach"],
+            capture_output=True, text=True, timeout=300, check=False)
         assert done.returncode == 0, done.stderr[-3000:]
         self.job = done.stdout.strip().splitlines()[-1]
         return self.job
+
+    def start_until_end(self, concurrency: int) -> subprocess.Popen[str]:
+        """``--until-end``: the client runs until it has drained the job at the input's
+        end; the job's id is taken from the JobManager as soon as it is there."""
+        known = {job["jid"] for job in self.flink.rest("/jobs/overview")["jobs"]}
+        proc = subprocess.Popen([*self.command(concurrency=concurrency), "--until-end"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120
+        while not (new := [job["jid"] for job in self.flink.rest("/jobs/overview")["jobs"]
+                           if job["jid"] not in known]):
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "the job did not appear within 120 s"
+            time.sleep(0.2)  # the REST API's poll interval
+        self.job = new[0]
+        self.flink.wait_job(self.job, {"RUNNING"}, timeout=120)
+        return proc
 
     def last_checkpoint(self) -> float:
         """Epoch seconds at which the latest completed checkpoint was acknowledged (0: none)."""
@@ -338,12 +359,12 @@ def test_stop_with_savepoint_and_restart_at_another_parallelism(
     half = TICKETS // 2
     with FakeLLMServer(latency=0.05) as server:
         run = FlinkRun(tmp_path, kafka_servers, topics, flink, server, store, first=half)
-        run.submit(until_end=False, event_log=tmp_path / "events")
+        run.submit(event_log=tmp_path / "events")
         wait_for_outputs(run, half)
         savepoint = run.stop_with_savepoint()
         flink.wait_job(run.job, {"FINISHED"}, timeout=120)
         run.produce(half, TICKETS)
-        run.submit(parallelism=parallelism, savepoint=savepoint, until_end=False,
+        run.submit(parallelism=parallelism, savepoint=savepoint,
                    event_log=tmp_path / "events")
         wait_for_outputs(run, TICKETS)
         flink.cancel(run.job)
@@ -357,3 +378,31 @@ def test_stop_with_savepoint_and_restart_at_another_parallelism(
               if row["context"]["event_type"] == "actionstate.InputEvent"}
     assert inputs == {f"T{i}" for i in range(TICKETS)}, "every worker's event log is written"
 
+
+
+@pytest.mark.slow
+def test_a_bounded_job_killed_after_its_input_was_read(
+        tmp_path: Path, kafka_servers: str, topics: Topics, cluster: Flink) -> None:
+    """--until-end: the client stops the job with a drain once the input's end is in a
+    checkpoint. Every ticket is read at once (more keys in flight than keys) and
+    queues; kill -9 the TaskManager once calls were recorded after a checkpoint: the
+    restored job runs the queued inputs (a bounded source would have ended, and a
+    restored job would never run them), the drain finishes it, the client exits 0,
+    every output exactly once, only calls in flight paid again."""
+    flink = cluster
+    store = f"kafka://{kafka_servers}/{topics.name()}?partitions=4"
+    with FakeLLMServer(latency=1.0) as server:
+        run = FlinkRun(tmp_path, kafka_servers, topics, flink, server, store)
+        client = run.start_until_end(concurrency=CUSTOMERS)
+        kill = kill_after_recorded_calls(run, CALLS_AFTER)
+        _, stderr = client.communicate(timeout=300)
+        assert client.returncode == 0, stderr[-3000:]
+        assert flink.rest(f"/jobs/{run.job}")["state"] == "FINISHED"
+        total = server.total_calls
+    expected, expected_calls = reference(tmp_path)
+    repeated = total - expected_calls
+    print(f"\nbounded: {kill.uncovered} calls after the checkpoint, {kill.in_flight} in "
+          f"flight, {repeated} ran again")
+    assert _strip(run.outputs()) == expected, "exactly one output per ticket"
+    assert kill.uncovered > kill.in_flight, "the kill must find recorded calls to keep"
+    assert repeated <= kill.in_flight

@@ -22,8 +22,8 @@ What Flink keeps and what the store keeps:
   callback of any key: PyFlink's state backend, which timers follow, is switched
   to the finished input's key for that. A 10 ms timer keeps callbacks coming while
   inputs run; a 1 s timer per key with queued inputs starts them after a restore;
-  an event-time timer at the end of time drains everything when a bounded input
-  ends (processing-time timers do not fire then).
+  an event-time timer at the end of time drains everything when the input ends
+  (a bounded one, or a stop with drain; processing-time timers do not fire then).
 * **The action state store** (Kafka), shared by every subtask, holds the
   recorded calls. Every subtask writes into one namespace of the job (no claim:
   subtasks write side by side).
@@ -38,8 +38,12 @@ What Flink keeps and what the store keeps:
 * **Zombies**: each worker writes under its own epoch (:func:`writer_epoch`); a
   key's records are taken only while their epoch does not drop.
 
-Not yet (docs/architecture.md): a bounded job restored from a checkpoint taken
-after its input ended loses its queued inputs; cleanup of old records in the store.
+* **--until-end on a cluster** runs unbounded and the client drains it at the
+  input's end (:func:`submit`): a bounded source that ended leaves a job restored
+  after it no callback for the inputs still queued.
+
+Old records go by the store's retention (the workers delete nothing); records that
+cannot be inputs go to ``--dead-letter`` (docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ import os
 import queue
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -147,6 +152,13 @@ class FlinkJob:
     environment: dict[str, str] = field(default_factory=dict)
     """Set in each Python worker's environment before the agent loads (they travel in
     the job graph: give secrets through the TaskManagers' own environment)."""
+
+    @property
+    def consumer_group(self) -> str:
+        """The Kafka consumer group the source commits its offsets to at each checkpoint
+        (positions live in Flink's state; this shows progress): one per submission, so
+        that an earlier run's offsets never read as this one's."""
+        return f"{self.namespace}-{self.submitted}"
 
     @property
     def namespace(self) -> str:
@@ -543,7 +555,11 @@ def build(env: StreamExecutionEnvironment, job: FlinkJob) -> Any:
     t_env = StreamTableEnvironment.create(env)
     for name, value in _settings(job).items():  # the table planner submits: tell it too
         t_env.get_config().set(name, value)
-    bounded = "'scan.bounded.mode'='latest-offset'," if job.until_end else ""
+    # On a cluster, --until-end is an unbounded job the client drains (:func:`submit`):
+    # a bounded source that ended before a checkpoint leaves a restored job no
+    # callback to run the inputs that checkpoint holds queued.
+    bounded = ("'scan.bounded.mode'='latest-offset',"
+               if job.until_end and not job.jobmanager else "")
     t_env.execute_sql(f"""
         CREATE TABLE actionstate_input (
             k BYTES, v BYTES,
@@ -552,7 +568,7 @@ def build(env: StreamExecutionEnvironment, job: FlinkJob) -> Any:
             'connector'='kafka', 'topic'='{in_topic}',
             'properties.bootstrap.servers'='{in_servers}',
             'properties.isolation.level'='read_committed',
-            'properties.group.id'='{job.namespace}',
+            'properties.group.id'='{job.consumer_group}',
             'scan.startup.mode'='earliest-offset', {bounded}
             'key.format'='raw', 'key.fields'='k',
             'value.format'='raw', 'value.fields-include'='EXCEPT_KEY'
@@ -642,9 +658,133 @@ def environment(job: FlinkJob) -> StreamExecutionEnvironment:
 
 def submit(job: FlinkJob, *, detach: bool) -> str:
     """Build and start the job; returns its id. Without ``detach`` it waits until the
-    job ends (a bounded input: ``until_end``)."""
+    job ends. ``until_end`` on a cluster: the input's end offsets are taken now; once
+    the source's offsets committed at a checkpoint reach them, every input up to the
+    end is done or queued in that checkpoint, and the job is stopped with a drain (the
+    end-of-time watermark: every queued input finishes, then a final savepoint). A lost
+    TaskManager before or during the drain restores the job, which goes on; the stop
+    is asked again."""
+    if job.until_end and job.jobmanager and detach:
+        raise ConfigError("--until-end on a cluster: the client stops the job with a drain "
+                          "once the input is read to its end, so it cannot --detach (drop "
+                          "one of them)")
+    end = _input_end(job) if job.until_end and job.jobmanager else None
     result = build(environment(job), job)
     job_id = str(result.get_job_client().get_job_id())
-    if not detach:
+    if end is not None:
+        _drain_at_end(job, job_id, end)
+    elif not detach:
         result.wait()
     return job_id
+
+
+def _input_end(job: FlinkJob) -> dict[int, int]:
+    """The input topic's end offsets now (read committed: its last stable offsets)."""
+    from confluent_kafka import IsolationLevel, TopicPartition
+    from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
+
+    servers, topic = _topic(job.input, "--input")
+    admin = AdminClient({"bootstrap.servers": servers})
+    found = admin.list_topics(topic, timeout=30).topics.get(topic)
+    if found is None or found.error is not None or not found.partitions:
+        raise ConfigError(f"--input {job.input}: no such topic on {servers}")
+    request = {TopicPartition(topic, p): OffsetSpec.latest()  # type: ignore[no-untyped-call]
+               for p in found.partitions}
+    offsets = admin.list_offsets(request, isolation_level=IsolationLevel.READ_COMMITTED,
+                                 request_timeout=30)
+    stable = {tp.partition: future.result().offset for tp, future in offsets.items()}
+    return _after_last_records(servers, topic, stable)
+
+
+def _after_last_records(servers: str, topic: str, stable: dict[int, int]) -> dict[int, int]:
+    """Per partition, the offset after its last committed record below ``stable`` (the
+    last stable offsets): what the source's committed offset reaches once it read
+    everything. A transactional producer's commit marker sits after the last record, so
+    the stable offset is one more than that, and the source never reports it."""
+    from confluent_kafka import Consumer, KafkaError, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": servers, "group.id": f"actionstate-end-{topic}",
+                         "enable.auto.commit": False, "enable.partition.eof": True,
+                         "isolation.level": "read_committed"})
+    ends: dict[int, int] = {}
+    try:
+        for partition, offset in stable.items():
+            window, last = 64, -1
+            while offset > 0 and last < 0:
+                start = max(0, offset - window)
+                consumer.assign([TopicPartition(topic, partition, start)])
+                deadline = time.monotonic() + 30
+                while True:
+                    message = consumer.poll(1.0)
+                    if message is None:
+                        if time.monotonic() > deadline:
+                            raise ConfigError(f"--input {topic}: partition {partition} could "
+                                              f"not be read up to offset {offset} in 30 s")
+                        continue
+                    error = message.error()
+                    if error is not None and error.code() == KafkaError._PARTITION_EOF:
+                        break
+                    if error is None and (message.offset() or 0) < offset:
+                        last = max(last, message.offset() or 0)
+                    if (message.offset() or 0) >= offset - 1:
+                        break
+                if start == 0:
+                    break
+                window *= 8
+            ends[partition] = last + 1 if last >= 0 else 0
+    finally:
+        consumer.close()
+    return ends
+
+
+def _drain_at_end(job: FlinkJob, job_id: str, end: dict[int, int]) -> None:
+    """Wait until the source's committed offsets reach ``end``, then stop the job with a
+    drain, asking again after a failover, until it is FINISHED."""
+    from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+    from confluent_kafka.admin import AdminClient
+
+    servers, topic = _topic(job.input, "--input")
+    admin = AdminClient({"bootstrap.servers": servers})
+    group = ConsumerGroupTopicPartitions(
+        job.consumer_group, [TopicPartition(topic, p) for p in sorted(end)])
+    while True:
+        state = _rest(job, f"/jobs/{job_id}")["state"]
+        if state in ("FAILED", "CANCELED", "FINISHED"):
+            if state == "FINISHED":
+                return
+            raise ConfigError(f"job {job_id} is {state} before its input's end: see the "
+                              f"JobManager's exceptions (/jobs/{job_id}/exceptions)")
+        committed = admin.list_consumer_group_offsets([group])[job.consumer_group].result()
+        done = {tp.partition: tp.offset for tp in committed.topic_partitions}
+        if state == "RUNNING" and all(done.get(p, -1) >= offset for p, offset in end.items()
+                                      if offset > 0):
+            trigger = _rest(job, f"/jobs/{job_id}/stop", {"drain": True})
+            while True:
+                status = _rest(job, f"/jobs/{job_id}/savepoints/{trigger['request-id']}")
+                if status["status"]["id"] == "COMPLETED":
+                    break
+                time.sleep(0.2)  # the REST API's poll interval
+            operation = status.get("operation", {})
+            if "location" in operation:  # the job finishes with its final savepoint
+                while _rest(job, f"/jobs/{job_id}")["state"] not in (
+                        "FINISHED", "FAILED", "CANCELED"):
+                    time.sleep(0.2)  # the REST API's poll interval
+                continue  # FINISHED returns; a failure is reported above
+            cause = json.dumps(operation.get("failure-cause", ""))[:2000]
+            if "directory" in cause.lower():  # not a failover: it would fail again
+                raise ConfigError(
+                    f"stopping job {job_id} with a drain at its input's end failed: give "
+                    f"the cluster execution.checkpointing.savepoint-dir ({cause[:300]})")
+        time.sleep(0.5)  # the committed offsets move at each checkpoint
+
+
+def _rest(job: FlinkJob, path: str, body: dict[str, Any] | None = None) -> Any:
+    """The JobManager's REST API: GET ``path``, or POST ``body`` to it."""
+    import urllib.request
+
+    request = urllib.request.Request(
+        f"http://{job.jobmanager}{path}", method="GET" if body is None else "POST",
+        data=None if body is None else json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read() or b"null")
