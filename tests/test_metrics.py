@@ -20,7 +20,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 import actionstate
 from actionstate import ActionFailedError, Agent, InputEvent, OutputEvent, RunnerContext, action
-from actionstate.testing.crash import Streams, command, make_tickets
+from actionstate.testing.crash import Streams, command, killed_run, make_tickets
 from actionstate.testing.fake_llm import FakeLLMServer
 from actionstate.testing.fake_otlp import FakeOtlpCollector
 
@@ -135,12 +135,9 @@ def test_actionstate_run_exports_over_otlp_what_its_summary_says_after_a_kill(
                OTEL_EXPORTER_OTLP_ENDPOINT=collector.endpoint,
                OTEL_METRIC_EXPORT_INTERVAL="600000", OTEL_SERVICE_NAME="triage-test")
     with FakeLLMServer(latency=0.01) as server:
+        killed_run(tmp_path, server, 15, streams, env)
         env.update(ACTIONSTATE_MODEL_BASE_URL=server.base_url,
                    ACTIONSTATE_REFUND_LEDGER=str(tmp_path / "refunds.jsonl"))
-        killed = subprocess.Popen(command(tmp_path, None, "sync", streams), env=env)
-        server.on_call = lambda total: killed.kill() if total >= 15 else None
-        assert killed.wait(timeout=120) < 0
-        server.on_call = None
         collector.requests.clear()  # a killed run exports nothing at exit
         done = subprocess.run(command(tmp_path, None, "sync", streams), env=env,
                               capture_output=True, text=True, timeout=120, check=False)

@@ -5,16 +5,14 @@ whatever the umask, from the first moment (also after kill -9, with SQLite's
 from __future__ import annotations
 
 import os
-import signal
 import stat
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from actionstate.runners.statedir import StateDir
-from actionstate.testing.crash import Streams, command, make_tickets, run_to_end
+from actionstate.testing.crash import Streams, killed_run, make_tickets, run_to_end
 from actionstate.testing.fake_llm import FakeLLMServer
 
 
@@ -37,14 +35,8 @@ def test_a_fresh_state_dir_is_private_under_umask_0(tmp_path: Path, open_umask: 
     make_tickets(tmp_path / "tickets.jsonl", 40, 4)
     streams = Streams(str(tmp_path / "tickets.jsonl"), str(tmp_path / "labels.jsonl"),
                       extra=("--event-log", str(tmp_path / "events.jsonl")))
-    env = dict(os.environ, ACTIONSTATE_MODEL_BASE_URL="", ACTIONSTATE_REFUND_LEDGER=str(
-        tmp_path / "refunds.jsonl"))
     with FakeLLMServer(latency=0.01) as server:
-        env["ACTIONSTATE_MODEL_BASE_URL"] = server.base_url
-        proc = subprocess.Popen(command(tmp_path, None, "sync", streams), env=env)
-        server.on_call = lambda total: proc.kill() if total >= 8 else None
-        assert proc.wait(timeout=120) == -signal.SIGKILL
-        server.on_call = None
+        killed_run(tmp_path, server, 8, streams)
         killed = _modes(tmp_path / "state")  # as kill -9 left it
         assert run_to_end(tmp_path, server, None, "sync", [], [], streams) == 0
     finished = _modes(tmp_path / "state")

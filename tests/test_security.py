@@ -9,9 +9,7 @@ nothing means the protection worked, not that the search looked in the wrong pla
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
 import subprocess
 import sys
 import uuid
@@ -28,8 +26,8 @@ from actionstate.stores.options import redact_url
 from actionstate.testing.crash import (
     TEXTS,
     Streams,
-    command,
     crash_check,
+    killed_run,
     make_tickets,
     run_to_end,
 )
@@ -48,18 +46,6 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def _every_file(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
-
-
-def _killed_run(tmp: Path, server: FakeLLMServer, at_calls: int) -> None:
-    """One triage run, SIGKILLed when the model server has seen ``at_calls`` calls."""
-    env = dict(os.environ, ACTIONSTATE_MODEL_BASE_URL=server.base_url,
-               ACTIONSTATE_REFUND_LEDGER=str(tmp / "refunds.jsonl"))
-    proc = subprocess.Popen(command(tmp, None, "sync"), env=env)
-    server.on_call = lambda total: proc.kill() if total >= at_calls else None
-    try:
-        assert proc.wait(timeout=120) == -signal.SIGKILL
-    finally:
-        server.on_call = None
 
 
 def _inspect(tmp: Path, *args: str) -> str:
@@ -81,7 +67,7 @@ def test_no_payload_at_rest_in_clear_across_kill_and_resume(
     killed: list[dict[str, bytes]] = []  # the state dir as each kill -9 left it
     with FakeLLMServer(latency=0.01) as server:
         for at in (5, 25, 45):
-            _killed_run(tmp_path, server, at)
+            killed_run(tmp_path, server, at)
             killed.append(_every_file(tmp_path / "state"))
         assert run_to_end(tmp_path, server, None, "sync", [], []) == 0
         calls = server.total_calls

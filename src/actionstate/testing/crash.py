@@ -25,8 +25,8 @@ from typing import Any
 from actionstate.testing.fake_llm import FakeLLMServer
 from actionstate.testing.services import CHECKOUT
 
-__all__ = ["Streams", "command", "crash_check", "labels", "ledger", "make_tickets",
-           "run_to_end", "with_reference"]
+__all__ = ["Streams", "command", "crash_check", "killed_run", "labels", "ledger",
+           "make_tickets", "run_to_end", "with_reference"]
 
 TRIAGE = CHECKOUT / "examples" / "triage.py"
 TEXTS = ["I was charged twice, please refund", "the app shows an error", "password reset?",
@@ -105,6 +105,21 @@ def run_to_end(tmp: Path, server: FakeLLMServer, store: str | None, durability: 
             if kind == "end":
                 return kills
     raise AssertionError("the last run did not finish")
+
+
+def killed_run(tmp: Path, server: FakeLLMServer, at_calls: int,
+               streams: Streams | None = None, env: dict[str, str] | None = None) -> None:
+    """One triage run (as :func:`command`, SQLite, ``sync``), SIGKILLed once the model
+    server has seen ``at_calls`` calls; ``env`` replaces ``os.environ`` as its base."""
+    environ = dict(os.environ if env is None else env,
+                   ACTIONSTATE_MODEL_BASE_URL=server.base_url,
+                   ACTIONSTATE_REFUND_LEDGER=str(tmp / "refunds.jsonl"))
+    proc = subprocess.Popen(command(tmp, None, "sync", streams), env=environ)
+    server.on_call = lambda total: proc.kill() if total >= at_calls else None
+    try:
+        assert proc.wait(timeout=120) == -signal.SIGKILL, "the run ended before its kill"
+    finally:
+        server.on_call = None
 
 
 def labels(tmp: Path, streams: Streams | None = None) -> list[dict[str, Any]]:
