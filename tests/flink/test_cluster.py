@@ -8,7 +8,6 @@ import re
 import time
 import zlib
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,13 +17,6 @@ from tests.flink.conftest import Flink, script
 
 PARTITIONS = 3  # and parallelism 3: the 4 slots of the TaskManager hold it
 KEYS = [f"k{i}" for i in range(6)]
-
-
-@pytest.fixture
-def topics(kafka_servers: str) -> Iterator[Topics]:
-    made = Topics(kafka_servers)
-    yield made
-    made.delete()
 
 
 def test_python_job_runs_to_its_end(flink: Flink, tmp_path: Path) -> None:

@@ -5,7 +5,6 @@ newer one's are ignored)."""
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
 
 import pytest
 from confluent_kafka import TopicPartition
@@ -27,13 +26,6 @@ with warnings.catch_warnings():  # pyflink's own deprecations, at import
     from actionstate.runners.flink import FlinkJob, KeyScanner, writer_epoch
 
 NAMESPACE = "flink-scanner-test"
-
-
-@pytest.fixture
-def topics(kafka_servers: str) -> Iterator[Topics]:
-    made = Topics(kafka_servers)
-    yield made
-    made.delete()
 
 
 @pytest.fixture

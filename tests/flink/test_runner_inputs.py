@@ -9,35 +9,15 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from actionstate.records.crypto import new_key_entry
 from actionstate.testing.crash import TEXTS, TRIAGE, make_tickets
 from actionstate.testing.fake_llm import FakeLLMServer
 from actionstate.testing.topics import Message, Topics, produce, read_committed
-from tests.flink.conftest import Flink, script
+from tests.flink.conftest import Flink
 
 GOOD = 12
-
-
-@pytest.fixture
-def topics(kafka_servers: str) -> Iterator[Topics]:
-    made = Topics(kafka_servers)
-    yield made
-    made.delete()
-
-
-@pytest.fixture
-def cluster(flink: Flink) -> Iterator[Flink]:
-    for job in flink.rest("/jobs/overview")["jobs"]:
-        if job["state"] not in ("FINISHED", "FAILED", "CANCELED"):
-            flink.cancel(job["jid"])
-    if not flink.rest("/taskmanagers")["taskmanagers"]:
-        script("start-taskmanager")
-    yield flink
 
 
 def _submit(flink: Flink, servers: str, source: str, output: str, server: FakeLLMServer,

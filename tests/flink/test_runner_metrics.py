@@ -7,35 +7,15 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from actionstate.testing.crash import TRIAGE, make_tickets
 from actionstate.testing.fake_llm import FakeLLMServer
 from actionstate.testing.fake_otlp import FakeOtlpCollector
 from actionstate.testing.topics import Topics, produce, read_committed
-from tests.flink.conftest import Flink, script
+from tests.flink.conftest import Flink
 
 TICKETS = 24
-
-
-@pytest.fixture
-def topics(kafka_servers: str) -> Iterator[Topics]:
-    made = Topics(kafka_servers)
-    yield made
-    made.delete()
-
-
-@pytest.fixture
-def cluster(flink: Flink) -> Iterator[Flink]:
-    for job in flink.rest("/jobs/overview")["jobs"]:
-        if job["state"] not in ("FINISHED", "FAILED", "CANCELED"):
-            flink.cancel(job["jid"])
-    if not flink.rest("/taskmanagers")["taskmanagers"]:
-        script("start-taskmanager")
-    yield flink
 
 
 def test_each_worker_exports_its_counters_and_the_totals_match_what_ran(

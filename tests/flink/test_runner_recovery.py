@@ -34,29 +34,6 @@ CALLS_AFTER = PARALLELISM * CONCURRENCY + 4
 in flight at once, so that some were recorded."""
 
 
-@pytest.fixture
-def topics(kafka_servers: str) -> Iterator[Topics]:
-    made = Topics(kafka_servers)
-    yield made
-    made.delete()
-
-
-@pytest.fixture
-def cluster(flink: Flink) -> Iterator[Flink]:
-    """The cluster with its slots free and a TaskManager (a failed test may leave a job
-    running, or a TaskManager killed); jobs still running after the test are canceled."""
-    def cancel_all() -> None:
-        for job in flink.rest("/jobs/overview")["jobs"]:
-            if job["state"] not in ("FINISHED", "FAILED", "CANCELED"):
-                flink.cancel(job["jid"])
-
-    cancel_all()
-    if not flink.rest("/taskmanagers")["taskmanagers"]:
-        script("start-taskmanager")
-    yield flink
-    cancel_all()
-
-
 class FlinkRun:
     """One triage job on the cluster, its topics, and what the model saw."""
 
