@@ -71,8 +71,7 @@ def read_committed(servers: str, topic: str, *, committed: bool = True
                          "enable.auto.commit": False, "enable.partition.eof": True,
                          "isolation.level": isolation})
     partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-    ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10,
-                                              cached=False)[1] for p in partitions}
+    ends = _ends(consumer, servers, topic, list(partitions), committed)
     todo = {p for p, end in ends.items() if end > 0}
     consumer.assign([TopicPartition(topic, p, 0) for p in todo])
     found: list[tuple[bytes | None, bytes | None]] = []
@@ -91,3 +90,33 @@ def read_committed(servers: str, topic: str, *, committed: bool = True
                 todo.discard(p)
     consumer.close()
     return found
+
+
+def _ends(consumer: Consumer, servers: str, topic: str, partitions: list[int],
+          committed: bool) -> dict[int, int]:
+    """Per partition, the offset a consumer of ``consumer``'s isolation reads up to now.
+
+    For read_committed that is the last stable offset, which lags the log's end for a
+    moment after a commit returns: the broker writes the commit's markers into the
+    partitions after it answers. Ask again while it lags, for at most 2 s (then a
+    transaction is really open, and the stable offset is the answer)."""
+    ends = _watermarks(consumer, topic, partitions)
+    if not committed:
+        return ends
+    log = Consumer({"bootstrap.servers": servers, "group.id": "actionstate-test",
+                    "isolation.level": "read_uncommitted"})
+    try:
+        deadline = time.monotonic() + 2.0
+        while (any(ends[p] < end for p, end in _watermarks(log, topic, partitions).items())
+               and time.monotonic() < deadline):
+            time.sleep(0.02)  # the poll interval of the broker's markers
+            ends = _watermarks(consumer, topic, partitions)
+    finally:
+        log.close()
+    return ends
+
+
+def _watermarks(consumer: Consumer, topic: str, partitions: list[int]) -> dict[int, int]:
+    """The high watermark of each partition as ``consumer``'s isolation sees it."""
+    return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10,
+                                              cached=False)[1] for p in partitions}
