@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,7 @@ from actionstate.llm import OpenAICompatibleModel
 from actionstate.runners.local import LocalRunner
 from actionstate.runners.statedir import StateDir
 from actionstate.stores import open_store
+from actionstate.stores.sqlite import SqliteActionStateStore
 from actionstate.testing.fake_llm import FakeLLMServer
 
 KEYS, CONCURRENCY = 24, 12  # more than the default executor's 6 threads on 2 cores
@@ -260,3 +263,115 @@ def test_a_call_still_waiting_when_the_run_ends_is_told_so() -> None:
 
     errors = asyncio.run(main())
     assert len(errors) == 1 and isinstance(errors[0], asyncio.CancelledError)
+
+
+def test_a_commit_waits_for_the_disk_off_the_event_loop() -> None:
+    """The COMMIT part a store returns runs on the commit thread: the loop goes on
+    (here it is what lets the commit end), and calls put meanwhile join the next one."""
+    released = threading.Event()
+    begun: list[int] = []
+
+    def begin() -> Callable[[], None]:
+        begun.append(1)
+
+        def finish() -> None:  # an fsync that ends only once the loop ran on
+            if not released.wait(30):
+                raise AssertionError("the event loop was blocked during the commit's wait")
+        return finish
+
+    async def main() -> int:
+        committer = SyncCommitter(begin, asyncio.get_running_loop())
+        first = committer.ticket()
+        waiting = asyncio.ensure_future(committer.wait_async(first))
+        await asyncio.sleep(0)  # one loop iteration: the commit ticket() scheduled begins
+        second = committer.ticket()  # put while the first commit waits for the disk
+        released.set()  # only the loop can get here: the commit did not hold it
+        await waiting
+        await committer.wait_async(second)
+        committer.close()
+        return committer.commits
+
+    assert asyncio.run(main()) == 2
+    assert begun == [1, 1], "the second call waits for a commit of its own"
+
+
+def test_a_commit_that_fails_at_the_disk_fails_its_calls() -> None:
+    def begin() -> Callable[[], None]:
+        def finish() -> None:
+            raise StoreError("cannot write to the store: disk I/O error")
+        return finish
+
+    async def main() -> None:
+        committer = SyncCommitter(begin, asyncio.get_running_loop())
+        ticket = committer.ticket()
+        with pytest.raises(StoreError, match="disk I/O error"):
+            await committer.wait_async(ticket)
+        with pytest.raises(StoreError, match="disk I/O error"):
+            committer.wait(committer.ticket())  # on the loop's thread: raised at once
+        committer.close()
+
+    asyncio.run(main())
+
+
+
+_HELD = threading.Event()
+"""Set by the final checkpoint's flush: frees the default executor's only thread."""
+
+
+class _ReleasingStore(SqliteActionStateStore):
+    """A SQLite store whose second plain flush (the final checkpoint's; the first is the
+    fresh start's) first frees the default executor's thread."""
+
+    flushes = 0
+
+    def flush(self) -> None:
+        self.flushes += 1
+        if self.flushes == 2:
+            _HELD.set()
+        super().flush()
+
+
+def _double(n: int) -> int:
+    return 2 * n
+
+
+class _HoldsTheExecutor(Agent):
+    """Its first input takes the default executor's only thread until the final flush,
+    so the ticker's group commit waits in its queue when the run ends."""
+
+    @action(InputEvent)
+    async def work(self, event: InputEvent, ctx: RunnerContext) -> None:
+        if event.input["id"] == 0:
+            asyncio.get_running_loop().run_in_executor(None, _HELD.wait)
+        n = await ctx.durable_execute_async(_double, event.input["id"])
+        ctx.send_event(OutputEvent(output={"id": event.input["id"], "n": n}))
+
+
+def test_a_group_commit_queued_when_the_run_ends_still_runs(tmp_path: Path) -> None:
+    """The ticker is cancelled at the run's end while its group commit's COMMIT waits
+    for a thread; that COMMIT holds the store, so it must still run (a cancelled one
+    left the final checkpoint waiting forever: 2 in 10 random-kill runs hung)."""
+    with open(tmp_path / "in.jsonl", "w") as f:
+        for i in range(8):
+            f.write(json.dumps({"id": i, "k": f"key_{i % 2}"}) + "\n")
+    state = StateDir(tmp_path / "state")
+    store = _ReleasingStore(tmp_path / "state" / "state.db", durability="group")
+    sink = JsonlSink(tmp_path / "out.jsonl")
+    runner = LocalRunner(_HoldsTheExecutor(), source=JsonlSource(tmp_path / "in.jsonl", "k"),
+                         sink=sink, store=store, state_dir=state,
+                         settings=ChainSettings(job="t"), concurrency=4,
+                         checkpoint_interval=3600)
+    result: list[Any] = []
+
+    async def main() -> None:
+        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=1))
+        result.append(await runner.run())
+
+    thread = threading.Thread(target=asyncio.run, args=(main(),), daemon=True)
+    thread.start()
+    thread.join(30)
+    assert not thread.is_alive(), "the run's final checkpoint waits for a cancelled commit"
+    assert _HELD.is_set() and store.flushes == 2
+    assert result[0].outputs == 8
+    sink.close()
+    store.close()

@@ -132,16 +132,21 @@ class EngineLock:
 class SyncCommitter:
     """``sync`` durability with shared commits: a durable call's record is put into the
     store's buffer, and the caller waits (on its thread, or awaiting) until a commit
-    covers it. Commits run on the event loop's thread, one after another while
-    callers wait, each covering every record put so far: concurrent calls share an
-    fsync. (On a thread of its own, a commit of a few statements waited for the
-    interpreter lock at each of them: 8 ms per commit instead of 0.2.) A call still
-    returns only once its record is durable. A failed commit fails every call it was
-    to cover, and every later one.
+    covers it. A commit covers every record put so far, so concurrent calls share an
+    fsync. It starts on the event loop's thread (``begin``, the store's
+    :meth:`~actionstate.stores.base.ActionStateStore.flush_begin`: SQLite writes the
+    rows into a transaction there) and what only waits for the medium (the COMMIT
+    and its fsync) runs on a thread of its own, so the loop and the other keys go on
+    meanwhile. (A whole commit on another thread waited for the interpreter lock at
+    each of its statements: 8 ms instead of 0.2; the COMMIT alone waits once.) One
+    commit at a time; the next starts when it ends, with every record put meanwhile.
+    A call returns only once its record is durable. A failed commit fails every call
+    it was to cover, and every later one.
     """
 
-    def __init__(self, flush: Callable[[], None], loop: asyncio.AbstractEventLoop) -> None:
-        self._flush = flush
+    def __init__(self, begin: Callable[[], Callable[[], None] | None],
+                 loop: asyncio.AbstractEventLoop) -> None:
+        self._begin = begin
         self._loop = loop
         self._loop_thread = threading.get_ident()  # made on the loop's thread
         self._cond = threading.Condition()
@@ -149,8 +154,10 @@ class SyncCommitter:
         self._durable = 0  # tickets a finished commit covered
         self._error: BaseException | None = None
         self._waiting: list[tuple[int, asyncio.Future[None]]] = []
-        self._scheduled = False
+        self._scheduled = False  # a commit is scheduled or running
+        self._running = False  # a commit is running (begun, not finished)
         self._closed = False
+        self._thread = ActionThreads(1, name="actionstate-commit")
         self.commits = 0
 
     def ticket(self) -> int:
@@ -160,31 +167,39 @@ class SyncCommitter:
             ticket, schedule = self._issued, not self._scheduled
             self._scheduled = True
         if schedule:
-            try:
-                if threading.get_ident() == self._loop_thread:
-                    self._loop.call_soon(self._commit)
-                else:
-                    self._loop.call_soon_threadsafe(self._commit)
-            except RuntimeError:  # the loop is closed: the run is over
-                pass
+            self._schedule()
         return ticket
+
+    def _schedule(self) -> None:
+        try:
+            if threading.get_ident() == self._loop_thread:
+                self._loop.call_soon(self._commit)
+            else:
+                self._loop.call_soon_threadsafe(self._commit)
+        except RuntimeError:  # the loop is closed: the run is over
+            pass
 
     def wait(self, ticket: int) -> None:
         """Block until the record of ``ticket`` is durable (raise the commit's error).
         On the loop's thread (a sync call inside an ``async def`` action) it commits
-        at once: the commits it would wait for run on that thread."""
-        if threading.get_ident() == self._loop_thread:
-            while self._durable < ticket and not self._closed and self._error is None:
-                self._commit(again=False)
+        there: the loop cannot run the commits it would wait for."""
+        on_loop = threading.get_ident() == self._loop_thread
         with self._cond:
-            while self._durable < ticket and not self._closed:
-                self._cond.wait()
+            while self._durable < ticket and not self._closed and self._error is None:
+                if on_loop and not self._running:
+                    self._cond.release()
+                    try:
+                        self._commit(inline=True)
+                    finally:
+                        self._cond.acquire()
+                else:
+                    self._cond.wait()
             self._check(ticket)
 
     async def wait_async(self, ticket: int) -> None:
         """:meth:`wait` for a coroutine: the event loop goes on meanwhile."""
         with self._cond:
-            if self._durable < ticket and not self._closed:
+            if self._durable < ticket and not self._closed and self._error is None:
                 future = asyncio.get_running_loop().create_future()
                 self._waiting.append((ticket, future))
             else:
@@ -208,37 +223,65 @@ class SyncCommitter:
             self._cond.notify_all()
             waiting, self._waiting = self._waiting, []
         _wake([future for _, future in waiting])
+        self._thread.shutdown(wait=False)
 
-    def _commit(self, again: bool = True) -> None:
-        """One commit, on the loop's thread; another is scheduled while calls wait."""
+    def _commit(self, inline: bool = False) -> None:
+        """Start a commit on the loop's thread, covering every record put so far; its
+        wait runs on the commit thread (``inline``: here)."""
         with self._cond:
-            if self._closed:
-                return
+            if self._running or self._closed or self._error is not None:
+                return  # the running commit schedules the next one when it ends
             target = self._issued
-            if target <= self._durable and again:  # an earlier commit covered them
+            if target <= self._durable:  # an earlier commit covered them
                 self._scheduled = False
                 return
+            self._running = True
+        try:
+            finish = self._begin()  # every record put so far: at least those of the tickets
+        except BaseException as exc:  # handed to every caller it was to cover
+            self._finished(target, exc)
+            return
+        if finish is None:
+            self._finished(target, None)
+        elif inline:
+            self._finish(finish, target)
+        else:
+            try:
+                self._thread.submit(self._finish, finish, target)
+            except RuntimeError:  # closed meanwhile: the COMMIT still runs (it holds the store)
+                self._finish(finish, target)
+
+    def _finish(self, finish: Callable[[], None], target: int) -> None:
         error: BaseException | None = None
         try:
-            self._flush()  # every record put so far: at least those of the tickets
-        except BaseException as exc:  # handed to every caller it was to cover
+            finish()
+        except BaseException as exc:
             error = exc
+        self._finished(target, error)
+
+    def _finished(self, target: int, error: BaseException | None) -> None:
+        """A commit ended (on any thread): wake the callers it covered, start the next."""
         with self._cond:
             self.commits += 1
+            self._running = False
             if error is not None and self._error is None:
                 self._error = error
             self._durable = max(self._durable, target)
-            ready = [f for t, f in self._waiting if t <= self._durable]
-            self._waiting = [(t, f) for t, f in self._waiting if t > self._durable]
+            if self._error is not None:  # every caller learns it
+                ready, self._waiting = [f for _, f in self._waiting], []
+            else:
+                ready = [f for t, f in self._waiting if t <= self._durable]
+                self._waiting = [(t, f) for t, f in self._waiting if t > self._durable]
             self._cond.notify_all()
-            more = self._issued > self._durable
-            if again:
-                self._scheduled = more
-        for future in ready:
-            if not future.done():
-                future.set_result(None)
-        if again and more:  # after what is ready now: more records join the next commit
-            self._loop.call_soon(self._commit)
+            more = (self._issued > self._durable and self._error is None
+                    and not self._closed)
+            self._scheduled = more
+        if threading.get_ident() == self._loop_thread:
+            _set_done(ready)
+        else:
+            _wake(ready)
+        if more:  # every record put meanwhile joins the next commit
+            self._schedule()
 
 
 def _wake(futures: list[asyncio.Future[None]]) -> None:

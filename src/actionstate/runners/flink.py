@@ -272,7 +272,7 @@ class _Loop:
         self.settings = settings
 
     async def _committer(self, store: ActionStateStore) -> SyncCommitter:
-        return SyncCommitter(store.flush, asyncio.get_running_loop())
+        return SyncCommitter(store.flush_begin, asyncio.get_running_loop())
 
     def _stop(self) -> None:
         for task in asyncio.all_tasks(self.loop):

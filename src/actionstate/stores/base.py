@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, ClassVar, Literal, get_args
 
 from actionstate.checkpoint import Marker
@@ -109,15 +109,26 @@ class ActionStateStore(ABC):
     def flush(self) -> None:
         """Make every appended record durable.
 
-        It may be called on another thread than :meth:`put` (a runner commits a
-        group with ``await asyncio.to_thread(store.flush)`` so that the event loop
-        goes on meanwhile), while :meth:`put` keeps being called on the event-loop
+        It may be called on another thread than :meth:`put` (see also
+        :meth:`flush_begin`, which a runner uses so that the event loop goes on
+        while the medium works), while :meth:`put` keeps being called on the event-loop
         thread. A backend then takes the records appended so far under a lock and
         makes them durable on the flushing thread; a record put meanwhile goes to
         the next flush. A flush never interleaves its write with a ``sync`` put's
         (that put waits for it): records reach the medium in the order they were put.
         Only one thread puts; flushes may come from any thread (they take turns).
         """
+
+    def flush_begin(self) -> Callable[[], None] | None:
+        """A flush in two parts: the part that keeps the caller busy runs now, and the
+        part that only waits for the medium (an fsync, a broker's acks) is returned,
+        to be called once on any thread, or None when nothing is left to wait for.
+        Until it has been called, other uses of the store wait for it. A committer
+        runs the first part on the event loop and waits for the second on a thread of
+        its own, so the loop keeps working while the disk does. The default flushes
+        at once."""
+        self.flush()
+        return None
 
     @abstractmethod
     def end_offsets(self) -> dict[int, int]:

@@ -4,14 +4,15 @@ One table of records ``(id, namespace, agent_key, payload)``; ``id`` is the
 log offset (reads and deletes are ``id`` ranges, so no other index is kept).
 ``sync`` durability commits (and fsyncs the WAL) per record; ``group``
 durability buffers records and commits them together in :meth:`flush`,
-across keys. :meth:`flush` may run on another thread than :meth:`put` (a
-runner calls ``await asyncio.to_thread(store.flush)`` so that a group commit
-does not stall the event loop): it takes the buffer under a lock and commits
-it on its own thread, and one lock around the connection keeps its commit and
-a ``sync`` put's from interleaving, in log order. A batch is written in a few
-multi-row INSERTs: each statement lets go of the GIL while SQLite works, and
-waits (up to the interpreter's switch interval, 5 ms) to get it back from a
-busy event loop, so a batch costs a few waits, not one per row.
+across keys. :meth:`flush` may run on another thread than :meth:`put`: it
+takes the buffer under a lock and commits it, and one lock around the
+connection keeps its commit and a ``sync`` put's from interleaving, in log
+order. A runner uses :meth:`flush_begin` instead: the rows go into a
+transaction on the event loop's thread, in a few multi-row INSERTs, and only
+the COMMIT (the fsync) runs on another thread, holding the connection until
+it ends. A statement on another thread lets go of the GIL while SQLite works
+and waits (up to the interpreter's switch interval, 5 ms) to get it back from
+a busy event loop: the COMMIT alone pays that once per commit.
 
 Fencing is done by SQLite: a claim and the ``fences`` row of its namespace are
 written in one transaction, and every write is conditional on that row still
@@ -24,7 +25,7 @@ import contextlib
 import functools
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -76,8 +77,10 @@ class SqliteActionStateStore(ActionStateStore):
         """Rows to commit, flat: namespace, agent key, payload, namespace, ..."""
         self._pending_lock = threading.Lock()
         """Guards ``_pending`` and ``_next_id`` (put on one thread, flush on another)."""
-        self._lock = threading.RLock()
-        """Held while the connection is used: one commit at a time, in log order."""
+        self._lock = threading.Lock()
+        """Held while the connection is used: one commit at a time, in log order. Not
+        re-entrant: :meth:`flush_begin` takes it on one thread and the COMMIT it
+        returns lets it go on another."""
         self._closed = False
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -138,16 +141,42 @@ class SqliteActionStateStore(ActionStateStore):
         with self._lock:
             self._write()
 
-    def _write(self) -> int:
+    def flush_begin(self) -> Callable[[], None] | None:
+        """Write the buffered rows into a transaction now; the COMMIT that makes them
+        durable (the fsync) is returned, to run on another thread. The connection is
+        held until it has run."""
+        self._lock.acquire()
+        try:
+            last = self._write(commit=False)
+        except BaseException:
+            self._lock.release()
+            raise
+        if not last:
+            self._lock.release()
+            return None
+        return functools.partial(self._commit_open, last)
+
+    def _commit_open(self, last: int) -> None:
+        """COMMIT what :meth:`flush_begin` wrote, then let the connection go."""
+        try:
+            with self._errors():
+                self._db.execute("COMMIT")
+            with self._pending_lock:
+                self._next_id = max(self._next_id, last + 1)
+        finally:
+            self._lock.release()
+
+    def _write(self, commit: bool = True) -> int:
         """Commit the buffered rows (the caller holds ``_lock``) if this writer still holds
-        the namespace's epoch; returns the id of the last one (0: none)."""
+        the namespace's epoch; returns the id of the last one (0: none). Without
+        ``commit`` the transaction is left open (for :meth:`flush_begin`)."""
         with self._pending_lock:
             rows, self._pending = self._pending, []
         if not rows:
             return 0
         db = self._db
         with self._errors():
-            if len(rows) == 3:
+            if len(rows) == 3 and commit:
                 cursor = db.execute(_INSERT_IF_CURRENT, (*rows, self.namespace, self.epoch))
                 if cursor.rowcount != 1:
                     self._fenced()
@@ -158,6 +187,8 @@ class SqliteActionStateStore(ActionStateStore):
                     db.execute("ROLLBACK")
                     self._fenced()
                 last = self._insert_many(rows)
+                if not commit:
+                    return last
                 db.execute("COMMIT")
         with self._pending_lock:
             self._next_id = max(self._next_id, last + 1)
