@@ -29,19 +29,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import platform
 import resource
 import statistics
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import fluss
+import store_common
 from store_common import KEYS, RECORD_BYTES, call, pct
 
 from actionstate.checkpoint import Marker
@@ -208,18 +209,18 @@ def rebuild_child(url: str, marker: str) -> None:
     store.close()
 
 
-def rebuild(tables: Tables, sizes: list[int]) -> list[list[str]]:
+def rebuild(tables: Tables, sizes: list[int], rounds: int = 1,
+            baseline: str | None = None) -> list[list[str]]:
+    """Per size: write once, then ``rounds`` rebuilds in fresh processes (with
+    ``baseline``, a source tree's, interleaved with this code's); medians."""
     rows = []
     for size in sizes:
         url = tables.url("")
         write_seconds, _, marker = write(url, size, flush_every=5000)
-        out = subprocess.run(
-            [sys.executable, __file__, "--rebuild-child", url, json.dumps(marker.to_json())],
-            capture_output=True, text=True, check=True).stdout.split()
-        seconds, count, rss_kib, states = float(out[0]), int(out[1]), int(out[2]), int(out[3])
-        rows.append([f"{size:,}", f"{count:,}", f"{states:,}", f"{write_seconds:.1f}",
-                     f"{seconds:.2f}", f"{count / seconds:,.0f}", f"{rss_kib / 1024:,.0f}",
-                     f"{rss_kib * 1024 / count:,.0f}"])
+        args = [url, json.dumps(marker.to_json())]
+        rows += store_common.rebuild_rows(
+            size, write_seconds, rounds, baseline,
+            functools.partial(store_common.rebuild_child_run, __file__, args))
     return rows
 
 
@@ -248,6 +249,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (a smoke test)")
     parser.add_argument("--big", action="store_true", help="add the 10^6-record rebuild")
+    store_common.add_rebuild_arguments(parser)
     parser.add_argument("--rebuild-child", nargs=2, metavar=("URL", "MARKER"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -256,21 +258,22 @@ def main() -> None:
         return
     address = start_service("fluss")
     samples, count, actions = (200, 10_000, 5) if args.quick else (2_000, 200_000, 40)
-    sizes = [10_000] if args.quick else [10_000, 100_000] + ([1_000_000] if args.big else [])
     tables = Tables(address, DATABASE)
     started = time.monotonic()
     try:
         print("## fluss_store: the Fluss store against the pyfluss client\n")
         print("\n".join(machine(address)) + "\n")
-        print(f"### sync put latency (µs), {samples} samples each, blocks of 100 interleaved\n")
-        print(table(["subject", "n", "p50", "p99"], sync_latency(tables, samples)))
-        print("\n### group throughput\n")
-        print(table(["subject", "calls", "s", "calls/s", "MB/s", "CPU µs/call"],
-                    group_throughput(tables, count, actions)))
-        print("\n### rebuild (fresh process)\n")
-        print(table(["records written", "records read", "states", "write s", "rebuild s",
-                     "records/s", "peak RSS growth MB", "B/record"],
-                    rebuild(tables, sizes)))
+        if not args.rebuild_only:
+            print(f"### sync put latency (µs), {samples} samples each, blocks of 100 "
+                  "interleaved\n")
+            print(table(["subject", "n", "p50", "p99"], sync_latency(tables, samples)))
+            print("\n### group throughput\n")
+            print(table(["subject", "calls", "s", "calls/s", "MB/s", "CPU µs/call"],
+                        group_throughput(tables, count, actions)))
+        print(f"\n### rebuild (fresh process, {args.rounds} round(s), medians)\n")
+        print(table(store_common.REBUILD_HEADERS,
+                    rebuild(tables, store_common.sizes(args), args.rounds, args.baseline)))
+        print(f"\nload average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     finally:
         tables.drop()
     print(f"\n({time.monotonic() - started:.0f} s)")

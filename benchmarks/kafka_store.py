@@ -23,17 +23,18 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import platform
 import resource
 import statistics
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
 
+import store_common
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 from store_common import RECORD_BYTES, call, pct
@@ -139,20 +140,19 @@ def rebuild_child(servers: str, topic: str, marker: str) -> None:
     store.close()
 
 
-def rebuild(servers: str, sizes: list[int]) -> list[list[str]]:
+def rebuild(servers: str, sizes: list[int], rounds: int = 1,
+            baseline: str | None = None) -> list[list[str]]:
+    """Per size: write once, then ``rounds`` rebuilds in fresh processes (with
+    ``baseline``, a source tree's, interleaved with this code's); medians."""
     rows = []
     for size in sizes:
         topic = f"bench-rebuild-{uuid.uuid4().hex[:8]}"
         write_seconds, _, marker = write(servers, topic, size)
-        out = subprocess.run(
-            [sys.executable, __file__, "--rebuild-child", servers, topic,
-             json.dumps(marker.to_json())],
-            capture_output=True, text=True, check=True).stdout.split()
-        seconds, count, rss_kib, states = float(out[0]), int(out[1]), int(out[2]), int(out[3])
+        args = [servers, topic, json.dumps(marker.to_json())]
+        rows += store_common.rebuild_rows(
+            size, write_seconds, rounds, baseline,
+            functools.partial(store_common.rebuild_child_run, __file__, args))
         delete_topics(servers, [topic])
-        rows.append([f"{size:,}", f"{count:,}", f"{states:,}", f"{write_seconds:.1f}",
-                     f"{seconds:.2f}", f"{count / seconds:,.0f}", f"{rss_kib / 1024:,.0f}",
-                     f"{rss_kib * 1024 / count:,.0f}"])
     return rows
 
 
@@ -188,6 +188,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (a smoke test)")
     parser.add_argument("--big", action="store_true", help="add the 10^6-record rebuild")
+    store_common.add_rebuild_arguments(parser)
     parser.add_argument("--rebuild-child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.rebuild_child:
@@ -196,17 +197,17 @@ def main() -> None:
     servers = subprocess.run([str(REPO / "scripts/services/kafka"), "start"], check=True,
                              capture_output=True, text=True).stdout.split()[-1]
     print("\n".join(machine()))
-    print("\n### sync put latency (us)\n")
-    print(table(["", "samples", "p50", "p99", "CPU p50 (caller thread)"],
-                sync_latency(servers, 200 if args.quick else 2000)))
-    print("\n### group mode throughput\n")
-    print(table(["", "calls", "seconds", "calls/s", "MB/s", "CPU us/call (caller thread)"],
-                group_throughput(servers, 20_000 if args.quick else 200_000)))
-    print("\n### rebuild\n")
-    sizes = [10_000] if args.quick else [10_000, 100_000] + ([1_000_000] if args.big else [])
-    print(table(["records written", "records read", "states", "write s", "rebuild s",
-                 "records/s", "peak RSS growth MB", "bytes/record"], rebuild(servers, sizes)))
-
+    if not args.rebuild_only:
+        print("\n### sync put latency (us)\n")
+        print(table(["", "samples", "p50", "p99", "CPU p50 (caller thread)"],
+                    sync_latency(servers, 200 if args.quick else 2000)))
+        print("\n### group mode throughput\n")
+        print(table(["", "calls", "seconds", "calls/s", "MB/s", "CPU us/call (caller thread)"],
+                    group_throughput(servers, 20_000 if args.quick else 200_000)))
+    print(f"\n### rebuild ({args.rounds} round(s), medians)\n")
+    print(table(store_common.REBUILD_HEADERS,
+                rebuild(servers, store_common.sizes(args), args.rounds, args.baseline)))
+    print(f"\nload average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 if __name__ == "__main__":
     main()

@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import statistics
+import subprocess
+import sys
+from collections.abc import Callable
+from typing import Any
+
 from core_common import pct as sorted_pct
 
 from actionstate.records.codec import encode_record
@@ -24,3 +31,62 @@ RECORD_BYTES = len(encode_record(call(0)))
 def pct(values: list[float], q: float) -> float:
     """The ``q`` quantile (nearest rank) of unsorted ``values``."""
     return sorted_pct(sorted(values), q)
+
+
+REBUILD_HEADERS = ["code", "records written", "records read", "states", "write s",
+                   "rebuild s", "records/s", "vs baseline", "peak RSS growth MB",
+                   "bytes/record"]
+
+
+def rebuild_rows(size: int, write_seconds: float, rounds: int, baseline: str | None,
+                 run: Callable[[str | None], tuple[float, int, int, int]]
+                 ) -> list[list[str]]:
+    """The rebuild table's rows for one size: ``rounds`` runs of ``run(None)`` (this
+    code), interleaved with ``run(baseline)`` if given; medians across rounds."""
+    subjects: list[str | None] = [None] if baseline is None else [baseline, None]
+    results: dict[str | None, list[tuple[float, int, int, int]]] = {s: [] for s in subjects}
+    for i in range(rounds):
+        for subject in subjects[i % 2:] + subjects[:i % 2]:  # alternate who goes first
+            results[subject].append(run(subject))
+    rates = {s: statistics.median(count / seconds for seconds, count, _, _ in r)
+             for s, r in results.items()}
+    rows = []
+    for subject, runs in results.items():
+        seconds = statistics.median(r[0] for r in runs)
+        count = runs[0][1]
+        rss_kib = statistics.median(r[2] for r in runs)
+        ratio = f"{rates[subject] / rates[baseline]:.2f}x" if baseline else ""
+        rows.append(["baseline" if subject else "this code", f"{size:,}", f"{count:,}",
+                     f"{runs[0][3]:,}", f"{write_seconds:.1f}", f"{seconds:.2f}",
+                     f"{rates[subject]:,.0f}", ratio, f"{rss_kib / 1024:,.0f}",
+                     f"{rss_kib * 1024 / count:,.0f}"])
+    return rows
+
+
+def sizes(args: Any) -> list[int]:
+    """The rebuild sizes the command line asks for (``--sizes``, ``--quick``, ``--big``)."""
+    if args.sizes:
+        return [int(float(s)) for s in args.sizes.split(",")]
+    return [10_000] if args.quick else [10_000, 100_000] + ([1_000_000] if args.big else [])
+
+
+def rebuild_child_run(script: str, args: list[str], src: str | None
+                      ) -> tuple[float, int, int, int]:
+    """One ``script --rebuild-child args`` process (with ``src`` first on its path, if
+    given): seconds, records, peak RSS growth (KiB), states."""
+    env = dict(os.environ)
+    if src is not None:
+        env["PYTHONPATH"] = os.pathsep.join([src, *filter(None, [env.get("PYTHONPATH")])])
+    out = subprocess.run([sys.executable, script, "--rebuild-child", *args], env=env,
+                         capture_output=True, text=True, check=True).stdout.split()
+    return float(out[0]), int(out[1]), int(out[2]), int(out[3])
+
+
+def add_rebuild_arguments(parser: Any) -> None:
+    """The rebuild options both store benchmarks take."""
+    parser.add_argument("--rebuild-only", action="store_true", help="only the rebuild part")
+    parser.add_argument("--sizes", help="rebuild sizes, comma-separated (default 10^4,10^5)")
+    parser.add_argument("--rounds", type=int, default=1, help="rebuilds per size (medians)")
+    parser.add_argument("--baseline", metavar="SRC",
+                        help="also rebuild with the actionstate under SRC (e.g. another "
+                        "worktree's src), interleaved, and give the ratio")

@@ -7,6 +7,7 @@ reject any other ``v`` with an error naming the record; no pickle.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from json.encoder import encode_basestring
 from typing import Any, cast
@@ -36,7 +37,7 @@ from actionstate.records.state import (
     TruncateRecord,
 )
 
-__all__ = ["FORMAT_VERSION", "decode_record", "encode_record"]
+__all__ = ["FORMAT_VERSION", "decode_call", "decode_record", "encode_record"]
 
 FORMAT_VERSION = 1
 _TAG_BYTES = f'"{TAG}"'.encode()
@@ -186,7 +187,10 @@ def _loads(data: bytes, tagged: bool) -> Any:
     if type(data) is bytes and data[:1] == b"{" and data[1:2] != b"\0":
         # what json.detect_encoding takes for UTF-8; a record starts with "{"
         text = data.decode("utf-8", "surrogatepass")
-        value, end = (_TAGGED_SCAN if tagged else _PLAIN_SCAN)(text, 0)
+        try:
+            value, end = (_TAGGED_SCAN if tagged else _PLAIN_SCAN)(text, 0)
+        except StopIteration:  # a value missing (json.loads below says where)
+            end = -1
         if end == len(text):
             return value
     return json.loads(data, object_hook=untag) if tagged else json.loads(data)
@@ -203,6 +207,9 @@ def decode_record(data: bytes, where: str, keyring: Keyring | None = None,
         EncryptionKeyError: the payload is sealed with a key ``keyring`` lacks or that
             does not open it (unless ``sealed_ok``, for a lacking key).
     """
+    call = decode_call(data)
+    if call is not None:
+        return CallRecord(*call)
     try:
         env = _loads(data, _TAG_BYTES in data)
     except UndecodableValueError as exc:
@@ -278,6 +285,69 @@ def _state_key(k: Any) -> StateKey:
             _DECODED_KEYS.clear()
         _DECODED_KEYS[tuple(k)] = key
     return key
+
+
+_CALL_START = b'{"v":1,"t":"call","k":["'
+_STR = r'[^"\\\x00-\x1f]*'  # a JSON string's characters without escapes
+_INT = r"(?:0|[1-9][0-9]{0,17})"  # a non-negative int of up to 18 digits
+_CALL_HEAD = re.compile(
+    rf'\{{"v":1,"t":"call","k":\[("({_STR})",({_INT}),"({_STR})","({_STR})")\],'
+    rf'"e":({_INT}),"p":({_INT}),"f":"({_STR})","d":"({_STR})","s":"(?:(S)","r":|P"\}}\Z)')
+"""The head of a SUCCEEDED or PENDING call record as ``_encode_call`` writes it: only
+strings without escapes and plain integers, whose JSON values are their characters."""
+_NOT_PLAIN = bytes(range(32)) + b"\\"
+"""The bytes JSON strings hold only escaped (control characters) or as an escape."""
+_KEY_TEXTS: dict[str, StateKey] = {}
+"""The StateKeys decoded lately by the fast path, by their ``"k"`` text."""
+_DECODED_FIDS: dict[str, str] = {}
+"""Function ids decoded lately: the records of one function share one string."""
+
+
+def decode_call(data: bytes) -> tuple[StateKey, int, CallResult, int] | None:
+    """A SUCCEEDED or PENDING call record's (key, position, call, epoch), read without
+    decoding its head as JSON (a rebuild's common case); None for any other record:
+    :func:`decode_record` decodes it (and names what is wrong with it). The values equal
+    :func:`decode_record`'s: the head matches only when each field is a plain string or
+    integer, and the result is read as JSON at its offset."""
+    if type(data) is not bytes or not data.startswith(_CALL_START):
+        return None
+    try:
+        text = data.decode("utf-8", "surrogatepass")
+    except UnicodeDecodeError:
+        return None
+    m = _CALL_HEAD.match(text)
+    if m is None:
+        return None
+    key_text, k0, k1, k2, k3, epoch, position, function_id, digest, succeeded = m.groups()
+    if succeeded is None:  # PENDING: the head ends the record
+        result = None
+        status = CallStatus.PENDING
+    else:
+        start = m.end()
+        last = len(text) - 2  # a plain string result ends there, before the final "}"
+        if (text[start] == '"' and text.find('"', start + 1) == last and text[-1] == "}"
+                and len(data.translate(None, _NOT_PLAIN)) == len(data)):
+            result = text[start + 1:last]  # a string without escapes or control characters
+        else:
+            try:
+                result, end = (_TAGGED_SCAN if _TAG_BYTES in data else _PLAIN_SCAN)(text, start)
+            except Exception:  # the general path names what is wrong
+                return None
+            if end != len(text) - 1 or text[end] != "}":
+                return None
+        status = CallStatus.SUCCEEDED
+    key = _KEY_TEXTS.get(key_text)
+    if key is None:
+        key = StateKey(k0, int(k1), k2, k3)
+        if len(_KEY_TEXTS) >= _CACHED:
+            _KEY_TEXTS.clear()
+        _KEY_TEXTS[key_text] = key
+    fid = _DECODED_FIDS.get(function_id)
+    if fid is None:
+        if len(_DECODED_FIDS) >= _CACHED:
+            _DECODED_FIDS.clear()
+        fid = _DECODED_FIDS[function_id] = function_id
+    return key, int(position), CallResult(fid, digest, status, result), int(epoch)
 
 
 def _from_envelope(env: dict[str, Any]) -> Record:

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from actionstate.records.state import (
     ActionState,
     CallRecord,
+    CallResult,
     CompleteRecord,
     DropRecord,
     FenceRecord,
@@ -79,6 +80,18 @@ class StateIndex:
         elif isinstance(record, TruncateRecord):
             for pos in [p for p in state.calls if p >= record.position]:
                 del state.calls[pos]
+        return True
+
+    def apply_call(self, key: StateKey, at: int, call: CallResult, epoch: int,
+                   position: Position) -> bool:
+        """:meth:`apply` of ``CallRecord(key, at, call, epoch)`` at ``position`` (a
+        rebuild's common case, without building the record)."""
+        if epoch < self._fence.get(position[0], 0):
+            return False
+        state = self._states.get(key)
+        if state is None:
+            state = self._state(key, position)
+        state.calls[at] = call
         return True
 
     def _state(self, key: StateKey, position: Position) -> ActionState:

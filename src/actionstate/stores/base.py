@@ -10,6 +10,7 @@ so every backend behaves the same.
 
 from __future__ import annotations
 
+import gc
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
@@ -17,7 +18,7 @@ from typing import Any, ClassVar, Literal, get_args
 
 from actionstate.checkpoint import Marker
 from actionstate.errors import ConfigError, StoreError
-from actionstate.records.codec import decode_record, encode_record
+from actionstate.records.codec import decode_call, decode_record, encode_record
 from actionstate.records.crypto import Keyring
 from actionstate.records.index import Position, StateIndex
 from actionstate.records.state import ActionState, DropRecord, FenceRecord, Record, StateKey
@@ -258,10 +259,24 @@ class ActionStateStore(ABC):
             self._claim()
         stop = self.end_offsets()  # after the claim: whatever precedes it is read now
         count = 0
-        for position, data, where in self.read(self.namespace, start, stop):
-            record = decode_record(data, where, self.keyring, self.sealed_ok)
-            self.index.apply(record, position, record.epoch)
-            count += 1
+        index, keyring, sealed_ok = self.index, self.keyring, self.sealed_ok
+        apply, apply_call = index.apply, index.apply_call
+        # The index only grows while it is read in, and its objects hold no cycles: the
+        # cyclic collector would traverse every state held so far, again and again.
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            for position, data, where in self.read(self.namespace, start, stop):
+                call = decode_call(data)
+                if call is None:
+                    record = decode_record(data, where, keyring, sealed_ok)
+                    apply(record, position, record.epoch)
+                else:
+                    apply_call(*call, position)
+                count += 1
+        finally:
+            if collecting:
+                gc.enable()
         return count
 
     def _claim(self) -> None:

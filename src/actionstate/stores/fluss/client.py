@@ -68,6 +68,12 @@ class FlussClient:
         With ``retry``, retriable errors (leader moves, a restarting tablet server) are
         retried until the timeout (the client's, unless given).
         """
+        return self.start(fn, what, retry=retry, timeout=timeout)()
+
+    def start(self, fn: Callable[[], Awaitable[T]], what: str, *, retry: bool = True,
+              timeout: float | None = None) -> Callable[[], T]:
+        """Begin :meth:`call` of ``fn`` on the loop thread and return at once; the
+        function returned waits for its result (errors as :meth:`call` raises them)."""
         timeout = self.timeout if timeout is None else timeout
         loop = self._loop
 
@@ -86,17 +92,21 @@ class FlussClient:
                 delay = min(1.0, delay * 2)
 
         future = asyncio.run_coroutine_threadsafe(run(), loop)
-        try:
-            return future.result(timeout + 1)
-        except concurrent.futures.TimeoutError:
-            future.cancel()
-            raise StoreError(
-                f"Fluss at {self.servers} did not answer in {timeout:.0f} s "
-                f"({what}): {HINT}") from None
-        except ActionStateError:
-            raise
-        except Exception as exc:  # the client raises FlussError and plain RuntimeErrors
-            raise StoreError(self.explain(exc, what)) from None
+
+        def result() -> T:
+            try:
+                return future.result(timeout + 1)
+            except concurrent.futures.TimeoutError:
+                future.cancel()
+                raise StoreError(
+                    f"Fluss at {self.servers} did not answer in {timeout:.0f} s "
+                    f"({what}): {HINT}") from None
+            except ActionStateError:
+                raise
+            except Exception as exc:  # the client raises FlussError and plain RuntimeErrors
+                raise StoreError(self.explain(exc, what)) from None
+
+        return result
 
     def acknowledge(self, start: Callable[[], Awaitable[None]], what: str,
                     probe: Callable[[], Awaitable[object]]) -> None:

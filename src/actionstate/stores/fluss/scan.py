@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import fluss
+import pyarrow.compute as pc  # type: ignore[import-untyped]
 
 from actionstate.errors import StoreError
 from actionstate.records.index import Position
@@ -37,10 +38,11 @@ def scan(table: FlussTable, namespace: str, start: dict[int, int],
     starts = {b: lo for b, (lo, _) in pending.items()}
     scanner = client.call(lambda: table.scanner(starts), "open a log scanner")
     where = f"Fluss table {table.name}"
-    finished: list[int] = []
     idle_polls = 0
+    # The next poll runs on the client's loop while this one's records are decoded.
+    poll = client.start(functools.partial(_poll, scanner, [], prefix), "read the log")
     while pending:
-        batches = client.call(functools.partial(_poll, scanner, finished), "read the log")
+        batches = poll()
         idle_polls = 0 if batches else idle_polls + 1
         if idle_polls * _POLL_MS / 1000 > client.timeout:
             raise StoreError(
@@ -48,20 +50,26 @@ def scan(table: FlussTable, namespace: str, start: dict[int, int],
                 f"{client.timeout:.0f} s while reading up to offsets "
                 f"{ {b: hi for b, (_, hi) in pending.items()} }: is the Fluss cluster at "
                 f"{client.servers} healthy?")
-        for bucket, base, keys, payloads, first_agent_key in batches:
+        ready = []
+        for bucket, base, count, ours, payloads, first_agent_key in batches:
             if bucket not in pending:
                 continue
             _check_bucketing(table, bucket, first_agent_key)
             lo, hi = pending[bucket]
-            for i in range(max(0, lo - base), min(len(keys), hi - base)):
-                if keys[i].startswith(prefix):
-                    offset = base + i
-                    yield ((bucket, offset), payloads[i],
-                           f"{where} bucket {bucket} offset {offset}")
-            pending[bucket] = (max(lo, base + len(keys)), hi)
+            ready.append((bucket, base, ours, payloads, max(0, lo - base), min(count, hi - base)))
+            pending[bucket] = (max(lo, base + count), hi)
         finished = [b for b, (lo, hi) in pending.items() if lo >= hi]
         for bucket in finished:
             del pending[bucket]
+        if pending:
+            poll = client.start(functools.partial(_poll, scanner, finished, prefix),
+                                "read the log")
+        for bucket, base, ours, payloads, first, last in ready:
+            at = f"{where} bucket {bucket} offset "
+            for i in range(first, last):
+                if ours is None or ours[i]:
+                    offset = base + i
+                    yield (bucket, offset), payloads[i], f"{at}{offset}"
 
 
 def _read_ranges(table: FlussTable, start: dict[int, int],
@@ -105,16 +113,19 @@ def _check_bucketing(table: FlussTable, bucket: int, agent_key: str | None) -> N
             "this store writes")
 
 
-async def _poll(scanner: Any, finished: list[int]) -> list[tuple[int, int, list[str],
-                                                              list[bytes], str | None]]:
-    """One poll: per Arrow batch (bucket, base offset, state keys, payloads, first agent key)."""
+async def _poll(scanner: Any, finished: list[int], prefix: str
+                ) -> list[tuple[int, int, int, list[bool] | None, list[bytes], str | None]]:
+    """One poll: per Arrow batch (bucket, base offset, rows, which rows are of the
+    namespace (None: all), payloads, first agent key)."""
     for bucket in finished:
         scanner.unsubscribe(bucket)
     out = []
     for rb in await scanner.poll_record_batch(_POLL_MS):
         batch = rb.batch
         agent_keys = batch.column(2)
-        out.append((rb.bucket.bucket_id, rb.base_offset, batch.column(0).to_pylist(),
+        mask = pc.starts_with(batch.column(0), pattern=prefix)
+        ours = None if pc.all(mask, skip_nulls=False).as_py() else mask.to_pylist()
+        out.append((rb.bucket.bucket_id, rb.base_offset, batch.num_rows, ours,
                     batch.column(1).to_pylist(),
                     agent_keys[0].as_py() if len(agent_keys) else None))
     return out

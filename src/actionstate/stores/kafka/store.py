@@ -257,6 +257,8 @@ class KafkaActionStateStore(ActionStateStore):
                 )
         ns = namespace.encode()
         track = namespace == self.namespace
+        track_record = self._retention.track_read
+        where = f"kafka topic {self.topic} partition "
         consumer = client(Consumer, {**self._common, **self._consumer_conf})
         try:
             consumer.assign([TopicPartition(self.topic, p, first)
@@ -280,46 +282,45 @@ class KafkaActionStateStore(ActionStateStore):
                     if bounds is None:
                         continue
                     error = message.error()
-                    if error is not None:
-                        code = error.code()
-                        if code in (KafkaError._AUTO_OFFSET_RESET, KafkaError.OFFSET_OUT_OF_RANGE):
-                            raise StoreError(
-                                f"Kafka topic {self.topic} partition {p} no longer has the "
-                                f"records from offset {bounds[0]} a rebuild needs ({error.str()})"
-                                ": they were deleted (retention or delete-records), so the states "
-                                "they held are lost; restore from a newer checkpoint or start "
-                                "fresh without one")
-                        if code != KafkaError._PARTITION_EOF:
-                            if not passes(error):
-                                raise StoreError(
-                                    f"cannot read Kafka topic {self.topic} partition {p} from "
-                                    f"{self.servers} ({error.str()}): check the broker and retry")
-                            # The consumer retries by itself (a topic still settling).
-                            settling = now if settling is None else settling
-                            if now - settling > self._timeout:
-                                raise settle_error(
-                                    f"read Kafka topic {self.topic} partition {p}", error,
-                                    self.servers, self._timeout)
-                            continue
+                    if error is None:  # a record: the common case first
                         last_event, settling = now, None
-                        if offset >= bounds[1]:
+                        if offset + 1 >= bounds[1]:
                             self._finish(consumer, ranges, p)
+                            if offset >= bounds[1]:
+                                continue
+                        key, value = message.key(), message.value()
+                        if value is None or key is None:
+                            continue
+                        head, _, counter = key.rpartition(b"/")
+                        if head.rpartition(b"/")[0] != ns:
+                            continue
+                        if track:
+                            track_record(p, offset, head, counter)
+                        yield (p, offset), value, f"{where}{p} offset {offset}"
+                        continue
+                    code = error.code()
+                    if code in (KafkaError._AUTO_OFFSET_RESET, KafkaError.OFFSET_OUT_OF_RANGE):
+                        raise StoreError(
+                            f"Kafka topic {self.topic} partition {p} no longer has the "
+                            f"records from offset {bounds[0]} a rebuild needs ({error.str()})"
+                            ": they were deleted (retention or delete-records), so the states "
+                            "they held are lost; restore from a newer checkpoint or start "
+                            "fresh without one")
+                    if code != KafkaError._PARTITION_EOF:
+                        if not passes(error):
+                            raise StoreError(
+                                f"cannot read Kafka topic {self.topic} partition {p} from "
+                                f"{self.servers} ({error.str()}): check the broker and retry")
+                        # The consumer retries by itself (a topic still settling).
+                        settling = now if settling is None else settling
+                        if now - settling > self._timeout:
+                            raise settle_error(
+                                f"read Kafka topic {self.topic} partition {p}", error,
+                                self.servers, self._timeout)
                         continue
                     last_event, settling = now, None
-                    if offset + 1 >= bounds[1]:
+                    if offset >= bounds[1]:
                         self._finish(consumer, ranges, p)
-                        if offset >= bounds[1]:
-                            continue
-                    key, value = message.key(), message.value()
-                    if value is None or key is None:
-                        continue
-                    head, _, counter = key.rpartition(b"/")
-                    if head.rpartition(b"/")[0] != ns:
-                        continue
-                    if track:
-                        self._retention.track(p, offset, head + b"/", counter)
-                    yield ((p, offset), value,
-                           f"kafka topic {self.topic} partition {p} offset {offset}")
         finally:
             try:
                 consumer.close()
