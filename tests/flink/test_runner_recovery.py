@@ -139,6 +139,12 @@ class Kill:
 def kill_after_recorded_calls(run: FlinkRun, calls_after: int) -> Kill:
     """Wait until ``calls_after`` model calls were both sent and answered after the latest
     completed checkpoint (recorded, and not covered by it), then :func:`kill`."""
+    return kill(run, await_recorded_calls(run, calls_after))
+
+
+def await_recorded_calls(run: FlinkRun, calls_after: int) -> float:
+    """Wait until ``calls_after`` model calls were both sent and answered after the latest
+    completed checkpoint; when (epoch seconds) that checkpoint was acknowledged."""
     wall_offset = time.time() - time.monotonic()
     deadline = time.monotonic() + 180
     while True:
@@ -152,7 +158,7 @@ def kill_after_recorded_calls(run: FlinkRun, calls_after: int) -> Kill:
             raise AssertionError(f"the job ended before the kill: {json.dumps(failures)[:3000]}")
         assert time.monotonic() < deadline, f"no {calls_after} calls after a checkpoint"
         time.sleep(0.05)  # the poll interval of the REST API and the model's counts
-    return kill(run, covered)
+    return covered
 
 
 def kill(run: FlinkRun, covered: float) -> Kill:
@@ -284,6 +290,49 @@ def test_two_taskmanager_kills_in_a_row(tmp_path: Path, kafka_servers: str, topi
           f"{repeated} ran again")
     assert _strip(run.outputs()) == expected, "exactly one output per ticket"
     assert repeated <= first.in_flight + second.in_flight
+
+
+@pytest.mark.slow
+def test_a_jobmanager_killed_after_recorded_calls(
+        tmp_path: Path, kafka_servers: str, topics: Topics, cluster: Flink) -> None:
+    """kill -9 the JobManager once calls were recorded after the last completed
+    checkpoint, then start another: it takes the job back from ZooKeeper (the cluster
+    runs with high availability) and restores it from that checkpoint. Every output
+    exactly once; no call answered before the kill runs again, those the checkpoint
+    did not cover included (the TaskManager goes on until it notices the loss: calls
+    made meanwhile may run again)."""
+    flink = cluster
+    store = f"kafka://{kafka_servers}/{topics.name()}?partitions=4"
+    with FakeLLMServer(latency=0.3) as server:
+        run = FlinkRun(tmp_path, kafka_servers, topics, flink, server, store)
+        run.submit()
+        covered = await_recorded_calls(run, CALLS_AFTER)
+        wall_offset = time.time() - time.monotonic()
+        killing = time.monotonic()
+        script("kill-jobmanager")
+        answered = [r for r in server.requests
+                    if r.answered is not None and r.answered < killing - 0.05]
+        uncovered = {r.prompt for r in answered if r.received + wall_offset > covered}
+        script("start-jobmanager")
+        deadline = time.monotonic() + 180
+        while run.job not in {job["jid"] for job in flink.rest("/jobs/overview")["jobs"]}:
+            assert time.monotonic() < deadline, "the new JobManager did not take the job back"
+            time.sleep(0.2)  # the REST API's poll interval
+        flink.wait_job(run.job, {"RUNNING"}, timeout=180, tasks_running=True)
+        back = time.monotonic() - killing
+        finish(run)
+        again = {prompt for prompt, n in server.calls.items() if n > 1}
+        total = server.total_calls
+    expected, expected_calls = reference(tmp_path)
+    restored = flink.checkpoints(run.job)["latest"]["restored"]
+    print(f"\njobmanager kill: {len(uncovered)} calls recorded after checkpoint "
+          f"{restored and restored['id']}, {total - expected_calls} ran again; running again "
+          f"{back:.1f} s after the kill")
+    assert restored is not None, "the new JobManager restored the job from a checkpoint"
+    assert _strip(run.outputs()) == expected, "exactly one output per ticket"
+    assert len(uncovered) > PARALLELISM * CONCURRENCY, "more than can be in flight at once"
+    assert not again & {r.prompt for r in answered}, (
+        f"calls answered before the kill ran again: {sorted(again)[:5]}")
 
 
 def finish(run: FlinkRun) -> None:
