@@ -276,20 +276,25 @@ class SyncCommitter:
             more = (self._issued > self._durable and self._error is None
                     and not self._closed)
             self._scheduled = more
-        if threading.get_ident() == self._loop_thread:
-            _set_done(ready)
-        else:
-            _wake(ready)
+        _wake(ready)
         if more:  # every record put meanwhile joins the next commit
             self._schedule()
 
 
 def _wake(futures: list[asyncio.Future[None]]) -> None:
-    """Complete ``futures`` on their event loops: one wake-up per loop, not per future."""
+    """Complete ``futures`` on their event loops: one wake-up per loop, not per future
+    (at once for those of the loop running on this thread)."""
     by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
     for future in futures:
         by_loop.setdefault(future.get_loop(), []).append(future)
+    try:
+        running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+    except RuntimeError:  # a commit thread, an action's thread
+        running = None
     for loop, batch in by_loop.items():
+        if loop is running:
+            _set_done(batch)
+            continue
         try:
             loop.call_soon_threadsafe(_set_done, batch)
         except RuntimeError:  # the loop is closed: nobody waits for them any more

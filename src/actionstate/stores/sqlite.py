@@ -161,8 +161,7 @@ class SqliteActionStateStore(ActionStateStore):
         try:
             with self._errors():
                 self._db.execute("COMMIT")
-            with self._pending_lock:
-                self._next_id = max(self._next_id, last + 1)
+            self._advance(last)
         finally:
             self._lock.release()
 
@@ -190,9 +189,13 @@ class SqliteActionStateStore(ActionStateStore):
                 if not commit:
                     return last
                 db.execute("COMMIT")
+        self._advance(last)
+        return last
+
+    def _advance(self, last: int) -> None:
+        """Row ``last`` is committed: the next record's id is above it."""
         with self._pending_lock:
             self._next_id = max(self._next_id, last + 1)
-        return last
 
     def _insert_many(self, rows: list[Any]) -> int:
         """INSERT the flat ``rows``, many per statement; the id of the last one."""
@@ -214,8 +217,7 @@ class SqliteActionStateStore(ActionStateStore):
                 row_id = int(db.execute(_INSERT, (self.namespace, None, data)).lastrowid or 0)
                 db.execute(_FENCE, (self.namespace, row_id + 1))
                 db.execute("COMMIT")
-        with self._pending_lock:
-            self._next_id = max(self._next_id, row_id + 1)
+        self._advance(row_id)
         return (0, row_id)
 
     @contextlib.contextmanager

@@ -52,23 +52,11 @@ class Retention:
     def track_read(self, partition: int, offset: int, head: bytes, counter: bytes) -> None:
         """:meth:`track` of the record ``head + b"/" + counter`` read at ``offset`` (a
         rebuild's: the prefix is built only when a run of another writer begins)."""
-        if offset <= self._tracked.get(partition, -1):
-            return
-        self._tracked[partition] = offset
         runs = self._runs.get(partition)
-        if runs is None:
-            runs = self._runs[partition] = deque()
-        if runs:
-            run = runs[-1]
-            prefix = run.prefix
-            if len(prefix) != len(head) + 1 or not prefix.startswith(head):
-                run = _Run(head + b"/")
-                runs.append(run)
-        else:
-            run = _Run(head + b"/")
-            runs.append(run)
-        run.offsets.append(offset)
-        run.counters.append(int(counter, 16))
+        prefix = runs[-1].prefix if runs else b""
+        if len(prefix) != len(head) + 1 or not prefix.startswith(head):
+            prefix = head + b"/"
+        self.track(partition, offset, prefix, counter)
 
     def checkpoint(self, offsets: Mapping[int, int]) -> Iterator[tuple[int, bytes]]:
         """Retain a checkpoint's marker ``offsets`` (now); the iterator yields (partition,
