@@ -32,17 +32,14 @@ import asyncio
 import functools
 import json
 import os
-import platform
-import resource
 import statistics
-import subprocess
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import fluss
 import store_common
+from core_common import table
 from store_common import KEYS, RECORD_BYTES, call, pct
 
 from actionstate.checkpoint import Marker
@@ -53,7 +50,6 @@ from actionstate.stores.fluss.config import client_properties
 from actionstate.stores.memory import MemoryActionStateStore
 from actionstate.testing.services import Tables, start_service
 
-REPO = Path(__file__).resolve().parent.parent
 DATABASE = "actionstate_bench"
 
 
@@ -196,18 +192,6 @@ def group_throughput(tables: Tables, count: int, actions: int) -> list[list[str]
     return rows
 
 
-def rebuild_child(url: str, marker: str) -> None:
-    """Run in a fresh process: rebuild and print seconds, records, RSS growth (KiB)."""
-    store = open_store(url)
-    page_kib = os.sysconf("SC_PAGE_SIZE") // 1024
-    before = int(Path("/proc/self/statm").read_text().split()[1]) * page_kib  # RSS now
-    begin = time.perf_counter()
-    count = store.rebuild(Marker.from_json(json.loads(marker)))
-    seconds = time.perf_counter() - begin
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # peak RSS, KiB
-    print(seconds, count, after - before, len(store.index))
-    store.close()
-
 
 def rebuild(tables: Tables, sizes: list[int], rounds: int = 1,
             baseline: str | None = None) -> list[list[str]]:
@@ -224,25 +208,12 @@ def rebuild(tables: Tables, sizes: list[int], rounds: int = 1,
     return rows
 
 
-def table(headers: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(headers) + " |",
-             "|" + "|".join(" --- " if i == 0 else " ---: " for i in range(len(headers))) + "|"]
-    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
-
 
 def machine(address: str) -> list[str]:
-    model = next((line.split(":", 1)[1].strip() for line in
-                  Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor())
-    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-                            capture_output=True, text=True).stdout.strip()
-    return [f"- machine: nproc {len(os.sched_getaffinity(0))}, CPU {model}, "
-            f"{platform.system()} {platform.release()}, Python {platform.python_version()}",
-            f"- load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}",
-            f"- Fluss 0.9.1-incubating at {address} (one TabletServer, replication 1), "
-            f"pyfluss {fluss.__version__}; commit {commit}",
-            f"- record: CallRecord with a 1 KB result, {RECORD_BYTES} B encoded; tables of "
-            "64 buckets"]
+    return store_common.machine_lines(
+        f"Fluss 0.9.1-incubating at {address} (one TabletServer, replication 1), pyfluss "
+        f"{fluss.__version__}; record: CallRecord with a 1 KB result, {RECORD_BYTES} B "
+        "encoded; tables of 64 buckets")
 
 
 def main() -> None:
@@ -254,7 +225,7 @@ def main() -> None:
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.rebuild_child:
-        rebuild_child(*args.rebuild_child)
+        store_common.rebuild_child(*args.rebuild_child)
         return
     address = start_service("fluss")
     samples, count, actions = (200, 10_000, 5) if args.quick else (2_000, 200_000, 40)

@@ -26,8 +26,6 @@ import dataclasses
 import functools
 import json
 import os
-import platform
-import resource
 import statistics
 import subprocess
 import time
@@ -36,13 +34,14 @@ from pathlib import Path
 
 import store_common
 from confluent_kafka import Producer
-from confluent_kafka.admin import AdminClient
+from core_common import table
 from store_common import RECORD_BYTES, call, pct
 
 from actionstate.checkpoint import Marker
 from actionstate.records.codec import encode_record
 from actionstate.stores import open_store
 from actionstate.stores.kafka import partition_of
+from actionstate.testing.services import delete_topics
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -127,18 +126,6 @@ def group_throughput(servers: str, count: int) -> list[list[str]]:
              f"{cpu_seconds / count * 1e6:.1f}"]]
 
 
-def rebuild_child(servers: str, topic: str, marker: str) -> None:
-    """Run in a fresh process: rebuild and print seconds, records, RSS growth (KiB)."""
-    store = open_store(f"kafka://{servers}/{topic}")
-    page_kib = os.sysconf("SC_PAGE_SIZE") // 1024
-    before = int(Path("/proc/self/statm").read_text().split()[1]) * page_kib  # RSS now
-    begin = time.perf_counter()
-    count = store.rebuild(Marker.from_json(json.loads(marker)))
-    seconds = time.perf_counter() - begin
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # peak RSS, KiB
-    print(seconds, count, after - before, len(store.index))
-    store.close()
-
 
 def rebuild(servers: str, sizes: list[int], rounds: int = 1,
             baseline: str | None = None) -> list[list[str]]:
@@ -148,7 +135,7 @@ def rebuild(servers: str, sizes: list[int], rounds: int = 1,
     for size in sizes:
         topic = f"bench-rebuild-{uuid.uuid4().hex[:8]}"
         write_seconds, _, marker = write(servers, topic, size)
-        args = [servers, topic, json.dumps(marker.to_json())]
+        args = [f"kafka://{servers}/{topic}", json.dumps(marker.to_json())]
         rows += store_common.rebuild_rows(
             size, write_seconds, rounds, baseline,
             functools.partial(store_common.rebuild_child_run, __file__, args))
@@ -156,32 +143,15 @@ def rebuild(servers: str, sizes: list[int], rounds: int = 1,
     return rows
 
 
-def delete_topics(servers: str, topics: list[str]) -> None:
-    admin = AdminClient({"bootstrap.servers": servers})
-    for future in admin.delete_topics(topics).values():
-        future.result()
-
-
-def table(headers: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(headers) + " |",
-             "|" + "|".join(" --- " if i == 0 else " ---: " for i in range(len(headers))) + "|"]
-    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
 
 def machine() -> list[str]:
-    model = next((line.split(":", 1)[1].strip() for line in
-                  Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor())
     import confluent_kafka
 
-    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-                            capture_output=True, text=True).stdout.strip()
-    return [f"- machine: nproc {len(os.sched_getaffinity(0))}, CPU {model}, "
-            f"{platform.system()} {platform.release()}, Python {platform.python_version()}",
-            f"- confluent-kafka {confluent_kafka.__version__} (librdkafka "
-            f"{confluent_kafka.libversion()[0]}), single-node Kafka broker on 127.0.0.1 "
-            "(scripts/services/kafka), same machine",
-            f"- code: {commit} + working tree"]
+    return store_common.machine_lines(
+        f"confluent-kafka {confluent_kafka.__version__} (librdkafka "
+        f"{confluent_kafka.libversion()[0]}), single-node Kafka broker on 127.0.0.1 "
+        "(scripts/services/kafka), same machine")
 
 
 def main() -> None:
@@ -189,10 +159,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes (a smoke test)")
     parser.add_argument("--big", action="store_true", help="add the 10^6-record rebuild")
     store_common.add_rebuild_arguments(parser)
-    parser.add_argument("--rebuild-child", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--rebuild-child", nargs=2, metavar=("URL", "MARKER"),
+                        help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.rebuild_child:
-        rebuild_child(*args.rebuild_child)
+        store_common.rebuild_child(*args.rebuild_child)
         return
     servers = subprocess.run([str(REPO / "scripts/services/kafka"), "start"], check=True,
                              capture_output=True, text=True).stdout.split()[-1]

@@ -1,18 +1,27 @@
-"""What the store benchmarks (kafka_store.py, fluss_store.py) share: the record stream."""
+"""What the store benchmarks (kafka_store.py, fluss_store.py) share: the record stream,
+the rebuild in a fresh process and its table, the machine lines."""
 
 from __future__ import annotations
 
+import json
 import os
+import platform
+import resource
 import statistics
 import subprocess
 import sys
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+from core_common import code_version, cpu_model
 from core_common import pct as sorted_pct
 
+from actionstate.checkpoint import Marker
 from actionstate.records.codec import encode_record
 from actionstate.records.state import CallRecord, CallResult, CallStatus, StateKey
+from actionstate.stores import open_store
 
 RESULT = "x" * 1024
 KEYS = 64
@@ -90,3 +99,26 @@ def add_rebuild_arguments(parser: Any) -> None:
     parser.add_argument("--baseline", metavar="SRC",
                         help="also rebuild with the actionstate under SRC (e.g. another "
                         "worktree's src), interleaved, and give the ratio")
+
+
+def rebuild_child(url: str, marker: str) -> None:
+    """Run in a fresh process: rebuild ``url``'s store from ``marker`` (its JSON) and print
+    seconds, records, RSS growth (KiB) and states held."""
+    store = open_store(url)
+    page_kib = os.sysconf("SC_PAGE_SIZE") // 1024
+    before = int(Path("/proc/self/statm").read_text().split()[1]) * page_kib  # RSS now
+    begin = time.perf_counter()
+    count = store.rebuild(Marker.from_json(json.loads(marker)))
+    seconds = time.perf_counter() - begin
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # peak RSS, KiB
+    print(seconds, count, after - before, len(store.index))
+    store.close()
+
+
+def machine_lines(service: str) -> list[str]:
+    """The machine, the load at the start, the service measured and the code."""
+    return [f"- machine: nproc {len(os.sched_getaffinity(0))}, CPU {cpu_model()}, "
+            f"{platform.system()} {platform.release()}, Python {platform.python_version()}",
+            f"- load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}",
+            f"- {service}",
+            f"- code: actionstate {code_version()}"]
