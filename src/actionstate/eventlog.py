@@ -206,11 +206,6 @@ class EventLogger:
             if self._file is not None:
                 self._file.write("".join(lines))
 
-    def flush(self) -> None:
-        with self._lock:
-            if self._file is not None:
-                self._file.flush()
-
     def prepare(self) -> dict[str, Any] | None:
         """Make the records so far durable (flush, fsync); the state a checkpoint keeps:
         the log's path and size (None: no log)."""

@@ -64,10 +64,6 @@ class MemoryObject:
     def __contains__(self, path: str) -> bool:
         return self.get(path, _MISSING) is not _MISSING
 
-    def to_dict(self) -> dict[str, Any]:
-        """The whole memory as a nested dict (not a copy: do not mutate it)."""
-        return self._data
-
 
 def apply_update(data: dict[str, Any], path: str, value: Any) -> None:
     """Write ``value`` at dotted ``path`` in ``data`` (used by set and by replay)."""

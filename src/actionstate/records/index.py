@@ -70,9 +70,7 @@ class StateIndex:
             self.drop_after(record.key, record.after_seq)
             return True
         state = self._state(record.key, position)
-        if isinstance(record, CallRecord):
-            state.calls[record.position] = record.call
-        elif isinstance(record, CompleteRecord):
+        if isinstance(record, CompleteRecord):
             state.completed = True
             state.task_event = record.task_event
             state.output_events = list(record.output_events)
