@@ -1,47 +1,39 @@
-"""The layer picture of docs/architecture.md, checked on the source: every import
-points down, and no module imports itself back through others."""
+"""The layer table of docs/architecture.md, checked on the source: every import
+points down, the table names only imports that exist, and no module imports itself
+back through others."""
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "actionstate"
 
-LAYERS: dict[str, set[str]] = {
-    # unit (top-level module or package) -> the units it may import
-    "errors": set(),
-    "events": {"errors"},
-    "private": set(),
-    "records": {"errors", "events"},
-    "checkpoint": {"errors"},
-    "llm": {"errors"},
-    "retry": {"errors"},
-    "memory": {"errors", "records"},
-    "context": {"events", "memory", "retry"},
-    "agent": {"errors", "events", "context"},
-    "loader": {"errors", "agent"},
-    "eventlog": {"errors", "events", "records"},
-    "stores": {"errors", "records", "checkpoint", "private"},
-    "durable": {"errors", "events", "records", "checkpoint", "memory", "context", "agent",
-                "eventlog", "stores", "retry"},
-    "connectors": {"errors", "records", "eventlog", "stores"},
-    "runners": {"errors", "private", "records", "checkpoint", "memory", "agent", "eventlog",
-                "durable", "stores", "connectors", "loader", "retry", "telemetry"},
-    "inspection": {"errors", "records", "checkpoint", "runners", "stores"},
-    "testing": {"errors", "events", "records", "checkpoint", "llm", "stores", "durable",
-                "agent"},
-    "demo": {"", "llm", "runners"},
-    "telemetry": {"errors", "durable"},
-    "api": {"errors", "agent", "connectors", "durable", "eventlog", "retry", "runners",
-            "stores", "telemetry"},
-    "cli": {"errors", "records", "durable", "eventlog", "loader", "runners", "stores", "inspection",
-            "demo", "retry", "api", "telemetry"},
-    "": {"agent", "context", "durable", "errors", "events", "memory", "stores", "retry", "api",
-         "connectors"},
-    "__main__": {"cli"},
-}
-"""``""`` is the package itself (``actionstate/__init__.py``: the user API)."""
+DOC = SRC.parents[1] / "docs" / "architecture.md"
+TABLE = "<!-- layers: the rule; tests/test_layers.py reads this table -->"
+
+
+def _layers() -> dict[str, set[str]]:
+    """The layer table of docs/architecture.md: unit (top-level module or package; ``""``
+    is the package itself, ``actionstate/__init__.py``) -> the units it may import."""
+    lines = DOC.read_text().split(TABLE, 1)[1].strip().splitlines()[2:]
+    layers: dict[str, set[str]] = {}
+    for line in lines:
+        if not line.startswith("|"):
+            break
+        unit, allowed = (cell.strip() for cell in line.strip("|").split("|"))
+        names = re.findall(r"`([^`]+)`", allowed)
+        layers[_name(unit)] = {_name(f"`{n}`") for n in names if n != "__init__"}
+    return layers
+
+
+def _name(cell: str) -> str:
+    name = re.findall(r"`([^`]+)`", cell)[0]
+    return "" if name == "actionstate" else name
+
+
+LAYERS = _layers()
 
 
 def _unit(module: str) -> str:
@@ -57,7 +49,9 @@ def _imports() -> dict[str, set[str]]:
         name = ".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
         found: set[str] = set()
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            if isinstance(node, ast.ImportFrom) and node.level > 0:
+                raise AssertionError(f"{name}: a relative import; use the absolute name")
+            if isinstance(node, ast.ImportFrom) and node.module:
                 if node.module.startswith("actionstate"):
                     found.add(node.module)
             elif isinstance(node, ast.Import):
@@ -76,6 +70,16 @@ def test_every_import_points_down_the_layers() -> None:
             if other != unit and other not in LAYERS[unit]:
                 wrong.append(f"{module} imports {target}")
     assert not wrong, "imports against the layers:\n" + "\n".join(wrong)
+
+
+def test_the_layer_table_names_only_imports_that_exist() -> None:
+    """The table is exact: a unit's row names no unit it does not import."""
+    used: dict[str, set[str]] = {unit: set() for unit in LAYERS}
+    for module, imported in _imports().items():
+        used[_unit(module)] |= {_unit(t) for t in imported} - {_unit(module)}
+    stale = {unit: sorted(allowed - used[unit]) for unit, allowed in LAYERS.items()
+             if allowed - used[unit]}
+    assert not stale, f"rows of the layer table in {DOC.name} naming unused imports: {stale}"
 
 
 def test_no_import_cycle() -> None:
