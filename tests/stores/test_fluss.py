@@ -373,9 +373,10 @@ def test_the_timeout_bounds_a_wait_for_the_cluster() -> None:
         assert time.monotonic() - started < 10
 
 
-def test_end_offsets_is_a_query_and_a_marker_tightens_positions(shared_url: str) -> None:
-    """Positions are lower bounds: reading the end offsets leaves them alone; a recovery
-    marker re-reads the ends, so records put after it get exact positions again."""
+def test_end_offsets_and_markers_are_queries_and_a_release_tightens_positions(shared_url: str) -> None:
+    """Positions are lower bounds: reading the end offsets or taking a recovery marker
+    leaves them alone; a release (after a saved checkpoint) re-reads the ends, so records
+    put after it get exact positions again."""
     other = fresh(shared_url)
     store = fresh(shared_url, durability="group")  # its claim is bucket 0's last record
     key = next(f"p{i}" for i in range(1000) if bucket_of(f"p{i}", 4) == 0)
@@ -391,11 +392,16 @@ def test_end_offsets_is_a_query_and_a_marker_tightens_positions(shared_url: str)
     ends = store.end_offsets()
     assert ends[0] == first[1] + 3, "the first record is still buffered"
     assert append(1) == (0, first[1] + 1), "end_offsets() changes no position"
-    store.recovery_marker()  # flushes the two records, then re-reads the ends
-    assert append(2) == (0, ends[0] + 2), "after a marker, the exact offset"
+    store.flush()
+    marker = store.recovery_marker()
+    assert append(2) == (0, first[1] + 2), "recovery_marker() changes no position"
+    store.flush()
+    store.release(marker)  # re-reads the ends
+    assert append(3) == (0, ends[0] + 3), "after a release, the exact offset"
     store.flush()
     mine = [p for p, r in all_records(store) if isinstance(r, CallRecord)]
-    assert mine == [(0, first[1] + 3), (0, first[1] + 4), (0, ends[0] + 2)]
+    assert mine == [(0, first[1] + 3), (0, first[1] + 4), (0, ends[0] + 2),
+                    (0, ends[0] + 3)]
     store.close()
     other.close()
 

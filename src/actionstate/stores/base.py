@@ -149,9 +149,10 @@ class ActionStateStore(ABC):
         """Flush and release resources. Calling it twice is fine."""
 
     def release(self, marker: Marker) -> None:  # noqa: B027 - optional hook
-        """Delete records before ``marker`` (no retained checkpoint needs them).
+        """A checkpoint holding ``marker`` is saved: let go of what only older ones
+        needed, such as the records before it.
 
-        The default keeps them; backends with cheap deletes override this.
+        The default keeps everything; backends with cheap deletes override this.
         """
 
     def discard_other_runs(self) -> None:  # noqa: B027 - optional hook

@@ -217,10 +217,11 @@ class FlussActionStateStore(ActionStateStore):
     def end_offsets(self) -> dict[int, int]:
         return self._table.end_offsets()
 
-    def recovery_marker(self) -> Marker:
-        marker = super().recovery_marker()
-        self._resync_positions()  # records put from now on: bounds from the ends of now
-        return marker
+    def release(self, marker: Marker) -> None:
+        """Fluss keeps the records (a log table's TTL expires them). What a saved
+        checkpoint lets go of here is the old bound of positions: records put from now
+        on are placed from the buckets' ends of now."""
+        self._resync_positions()
 
     def read(
         self, namespace: str, start: dict[int, int], stop: dict[int, int]
