@@ -69,6 +69,7 @@ from core_common import fmt_rate, fmt_ratio, machine_lines, median, scratch_dir,
 import actionstate
 from actionstate import Agent, InputEvent, OutputEvent, RunnerContext, action
 from actionstate.durable.stats import RunStats
+from actionstate.stores.base import DURABILITIES, Durability
 from actionstate.testing.services import start_service
 from actionstate.testing.topics import Message, Topics, produce, read_committed
 
@@ -139,7 +140,8 @@ class Timed:
 
 # -- the variants ------------------------------------------------------------------
 
-def run_actionstate(source: str, sink: str, state: Path, durability: str) -> tuple[Timed, RunStats]:
+def run_actionstate(source: str, sink: str, state: Path,
+                    durability: Durability) -> tuple[Timed, RunStats]:
     with Timed() as timed:
         stats = actionstate.run(ThreeCalls, source=source, key="k", sink=sink,
                                 state=state, durability=durability, until_end=True,
@@ -220,7 +222,7 @@ def parse_args() -> argparse.Namespace:
                         help="2,000 inputs, 1 round (a smoke test)")
     parser.add_argument("--inputs", type=int, help="inputs per run (20,000)")
     parser.add_argument("--rounds", type=int, help="rounds (3)")
-    parser.add_argument("--durability", choices=["group", "sync"], default="group")
+    parser.add_argument("--durability", choices=DURABILITIES, default="group")
     parser.add_argument("--profile", action="store_true",
                         help="then one kafka->kafka run under cProfile")
     return parser.parse_args()
@@ -357,7 +359,8 @@ def confluent_version() -> str:
     return f"{version} (librdkafka {confluent_kafka.libversion()[0]})"
 
 
-def profile_run(servers: str, source: str, tmp: Path, durability: str, n: int) -> str:
+def profile_run(servers: str, source: str, tmp: Path, durability: Durability,
+                n: int) -> str:
     out = Topics(servers)
     try:
         work = tmp / "profile"

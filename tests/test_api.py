@@ -255,7 +255,7 @@ def test_bad_arguments_are_named(tmp_path: Path) -> None:
                         state=tmp_path)
     with pytest.raises(ConfigError, match="durability 'fast'"):
         actionstate.run(Counter, source=RECORDS, key="k", sink=[], state=tmp_path,
-                        durability="fast")
+                        durability="fast")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="not callable|is not a path"):
         actionstate.run(Counter, source=RECORDS, key="k", sink=42,  # type: ignore[arg-type]
                         state=tmp_path)

@@ -13,7 +13,7 @@ from typing import Any, ParamSpec, TypeVar
 from actionstate.agent import Agent
 from actionstate.connectors import SinkSpec, SourceSpec, open_sink, open_source
 from actionstate.durable.chain import ChainSettings
-from actionstate.durable.execution import POLICIES
+from actionstate.durable.execution import POLICIES, DivergencePolicy
 from actionstate.durable.stats import RunStats
 from actionstate.errors import ConfigError
 from actionstate.eventlog import EventLogger, EventLogLevel, Redactor
@@ -21,7 +21,7 @@ from actionstate.retry import RetryPolicy
 from actionstate.runners.local import LocalRunner, ProgressFn
 from actionstate.runners.statedir import StateDir
 from actionstate.stores import open_store, url_from_options
-from actionstate.stores.base import DURABILITIES
+from actionstate.stores.base import DURABILITIES, Durability
 from actionstate.telemetry import attach
 
 __all__ = ["default_job", "run", "run_async"]
@@ -34,10 +34,10 @@ async def run_async(
     agent: Agent | type[Agent], *, source: SourceSpec, sink: SinkSpec,
     key: str | Callable[[Any], str] | None = None, state: str | Path = ".actionstate",
     store: str | None = None, store_options: Mapping[str, str] | None = None,
-    durability: str = "sync", checkpoint_interval: float = 1.0, concurrency: int = 64,
+    durability: Durability = "sync", checkpoint_interval: float = 1.0, concurrency: int = 64,
     event_log: str | Path | None = None, event_log_level: EventLogLevel = "standard",
     event_log_redact: Redactor | Mapping[str, Iterable[str]] | None = None,
-    divergence: str = "reexecute", retry: RetryPolicy | None = None,
+    divergence: DivergencePolicy = "reexecute", retry: RetryPolicy | None = None,
     job: str | None = None, until_end: bool = False, dead_letter: SinkSpec | None = None,
     progress: ProgressFn | None = None, overwrite: bool = False,
     meter_provider: Any = None,

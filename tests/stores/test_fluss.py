@@ -373,7 +373,7 @@ def test_the_timeout_bounds_a_wait_for_the_cluster() -> None:
         assert time.monotonic() - started < 10
 
 
-def test_end_offsets_and_markers_are_queries_and_a_release_tightens_positions(shared_url: str) -> None:
+def test_offsets_and_markers_are_queries_a_release_tightens_positions(shared_url: str) -> None:
     """Positions are lower bounds: reading the end offsets or taking a recovery marker
     leaves them alone; a release (after a saved checkpoint) re-reads the ends, so records
     put after it get exact positions again."""

@@ -70,7 +70,8 @@ class ActionStateStore(ABC):
 
     def __init__(self, durability: Durability = "sync") -> None:
         if durability not in DURABILITIES:
-            raise ConfigError(f"unknown durability {durability!r}: use 'sync' or 'group'")
+            raise ConfigError(f"unknown durability {durability!r}: use one of "
+                              f"{', '.join(DURABILITIES)}")
         self.durability: Durability = durability
         self._url = ""
         self.index = StateIndex()
