@@ -350,8 +350,11 @@ class KafkaActionStateStore(ActionStateStore):
     def _check_claims(self) -> None:
         """Raise :class:`FencedError` if partition 0 holds a claim of this namespace after
         this store's own (its offset is ``epoch - 1``): a newer run restored this one.
-        It reads partition 0 from where the last check ended. A claim that lands after
-        the check, before the tombstones, is not seen (no medium-side fence here)."""
+        It reads partition 0 from where the last check ended (the read tracks records of
+        this namespace for release, as a rebuild's does: above the claim, only this
+        store's, already tracked, unless a newer run wrote, and then this raises). A
+        claim that lands after the check, before the tombstones, is not seen (no
+        medium-side fence here)."""
         start = max(self._claims_checked, self.epoch)
         stop = self._topic.end_offsets([0])[0]
         for (_, offset), data, where in self.read(self.namespace, {0: start}, {0: stop}):
