@@ -24,7 +24,7 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]  # no __all__ 
     NewTopic,
 )
 
-from actionstate.errors import ConfigError, StoreError
+from actionstate.errors import ConfigError, FencedError, StoreError
 from actionstate.records.codec import decode_record
 from actionstate.records.index import Position
 from actionstate.records.state import (
@@ -419,6 +419,30 @@ def test_zombie_writes_racing_a_claim_in_another_partition_count_for_all_or_none
     assert len(zombie_calls) == 5, "the zombie's writes are in the log, ignored"
     for s in (successor, *readers):
         s.close()
+
+
+def test_a_zombie_release_produces_no_tombstone_and_the_successors_does(
+        store: ActionStateStore, url: str, kafka_servers: str, topic: str) -> None:
+    """The zombie finds the successor's claim in partition 0 before it produces any
+    tombstone; the successor's own release, with no newer claim, tombstones as before."""
+    _put(store, "zr", 0)
+    marker = store.recovery_marker()
+    successor = open_store(url)
+    successor.rebuild(marker)
+    store.prune("zr", 0)
+    with pytest.raises(FencedError, match="zombie"):
+        store.release(store.recovery_marker())
+    store.flush()
+    assert [m for m in _raw(kafka_servers, topic) if m[3] is None] == []
+    successor.prune("zr", 0)
+    successor.release(successor.recovery_marker())
+    successor.flush()
+    messages = _raw(kafka_servers, topic)
+    tombstoned = {key for _, _, key, value in messages if value is None}
+    call_key = next(key for _, _, key, value in messages
+                    if value is not None and isinstance(decode_record(value, ""), CallRecord))
+    assert call_key in tombstoned
+    successor.close()
 
 
 def test_one_partition_takes_a_claim_and_no_fence(kafka_servers: str, topic: str) -> None:

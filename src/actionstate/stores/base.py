@@ -50,11 +50,13 @@ class ActionStateStore(ABC):
       :class:`~actionstate.records.state.FenceRecord`), then reads up to the end
       it captures after the claim. A writer with an older epoch (a zombie) is
       either refused by the medium (SQLite, memory: a conditional write) or its
-      records after the claim are ignored by every later rebuild (Kafka, Fluss),
-      and whatever it wrote before the claim is read by this rebuild and every
-      later one alike. The store stamps its epoch on every record it puts.
+      records after the claim (in another partition: after the claim's
+      pre-fence there) are ignored by every later rebuild (Kafka, Fluss), and
+      whatever it wrote before is read by this rebuild and every later one
+      alike. The store stamps its epoch on every record it puts.
     * :meth:`prune` forgets states in memory; :meth:`release` deletes records
-      no retained checkpoint needs.
+      no retained checkpoint needs; a zombie's release (or
+      :meth:`discard_other_runs`) that would delete raises :class:`FencedError`.
     """
 
     refuses_zombies: ClassVar[bool] = False
@@ -153,7 +155,9 @@ class ActionStateStore(ABC):
         """A checkpoint holding ``marker`` is saved: let go of what only older ones
         needed, such as the records before it.
 
-        The default keeps everything; backends with cheap deletes override this.
+        The default keeps everything; backends with cheap deletes override this, and
+        raise :class:`FencedError` instead of deleting once a newer run claimed
+        the namespace (the records may be its states in flight).
         """
 
     def discard_other_runs(self) -> None:  # noqa: B027 - optional hook

@@ -17,6 +17,9 @@ a busy event loop: the COMMIT alone pays that once per commit.
 Fencing is done by SQLite: a claim and the ``fences`` row of its namespace are
 written in one transaction, and every write is conditional on that row still
 holding the writer's epoch, so a zombie's write is refused (:class:`FencedError`).
+Deletes are fenced the same way: :meth:`~SqliteActionStateStore.release` and
+:meth:`~SqliteActionStateStore.discard_other_runs` check the row and delete in one
+``BEGIN IMMEDIATE`` transaction, so a zombie never deletes a successor's records.
 """
 
 from __future__ import annotations
@@ -181,16 +184,33 @@ class SqliteActionStateStore(ActionStateStore):
                     self._fenced()
                 last = int(cursor.lastrowid or 0)
             else:
-                db.execute("BEGIN IMMEDIATE")
-                if db.execute(_CURRENT, (self.namespace,)).fetchone()[0] > self.epoch:
-                    db.execute("ROLLBACK")
-                    self._fenced()
+                self._begin_current()
                 last = self._insert_many(rows)
                 if not commit:
                     return last
                 db.execute("COMMIT")
         self._advance(last)
         return last
+
+    def _begin_current(self) -> None:
+        """BEGIN IMMEDIATE, then raise :class:`FencedError` (rolled back) unless this
+        writer still holds its namespace's epoch: until COMMIT no claim can land."""
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        if db.execute(_CURRENT, (self.namespace,)).fetchone()[0] > self.epoch:
+            db.execute("ROLLBACK")
+            self._fenced()
+
+    def _delete(self, *statements: tuple[str, tuple[Any, ...]]) -> None:
+        """Run the DELETE ``statements`` in one transaction if this writer still holds
+        its namespace's epoch, else raise :class:`FencedError`: a zombie deletes nothing."""
+        with self._lock:
+            self._write()
+            with self._errors():
+                self._begin_current()
+                for sql, parameters in statements:
+                    self._db.execute(sql, parameters)
+                self._db.execute("COMMIT")
 
     def _advance(self, last: int) -> None:
         """Row ``last`` is committed: the next record's id is above it."""
@@ -262,19 +282,15 @@ class SqliteActionStateStore(ActionStateStore):
                 yield (0, row_id), payload, f"{self.path} records.id={row_id}"
 
     def release(self, marker: Marker) -> None:
-        """Delete this namespace's records below the marker's offset."""
-        with self._lock:
-            self._write()
-            with self._errors():
-                self._db.execute("DELETE FROM records WHERE namespace=? AND id<?",
-                                 (marker.namespace, marker.offsets.get(0, 0)))
+        """Delete this namespace's records below the marker's offset, unless a newer run
+        took the namespace over (:class:`FencedError`: they may be its in-flight states)."""
+        self._delete(("DELETE FROM records WHERE namespace=? AND id<?",
+                      (marker.namespace, marker.offsets.get(0, 0))))
 
     def discard_other_runs(self) -> None:
-        with self._lock:
-            self._write()
-            with self._errors():
-                self._db.execute("DELETE FROM records WHERE namespace<>?", (self.namespace,))
-                self._db.execute("DELETE FROM fences WHERE namespace<>?", (self.namespace,))
+        """Delete every other namespace's records and fences, fenced as :meth:`release`."""
+        self._delete(("DELETE FROM records WHERE namespace<>?", (self.namespace,)),
+                     ("DELETE FROM fences WHERE namespace<>?", (self.namespace,)))
 
     def close(self) -> None:
         with self._lock:

@@ -3,6 +3,11 @@ checkpoint needs. Part of :class:`~actionstate.testing.contract.StoreContract`."
 
 from __future__ import annotations
 
+import threading
+
+import pytest
+
+from actionstate.errors import FencedError
 from actionstate.records.index import Position
 from actionstate.records.state import DropRecord, FenceRecord, Record, TruncateRecord
 from actionstate.stores import ActionStateStore
@@ -52,6 +57,31 @@ class RecoveryContract(StoreHarness):
             assert state is not None and not state.completed
             assert latest.get(other) is None
 
+    def test_a_zombie_release_deletes_nothing_the_successor_needs(
+            self, store: ActionStateStore, store_url: str) -> None:
+        sk = key("zr", 0)
+        ok(store, sk, 0, "in flight at the takeover")
+        marker = store.recovery_marker()
+        successor = self.reopen(store_url, marker)
+        ok(successor, sk, 1, "successor write")
+        successor.flush()
+        # The zombie finishes the input as it sees it and checkpoints: its marker lies
+        # past every record of the key, the successor's too; it has nothing buffered.
+        self.zombie_put(store, done(sk))
+        store.prune("zr", 0)
+        late = store.recovery_marker()
+        if type(store).release is ActionStateStore.release:
+            store.release(late)  # the default hook deletes nothing
+        else:
+            with pytest.raises(FencedError):
+                store.release(late)
+        for latest in (self.reopen(store_url, successor.recovery_marker(), read_only=True),
+                       self.reopen(store_url, marker, read_only=True)):
+            assert results(latest, sk) == {0: "in flight at the takeover",
+                                           1: "successor write"}, "a zombie deleted records"
+            state = latest.get(sk)
+            assert state is not None and not state.completed
+
     def test_two_restorers_from_one_marker_the_later_claim_wins(
             self, store: ActionStateStore, store_url: str) -> None:
         sk, marker = recorded(store, "twin")
@@ -67,6 +97,57 @@ class RecoveryContract(StoreHarness):
         assert results(latest, sk) == {0: "recorded", 1: "winner"}
         state = latest.get(sk)
         assert state is not None and not state.completed
+
+    def test_restorers_racing_from_one_marker_take_distinct_epochs_and_one_wins(
+            self, store: ActionStateStore, store_url: str) -> None:
+        sks = [key(f"c{i}", 0) for i in range(8)]
+        for sk in sks:
+            ok(store, sk, 0, "recorded")
+        marker = store.recovery_marker()
+        restorers = [self.open_store(store_url) for _ in range(4)]
+        start = threading.Barrier(len(restorers))
+        failures: list[BaseException] = []
+
+        def restore(i: int) -> None:
+            try:
+                start.wait()
+                restorers[i].rebuild(marker)
+                for sk in sks:  # legal until a later claim lands, then refused or ignored
+                    try:
+                        ok(restorers[i], sk, 1 + i, f"restorer {i}")
+                        restorers[i].flush()
+                    except FencedError:
+                        assert restorers[i].refuses_zombies
+            except BaseException as exc:  # re-raised below, on the test's thread
+                failures.append(exc)
+
+        threads = [threading.Thread(target=restore, args=(i,)) for i in range(len(restorers))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if failures:
+            raise failures[0]
+        epochs = [r.epoch for r in restorers]
+        assert len(set(epochs)) == len(epochs), f"claims never share an epoch: {epochs}"
+        assert min(epochs) > store.epoch
+        n = epochs.index(max(epochs))
+        winner = restorers[n]
+        for loser in restorers:
+            if loser is not winner:
+                for sk in sks:
+                    self.zombie_put(loser, call(sk, 9, "loser, after every claim"))
+                    self.zombie_put(loser, done(sk))
+        seen = {sk: results(winner, sk) for sk in sks}
+        for view in seen.values():
+            assert view is not None
+            assert view[0] == "recorded" and view[1 + n] == f"restorer {n}"
+        for latest in (self.reopen(store_url, marker, read_only=True),
+                       self.reopen(store_url, winner.recovery_marker(), read_only=True)):
+            for sk in sks:
+                assert results(latest, sk) == seen[sk], "a fresh rebuild sees the winner's view"
+                state = latest.get(sk)
+                assert state is not None and not state.completed
 
     def test_a_write_racing_the_successor_claim_is_seen_by_all_or_none(
             self, store: ActionStateStore, store_url: str) -> None:

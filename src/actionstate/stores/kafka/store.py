@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -11,7 +12,8 @@ from typing import Any, Self
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
-from actionstate.errors import ConfigError, StoreError
+from actionstate.errors import ConfigError, FencedError, StoreError
+from actionstate.records.codec import decode_record
 from actionstate.records.index import Position
 from actionstate.records.state import DropRecord, FenceRecord, Record
 from actionstate.stores.base import ActionStateStore, Durability, Marker
@@ -328,12 +330,43 @@ class KafkaActionStateStore(ActionStateStore):
                 pass
 
     def release(self, marker: Marker) -> None:
-        """Tombstone own records below the oldest retained checkpoint's marker."""
+        """Tombstone own records below the oldest retained checkpoint's marker, unless a
+        newer run claimed this namespace (:class:`FencedError`: they may be its in-flight
+        states; see :meth:`_check_claims`)."""
         if marker.namespace != self.namespace or self._closed:
             return
-        for partition, key in self._retention.checkpoint(marker.offsets):
+        expired = self._retention.checkpoint(marker.offsets)
+        first = next(expired, None)
+        if first is None:
+            return
+        self._check_claims()
+        for partition, key in itertools.chain((first,), expired):
             self._produce(partition, key, None, self._on_tombstone)
         self._producer.poll(0)
+
+    _claims_checked = 0
+    """Partition 0 holds no newer claim of this namespace below this offset."""
+
+    def _check_claims(self) -> None:
+        """Raise :class:`FencedError` if partition 0 holds a claim of this namespace after
+        this store's own (its offset is ``epoch - 1``): a newer run restored this one.
+        It reads partition 0 from where the last check ended (the read tracks records of
+        this namespace for release, as a rebuild's does: above the claim, only this
+        store's, already tracked, unless a newer run wrote, and then this raises). A
+        claim that lands after the check, before the tombstones, is not seen (no
+        medium-side fence here)."""
+        start = max(self._claims_checked, self.epoch)
+        stop = self._topic.end_offsets([0])[0]
+        for (_, offset), data, where in self.read(self.namespace, {0: start}, {0: stop}):
+            if b'"fence"' in data:
+                record = decode_record(data, where, self.keyring, sealed_ok=True)
+                if isinstance(record, FenceRecord) and record.claim:
+                    raise FencedError(
+                        f"Kafka topic {self.topic}: a newer run restored this run's records "
+                        f"and claimed epoch {offset + 1} (this process has {self.epoch}); "
+                        "this process is a zombie and deletes nothing: stop it, the newer "
+                        "run carries on")
+        self._claims_checked = max(start, stop)
 
     def close(self) -> None:
         if self._closed:
