@@ -15,7 +15,7 @@ LAYERS: dict[str, set[str]] = {
     "private": set(),
     "records": {"errors", "events"},
     "checkpoint": {"errors"},
-    "llm": {"errors"},
+    "llm": {"errors", "retry"},
     "retry": {"errors"},
     "memory": {"errors", "records"},
     "context": {"events", "memory", "retry"},
