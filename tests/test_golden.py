@@ -1,4 +1,6 @@
-"""Records written by format version 1 must stay readable, and read the same."""
+"""Records written by format version 1 must stay readable, and read the same: the
+records of tests/golden/records-v1.jsonl, and values-v1.jsonl, a value of each type
+the codec tags."""
 
 from __future__ import annotations
 
@@ -9,9 +11,11 @@ from actionstate.events import OutputEvent
 from actionstate.records.canonical import decode_exception
 from actionstate.records.codec import decode_record, encode_record
 from actionstate.records.index import StateIndex
-from actionstate.records.state import CallStatus, StateKey
+from actionstate.records.state import CallRecord, CallStatus, CompleteRecord, StateKey
 from actionstate.testing.contract import ContractEvent
+from tests.agents.values import render
 from tests.golden.make_golden import RECORDS
+from tests.golden.value_types import records, values
 
 GOLDEN = Path(__file__).parent / "golden" / "records-v1.jsonl"
 
@@ -59,3 +63,33 @@ def test_the_call_fast_path_writes_the_generic_envelope() -> None:
         assert decode_record(encode_record(record), "x") == record
     pending = CallRecord(StateKey("k", 0, "a", "e"), 0, CallResult("f", "d", CallStatus.PENDING))
     assert json.loads(encode_record(pending))["s"] == "P"
+
+
+# -- the tagged value types (issue 9, part 3) --------------------------------------------
+
+VALUES_GOLDEN = Path(__file__).parent / "golden" / "values-v1.jsonl"
+
+
+TAGS = {"bytes", "event", "tuple", "dict", "set", "frozenset", "datetime", "date", "time",
+        "timedelta", "decimal", "uuid", "enum", "dataclass", "model"}
+"""Every tag the codec writes (records/canonical.py)."""
+
+
+def test_golden_tagged_values_read_back_type_for_type() -> None:
+    lines = VALUES_GOLDEN.read_bytes().splitlines()
+    decoded = [decode_record(line, f"values golden line {i + 1}")
+               for i, line in enumerate(lines)]
+    assert decoded == records()
+    *calls, done = decoded
+    for record, (name, value) in zip(calls, values().items(), strict=True):
+        assert isinstance(record, CallRecord) and record.call.function_id == name
+        assert render(record.call.result) == render(value), name
+    assert isinstance(done, CompleteRecord)
+    assert [(u.path, render(u.value)) for u in done.memory_updates] == [
+        (f"v.{name}", render(value)) for name, value in values().items()]
+    written = VALUES_GOLDEN.read_text()
+    assert {tag for tag in TAGS if f'"__as__":"{tag}"' in written} == TAGS, "each tag is there"
+
+
+def test_the_encoder_still_writes_the_golden_value_bytes() -> None:
+    assert b"".join(encode_record(r) + b"\n" for r in records()) == VALUES_GOLDEN.read_bytes()

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import signal
 import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -414,3 +415,76 @@ def test_a_state_dir_that_is_a_file_is_refused(tmp_path: Path) -> None:
 def test_an_input_that_is_a_directory_is_refused(tmp_path: Path) -> None:
     (tmp_path / "in.jsonl").mkdir()
     _refused(tmp_path, f"input {tmp_path / 'in.jsonl'} is not a regular file", "--input")
+
+
+# -- paths the permissions refuse ---------------------------------------------------------
+# /sys refuses new entries to root too; an immutable file or directory (chattr +i)
+# refuses writes to root too (as root; another user gets read-only permission bits).
+
+
+@pytest.fixture
+def read_only() -> Iterator[Callable[[Path], None]]:
+    """Makes a path unwritable for this user (undone after the test)."""
+    made: list[Path] = []
+
+    def make(path: Path) -> None:
+        if os.geteuid() == 0:
+            subprocess.run(["chattr", "+i", str(path)], check=True, capture_output=True)
+        else:
+            path.chmod(0o500 if path.is_dir() else 0o400)
+        made.append(path)
+
+    yield make
+    for path in reversed(made):
+        if os.geteuid() == 0:
+            subprocess.run(["chattr", "-i", str(path)], check=True, capture_output=True)
+        else:
+            path.chmod(0o700 if path.is_dir() else 0o600)
+
+
+def _refused_path(tmp: Path, flag: str, path: Path, *phrases: str) -> None:
+    write_lines(tmp / "in.jsonl", [input_line(0)])
+    args = run_args(tmp, AGENT)
+    args[args.index(flag) + 1] = str(path)
+    result = actionstate(*args)
+    assert result.returncode == 2, result.stderr
+    assert_clean_error(result, *phrases)
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not (tmp / "out.jsonl").exists() or not (tmp / "out.jsonl").read_text(), "ran nothing"
+
+
+def test_a_state_dir_that_may_not_be_created_is_refused(tmp_path: Path) -> None:
+    state = Path("/sys/actionstate-test-state")
+    _refused_path(tmp_path, "--state", state, f"--state {state} cannot be written: "
+                  "Operation not permitted", "give a directory that can be created and written")
+    assert not state.exists()
+
+
+def test_a_state_dir_that_may_not_be_written_is_refused(
+        tmp_path: Path, read_only: Callable[[Path], None]) -> None:
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    read_only(state)
+    _refused_path(tmp_path, "--state", state, f"--state {state} cannot be written: ",
+                  "give a directory that can be created and written")
+    assert list(state.iterdir()) == []
+
+
+def test_an_output_that_may_not_be_created_is_refused(tmp_path: Path) -> None:
+    output = Path("/sys/actionstate-test-out.jsonl")
+    _refused_path(tmp_path, "--output", output, f"--output {output} cannot be opened for "
+                  "writing: Permission denied",
+                  "give a file path in a directory that can be created and written")
+
+
+@pytest.mark.parametrize("locked", ["the directory", "the file"])
+def test_an_output_that_may_not_be_written_is_refused(
+        tmp_path: Path, read_only: Callable[[Path], None], locked: str) -> None:
+    output = tmp_path / "outputs" / "out.jsonl"
+    output.parent.mkdir()
+    if locked == "the file":
+        output.write_text("")
+    read_only(output.parent if locked == "the directory" else output)
+    _refused_path(tmp_path, "--output", output, f"--output {output} cannot be opened for "
+                  "writing: ", "give a file path in a directory that can be created and written")
+    assert output.exists() == (locked == "the file")

@@ -348,31 +348,50 @@ def test_unstorable_exception_args_and_attributes_are_left_out() -> None:
 
 # -- kill -9 and replay, against an uninterrupted run ------------------------------------
 
-ITEMS = [{"id": "v1", "key": "k"}]
+ITEMS: list[dict[str, Any]] = [{"id": "v1", "key": "k"},
+                               {"id": "v2", "key": "k", "keep_memory": True}]
+"""v2 leaves the memory v1 wrote as it is: v2's memory output is v1's, read back from
+the checkpoint after a restart."""
 
 
 def test_each_value_type_identical_after_kill_9_and_replay(
-        tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
-    """``actionstate run`` of tests/agents/values.py, killed with SIGKILL while its first
-    action's model call is in flight (half of its values recorded), then while the second
-    action's call is in flight (the first completed: its memory writes and its event come
-    back from the record), then run to the end."""
+        tmp_path: Path, tmp_path_factory: pytest.TempPathFactory,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``actionstate run`` of tests/agents/values.py over two inputs of one key, killed with
+    SIGKILL while v1's first action's model call is in flight (after all its value calls:
+    the next run gets every value as a replayed call result), then while v2's first
+    action's call is in flight after a checkpoint (v1 done: its memory, every value type
+    as keys and values, is in the checkpoint), then while v2's second action's call is in
+    flight after a checkpoint (memory restored from the checkpoint, v2's values replayed),
+    then run to the end; compared with an uninterrupted run."""
     expected = reference(tmp_path_factory, VALUES, ITEMS)
+    assert "pydantic" in NAMES, "pydantic comes with the openai extra: a real model is there"
     text = render_all(sample())
     assert {"part": "results", "id": "v1", "text": text} in expected.outputs
+    ledger = tmp_path / "ledger.txt"
+    monkeypatch.setenv("ACTIONSTATE_VALUES_LEDGER", str(ledger))  # not the reference's
     with FakeLLMServer() as server:
-        job = Job(tmp_path, VALUES, server, ITEMS, checkpoint_interval=60)
+        job = Job(tmp_path, VALUES, server, ITEMS, checkpoint_interval=0.2)
         job.kill_during("v1 produce call", after_checkpoint=False)
-        job.kill_during("v1 consume call", after_checkpoint=False)
+        assert Counter(ledger.read_text().split("\n")[:-1]) == {f"v1 {n}": 1 for n in NAMES}
+        job.kill_during("v2 produce call")
+        job.kill_during("v2 consume call")
         job.finish()
         calls = dict(server.calls)
-    assert calls == {"v1 produce call": 2, "v1 consume call": 2}, calls
-    got = sorted(by_id(job.outputs()), key=lambda o: o["part"])
-    want = sorted(expected.outputs, key=lambda o: o["part"])
-    assert [o["part"] for o in got] == ["event", "memory", "results"]
+    assert calls == {"v1 produce call": 2, "v1 consume call": 1, "v2 produce call": 2,
+                     "v2 consume call": 2}, calls
+    ran = Counter(ledger.read_text().split("\n")[:-1])
+    assert ran == {f"{i} {n}": 1 for i in ("v1", "v2") for n in NAMES}, (
+        "every value call ran once: each later run got it by replay")
+    got = sorted(by_id(job.outputs()), key=lambda o: (o["id"], o["part"]))
+    want = sorted(expected.outputs, key=lambda o: (o["id"], o["part"]))
+    assert [(o["id"], o["part"]) for o in got] == [
+        (i, part) for i in ("v1", "v2") for part in ("event", "memory", "results")]
     for g, w in zip(got, want, strict=True):
-        assert g["text"].splitlines() == w["text"].splitlines(), g["part"]
+        assert g["text"].splitlines() == w["text"].splitlines(), (g["id"], g["part"])
     assert json.dumps(got) == json.dumps(want)
+    memory = next(o["text"] for o in got if (o["id"], o["part"]) == ("v2", "memory"))
+    assert memory == text, "every value type, in memory through two checkpoints"
 
 
 class WithHandle(Exception):

@@ -17,7 +17,7 @@ from actionstate.durable.execution import POLICIES, DivergencePolicy
 from actionstate.durable.stats import RunStats
 from actionstate.errors import ConfigError
 from actionstate.eventlog import EventLogger, EventLogLevel, Redactor
-from actionstate.retry import RetryPolicy
+from actionstate.retry import RetryPolicy, split_options
 from actionstate.runners.local import LocalRunner, ProgressFn
 from actionstate.runners.statedir import StateDir
 from actionstate.stores import open_store, url_from_options
@@ -62,7 +62,9 @@ async def run_async(
       (no checkpoint in ``state``) refuses an output or dead-letter file that
       already holds data, unless ``overwrite``: it would cut it to nothing.
     * ``store``: a store URL (default: SQLite inside ``state``; ``memory://`` for
-      none), ``store_options`` its options (Flink Agents' names accepted).
+      none), ``store_options`` its options (Flink Agents' names accepted; their
+      ``max-retries`` and ``retry-wait-interval`` set ``retry``'s attempts and first
+      wait instead).
     * ``event_log``: a JSONL file of every event handled (docs/eventlog.md), at
       ``event_log_level``; ``event_log_redact`` keeps fields out of it: a mapping of
       event type name (or ``"*"``) to dotted field paths, or a function
@@ -88,13 +90,13 @@ async def run_async(
     if not isinstance(agent, Agent):
         raise ConfigError(f"{agent!r} is not an Agent: give an instance or a subclass of "
                           "actionstate.Agent")
+    retry, options = split_options(retry or RetryPolicy(), store_options or {})
     with contextlib.ExitStack() as opened:  # closed last first, also on errors
         state_dir = StateDir(state)
         state_dir.lock()
         opened.callback(state_dir.unlock)
         the_source = open_source(source, key, until_end=until_end)
         opened.callback(the_source.close)
-        options = dict(store_options or {})
         url = store or (url_from_options(options) if "actionStateStoreBackend" in options
                         else state_dir.default_store_url)
         the_store = open_store(url, durability=durability, **options)
@@ -109,7 +111,7 @@ async def run_async(
                              event_log_level, event_log_redact)
         opened.callback(logger.close)
         settings = ChainSettings(job=job or default_job(type(agent)), policy=divergence,
-                                 retry=retry or RetryPolicy(), event_log=logger)
+                                 retry=retry, event_log=logger)
         opened.callback(attach(settings.stats, meter_provider))
         runner = LocalRunner(
             agent, source=the_source, sink=the_sink, store=the_store, state_dir=state_dir,

@@ -6,7 +6,7 @@ the text alone) so that each paid request runs once; ``reply`` returns the text
 and the token usage, so the record knows what a replay saved. All take the
 call's idempotency key, which the HTTP clients send as the ``Idempotency-Key``
 header. Failures are errors a retry policy knows: ``ModelServerError`` (with
-``status``: 429 and 5xx are transient; ``retry_after``), ``ConnectionError`` and
+``status``: 408, 429 and 5xx are transient; ``retry_after``), ``ConnectionError`` and
 ``TimeoutError``; a reply that is not a chat completion with text is a
 ``ModelServerError`` naming the server and what was wrong.
 """
@@ -22,6 +22,7 @@ from abc import ABC, abstractmethod
 from typing import Any
 
 from actionstate.errors import ConfigError
+from actionstate.retry import parse_retry_after, wait_asked
 
 __all__ = ["ChatModel", "ModelServerError", "OfflineModel", "OpenAICompatibleModel",
            "OpenAIModel", "model_from_env"]
@@ -30,20 +31,18 @@ Messages = list[dict[str, str]]
 
 
 class ModelServerError(RuntimeError):
-    """A model server's answer that is not a reply: an HTTP error (``status``; 429 and
-    5xx are transient, and ``retry_after`` carries the server's ``Retry-After``), or
-    a 200 whose body is not a chat completion with text (not transient).
+    """A model server's answer that is not a reply: an HTTP error (``status``; 408, 429
+    and 5xx are transient, and ``retry_after`` carries the seconds the server's
+    ``retry-after-ms`` or ``Retry-After`` asked for), or a 200 whose body is not a chat
+    completion with text (not transient).
 
     Its args are JSON-able, so a recorded one replays as this type."""
 
-    def __init__(self, url: str, status: int, body: str, retry_after: str | None = None,
-                 problem: str | None = None) -> None:
+    def __init__(self, url: str, status: int, body: str,
+                 retry_after: float | str | None = None, problem: str | None = None) -> None:
         super().__init__(url, status, body, retry_after, problem)
         self.url, self.status, self.body, self.problem = url, status, body, problem
-        try:
-            self.retry_after = float(retry_after) if retry_after is not None else None
-        except ValueError:
-            self.retry_after = None  # an HTTP date: the backoff decides
+        self.retry_after = parse_retry_after(retry_after)  # seconds or an HTTP-date
 
     def __str__(self) -> str:
         what = self.problem or f"HTTP {self.status}"
@@ -87,11 +86,20 @@ class OpenAICompatibleModel(ChatModel):
                 raw = response.read()
         except urllib.error.HTTPError as exc:
             raise ModelServerError(self.base_url, exc.code, _text(exc.read()),
-                                   exc.headers.get("Retry-After")) from None
+                                   wait_asked(exc.headers)) from None
+        except TimeoutError:  # connected, then no answer in time
+            raise _timed_out(self.base_url, self.timeout) from None
         except urllib.error.URLError as exc:
+            if isinstance(exc.reason, TimeoutError):  # the connection itself timed out
+                raise _timed_out(self.base_url, self.timeout) from None
             raise ConnectionError(f"model server {self.base_url} cannot be reached: "
                                   f"{exc.reason}") from None
         return _completion(self.base_url, raw)
+
+
+def _timed_out(url: str, timeout: float) -> TimeoutError:
+    return TimeoutError(f"model server {url} did not answer in {timeout:g} s "
+                        "(ACTIONSTATE_MODEL_TIMEOUT sets the limit)")
 
 
 def _completion(url: str, raw: bytes) -> dict[str, Any]:
@@ -163,13 +171,12 @@ class OpenAIModel(ChatModel):
         """The SDK's error as one a retry policy knows and a replay can rebuild."""
         openai = self._openai
         if isinstance(exc, openai.APITimeoutError):
-            return TimeoutError(f"model server {self.base_url} did not answer in "
-                                f"{self.timeout:g} s")
+            return _timed_out(self.base_url, self.timeout)
         if isinstance(exc, openai.APIConnectionError):
             return ConnectionError(f"model server {self.base_url} cannot be reached: {exc}")
         if isinstance(exc, openai.APIStatusError):
             return ModelServerError(self.base_url, exc.status_code, _text(exc.response.content),
-                                    exc.response.headers.get("retry-after"))
+                                    wait_asked(exc.response.headers))
         return ModelServerError(self.base_url, 200, str(exc)[:200], None,
                                 f"a reply the SDK could not read ({type(exc).__name__})")
 

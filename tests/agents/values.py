@@ -1,14 +1,18 @@
 """An agent whose durable calls return every storable value type (issue 9, part 3).
 
-:func:`sample` builds one value of each supported type; :func:`render` writes a
-value as canonical text (type and repr, sets sorted), so two runs can be
-compared line by line. :class:`Values` gets each value from a durable call,
-stores the ones a checkpoint can hold in short-term memory, sends them all in a
+:func:`sample` builds one value of each supported type (a pydantic model too
+where pydantic is installed); :func:`render` writes a value as canonical text
+(type and repr, sets sorted), so two runs can be compared line by line.
+:class:`Values` gets each value from a durable call, stores them all in
+short-term memory (unless the input says ``"keep_memory": true``: then the
+memory an earlier input of its key left is kept), sends them in a
 :class:`Carried` event, and outputs the rendering of what it got: the results
 (action ``produce``), and the event fields and memory (action ``consume``).
-Each action also calls the model of ``ACTIONSTATE_MODEL_BASE_URL`` with a
+Each action then calls the model of ``ACTIONSTATE_MODEL_BASE_URL`` with a
 prompt unique to its input (``"<id> produce call"``, ``"<id> consume call"``),
-so a test can kill the run while that call is in flight.
+after its value calls, so a test can kill the run while that call is in flight
+with every value recorded. With ``ACTIONSTATE_VALUES_LEDGER`` set, each run of
+the value call appends ``<id> <name>`` to that file.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ import dataclasses
 import datetime as dt
 import decimal
 import enum
+import importlib.util
+import os
 import uuid
 import zoneinfo
 from pathlib import Path
@@ -82,11 +88,26 @@ class Model:
 
 
 PARIS = zoneinfo.ZoneInfo("Europe/Paris")
+HAS_PYDANTIC = importlib.util.find_spec("pydantic") is not None
+
+if HAS_PYDANTIC:
+    import pydantic
+
+    class Order(pydantic.BaseModel):
+        """A real pydantic model: its fields keep their types through model_dump and
+        model_validate, and its repr shows its content (no set of strings, whose
+        order changes from process to process)."""
+
+        id: uuid.UUID
+        items: tuple[int, ...]
+        when: dt.datetime
+        price: decimal.Decimal
+        color: Color
 
 
 def sample() -> dict[str, Any]:
     """One value of every supported type (new objects on each call)."""
-    return {
+    values: dict[str, Any] = {
         "str": "ключ \"q\"",
         "int": -(2**70),
         "float": 1.5,
@@ -124,15 +145,19 @@ def sample() -> dict[str, Any]:
         "model": Model("m", (1, 2)),
         "nested": [{"when": dt.date(2020, 1, 1), "ids": {uuid.UUID(int=1)}}, (Color.BLUE,)],
     }
+    if HAS_PYDANTIC:
+        values["pydantic"] = Order(id=uuid.UUID(int=7), items=(1, 2),
+                                   when=dt.datetime(2024, 3, 1, 8, tzinfo=PARIS),
+                                   price=decimal.Decimal("9.90"), color=Color.BLUE)
+    return values
 
 
-CHECKPOINT_UNSAFE = {"tuple_keys", "enum_keys", "frozenset_keys"}
-"""Values kept out of memory: the state dir's checkpoint writes memory with ``json``
-(runners/statedir.py), which refuses these keys."""
-
-
-def make(name: str) -> Any:
-    """The durable call: one sample value."""
+def make(name: str, item_id: str) -> Any:
+    """The durable call: one sample value (logged to ``ACTIONSTATE_VALUES_LEDGER``)."""
+    ledger = os.environ.get("ACTIONSTATE_VALUES_LEDGER")
+    if ledger:
+        with open(ledger, "a") as f:
+            f.write(f"{item_id} {name}\n")
     return sample()[name]
 
 
@@ -150,8 +175,8 @@ def render(value: Any) -> str:
         fields = ", ".join(f"{f.name}={render(getattr(value, f.name))}"
                            for f in dataclasses.fields(value))
         return f"{name}({fields})"
-    if kind is Model:
-        return f"Model({render(value.model_dump())})"
+    if kind is Model or (HAS_PYDANTIC and isinstance(value, pydantic.BaseModel)):
+        return f"{name}({render(value.model_dump())})"
     return f"{name}:{value!r}"
 
 
@@ -175,14 +200,14 @@ class Values(Agent):
         names = list(sample())
         got: dict[str, Any] = {}
         half = len(names) // 2
-        for name in names[:half]:
-            got[name] = await ctx.durable_execute_async(make, name)
+        for name in names[:half]:  # both kinds of durable call
+            got[name] = await ctx.durable_execute_async(make, name, item["id"])
+        for name in names[half:]:
+            got[name] = ctx.durable_execute(make, name, item["id"])
         await ctx.durable_execute_async(MODEL.chat, [{"role": "user",
                                                       "content": f"{item['id']} produce call"}])
-        for name in names[half:]:
-            got[name] = ctx.durable_execute(make, name)
-        for name, value in got.items():
-            if name not in CHECKPOINT_UNSAFE:
+        if not item.get("keep_memory"):
+            for name, value in got.items():
                 ctx.short_term_memory.set(f"v.{name}", value)
         ctx.send_event(OutputEvent(output={"id": item["id"], "part": "results",
                                            "text": render_all(got)}))

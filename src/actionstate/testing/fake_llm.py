@@ -2,7 +2,8 @@
 
 It is not a model: it answers like :class:`~actionstate.llm.OfflineModel` and
 records each request, so tests can assert how many paid calls an agent made.
-It can also behave like a slow model (``latency``) and hold the answer to a
+It can also behave like a slow model (``latency``, or ``slow`` for chosen
+requests), fail on demand (``fail``, ``bad_reply``), and hold the answer to a
 given prompt until the test releases it (:meth:`FakeLLMServer.hold`), so a
 test can stop a client at a chosen call.
 """
@@ -15,7 +16,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -25,8 +26,10 @@ from actionstate.llm import OfflineModel
 __all__ = ["FakeLLMServer", "Request"]
 
 Latency = float | tuple[float, float] | Callable[[str], float]
-Failure = tuple[int, float | None]
-"""An error answer: (HTTP status, ``Retry-After`` seconds or None)."""
+Failure = tuple[int, float | str | Mapping[str, str] | None]
+"""An error answer: (HTTP status, what it asks to wait): ``Retry-After`` seconds, a
+``Retry-After`` text sent as it is (an HTTP-date), headers to send (``retry-after-ms``),
+or None."""
 
 
 @dataclass
@@ -76,6 +79,9 @@ class FakeLLMServer:
             that HTTP error (429 with a ``Retry-After`` header, 500, ...) instead.
         bad_reply: like ``fail``; bytes it returns are sent as a 200 reply's body
             (malformed JSON, no ``choices``, ``content: null`` ...).
+        slow: like ``fail``; seconds it returns are waited before that request is
+            answered, on top of ``latency`` (e.g. ``lambda prompt, n: 5 if n == 1
+            else None``: each prompt's first request is slow, a retry is not).
         succeeded: Counter of the prompts answered 200 (bad replies included).
     """
 
@@ -93,6 +99,7 @@ class FakeLLMServer:
         self.on_call: Callable[[int], None] | None = None
         self.fail: Callable[[str, int], Failure | None] | None = None
         self.bad_reply: Callable[[str, int], bytes | None] | None = None
+        self.slow: Callable[[str, int], float | None] | None = None
         self.succeeded: Counter[str] = Counter()
         fake = self
 
@@ -111,24 +118,31 @@ class FakeLLMServer:
                         fake.idempotency_keys[key] += 1
                     total = sum(fake.calls.values())
                     held = fake._holds.get(prompt)
+                    nth = fake.calls[prompt]
                 if fake.on_call is not None:
                     fake.on_call(total)
                 if held is not None:
                     held.wait(fake._hold_timeout)
-                fake._closing.wait(fake._delay(prompt))  # the model "thinking"
-                failure = fake.fail(prompt, fake.calls[prompt]) if fake.fail else None
+                extra = fake.slow(prompt, nth) if fake.slow else None
+                fake._closing.wait(fake._delay(prompt) + (extra or 0.0))  # "thinking"
+                failure = fake.fail(prompt, nth) if fake.fail else None
                 request.answered = time.monotonic()
                 if failure is not None:
                     request.status, retry_after = failure
                     error = json.dumps({"error": {"message": "fake failure"}}).encode()
                     self.send_response(request.status)
-                    if retry_after is not None:
+                    if isinstance(retry_after, Mapping):
+                        for name, value in retry_after.items():
+                            self.send_header(name, value)
+                    elif isinstance(retry_after, str):
+                        self.send_header("Retry-After", retry_after)
+                    elif retry_after is not None:
                         self.send_header("Retry-After", f"{retry_after:g}")
                     self.send_header("Content-Length", str(len(error)))
                     self.end_headers()
                     self.wfile.write(error)
                     return
-                bad = fake.bad_reply(prompt, fake.calls[prompt]) if fake.bad_reply else None
+                bad = fake.bad_reply(prompt, nth) if fake.bad_reply else None
                 text = fake._model.chat(messages)
                 reply = bad if bad is not None else json.dumps({
                     "id": f"fake-{len(fake._requests)}", "object": "chat.completion",
