@@ -1,4 +1,5 @@
-"""What a state directory holds: checkpoint, keys, seqs, actions and call results."""
+"""What a state directory holds: checkpoint, keys, seqs, actions, call results and
+the events completed actions sent."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 
 from actionstate.checkpoint import Checkpoint, offsets_text
 from actionstate.errors import ConfigError
+from actionstate.events import event_type_name
 from actionstate.records.canonical import wire
 from actionstate.records.crypto import Sealed
 from actionstate.records.state import ActionState, StateKey
@@ -94,8 +96,10 @@ def _states(url: str, checkpoint: Checkpoint) -> list[tuple[str, dict[str, Any]]
         calls = [{"position": pos, "function": call.function_id,
                   "status": call.status.name, **_payload(call.result, call.exception)}
                  for pos, call in sorted(state.calls.items())]
+        sent = [{"type": event_type_name(type(e)), "data": wire(e.to_json()["data"])}
+                for e in state.output_events]
         out.append((sk.key, {"seq": sk.seq, "action": sk.action, "event_id": sk.event_id,
-                             "completed": state.completed, "calls": calls}))
+                             "completed": state.completed, "calls": calls, "sent": sent}))
     return out
 
 
@@ -174,6 +178,8 @@ def render_text(report: dict[str, Any]) -> str:
                         else f"encrypted with key {call['encrypted']!r}")
                 lines.append(f"      call {call['position']}: {call['function']} "
                              f"{call['status']} {size}")
+            for event in state.get("sent", ()):
+                lines.append(f"      sent {event['type']} {_short(event['data'])}")
     return "\n".join(lines)
 
 
