@@ -283,11 +283,12 @@ def test_a_first_run_refuses_an_output_file_that_holds_data_unless_overwrite(
     result = actionstate(*run_args(tmp_path, AGENT))
     assert_clean_error(result, str(out), "already holds 15 bytes", "--overwrite")
     assert out.read_text() == '{"kept": true}\n', "nothing of the user's file is lost"
-    assert not (tmp_path / "state" / "checkpoint.json").exists()
+    assert not (tmp_path / "state" / "checkpoint.db").exists(), "no checkpoint taken"
 
     result = actionstate(*run_args(tmp_path, AGENT, "--overwrite"))
     assert result.returncode == 0, result.stderr
     assert len(out.read_text().splitlines()) == 3, "replaced by this run's outputs"
+    assert (tmp_path / "state" / "checkpoint.db").exists(), "where a checkpoint goes"
     again = actionstate(*run_args(tmp_path, AGENT))  # a resumed run: its own output
     assert again.returncode == 0, again.stderr
     assert len(out.read_text().splitlines()) == 3
