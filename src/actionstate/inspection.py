@@ -38,6 +38,7 @@ def describe_state(path: Path, key: str | None = None,
         "source": checkpoint.source,
         "sink": {k: v for k, v in checkpoint.sink.items() if k != "records"},
         "inputs_in_flight": len(checkpoint.pending), "stats": checkpoint.stats,
+        "job_stats": checkpoint.job_totals(),
         "summary": checkpoint.summary,
     }
     if state_dir.sealed_head is not None:
@@ -161,6 +162,8 @@ def render_text(report: dict[str, Any]) -> str:
         f"  input {_position(ckpt['source'])}, output {_position(ckpt['sink'])}",
         f"  {ckpt['inputs_in_flight']} inputs in flight",
         "  the run that took it: " + _totals(stats),
+        "  the job so far (every run, each up to its last checkpoint): "
+        + _totals(ckpt.get("job_stats", stats)),
         "  counters: " + ", ".join(f"{k}={v}" for k, v in stats.items()),
         f"keys: {len(report['keys'])}",
     ]
