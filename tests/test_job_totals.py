@@ -73,3 +73,30 @@ def test_a_failed_run_s_summary_is_not_complete_and_says_why() -> None:
 def test_a_slow_rate_is_shown_per_minute_or_hour_not_as_zero(per_second: float,
                                                              shown: str) -> None:
     assert rate_text(per_second) == shown
+
+
+def test_a_run_that_raises_leaves_its_counts_in_the_stats_passed_in(tmp_path: Path) -> None:
+    """What ``actionstate run --summary`` needs to write a failed run's summary."""
+    import json
+
+    import actionstate
+    from actionstate import ActionFailedError
+    from tests.test_metrics import FAIL_ON, Orders
+
+    inputs = tmp_path / "in.jsonl"
+    inputs.write_text("".join(json.dumps({"n": n, "k": f"k{n % 3}"}) + "\n" for n in range(12)))
+    stats = RunStats()
+    FAIL_ON["armed"] = True
+    try:
+        with pytest.raises(ActionFailedError):
+            actionstate.run(Orders, source=str(inputs), key="k",
+                            sink=str(tmp_path / "out.jsonl"), state=tmp_path / "state",
+                            concurrency=1, stats=stats)
+    finally:
+        FAIL_ON["armed"] = False
+    summary = stats.summary(1.0)
+    assert summary["complete"] is False
+    assert summary["failed"].startswith("ActionFailedError: ") and "payments API" in summary[
+        "failed"]
+    assert summary["functions"]["tests.test_metrics.pay"]["executed"] >= 1, "7's call too"
+    assert summary["calls"]["executed"] == stats.calls_executed >= 2
