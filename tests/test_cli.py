@@ -238,19 +238,41 @@ def test_inspect_reads_the_agent_s_own_events_when_given_the_agent(tmp_path: Pat
 def test_inspect_remembers_the_agent_of_the_run(tmp_path: Path) -> None:
     """A checkpoint taken by a run names its agent's file: inspect reads the agent's own
     events without --agent (the README's triage example, whose Classified event is its
-    own), while the agent's file is there."""
-    from actionstate.testing.crash import make_tickets, run_to_end
-    from actionstate.testing.fake_llm import FakeLLMServer
+    own), in text and JSON, while the agent's file is there. The run is killed with
+    its states held (no checkpoint but the first), so the events must be decoded."""
+    import shutil
 
-    make_tickets(tmp_path / "tickets.jsonl", 6, 2)
+    from actionstate.testing.crash import TRIAGE, Streams, killed_run
+
+    agent = tmp_path / "agent" / "triage.py"
+    agent.parent.mkdir()
+    shutil.copy(TRIAGE, agent)
+    make_tickets(tmp_path / "tickets.jsonl", 12, 3)
+    streams = Streams(str(tmp_path / "tickets.jsonl"), str(tmp_path / "labels.jsonl"),
+                      extra=("--checkpoint-interval", "600"))
     with FakeLLMServer() as server:
-        assert run_to_end(tmp_path, server, None, "sync", [], []) == 0
+        killed_run(tmp_path, server, 6, streams, agent=agent)
     checkpoint = StateDir(tmp_path / "state").load_checkpoint()
-    assert checkpoint is not None
-    assert checkpoint.agent == str((CHECKOUT / "examples" / "triage.py").resolve()) + ":Triage"
-    bare = actionstate("inspect", "--state", str(tmp_path / "state"), "--json")
+    assert checkpoint is not None and checkpoint.agent == f"{agent.resolve()}:Triage"
+    state = str(tmp_path / "state")
+
+    text = actionstate("inspect", "--state", state)
+    assert text.returncode == 0, text.stderr
+    assert "action classify (completed)" in text.stdout
+    sent = [line for line in text.stdout.splitlines() if ".Classified {" in line]
+    assert sent and all('"ticket_id": "T' in line and '"label": ' in line for line in sent)
+    bare = actionstate("inspect", "--state", state, "--json")
     assert bare.returncode == 0, bare.stderr
-    assert json.loads(bare.stdout)["checkpoint"]["stats"]["inputs"] == 6
+    events = [event for entry in json.loads(bare.stdout)["keys"] for s in entry["states"]
+              for event in s["sent"] if event["type"].endswith(".Classified")]
+    assert len(events) == len(sent) > 0
+    assert all(set(e["data"]) == {"ticket_id", "customer", "label", "confidence", "amount"}
+               for e in events)
+
+    agent.rename(agent.with_suffix(".moved"))  # the control: the agent's file is gone
+    for extra in ((), ("--json",)):
+        gone = actionstate("inspect", "--state", state, *extra)
+        assert_clean_error(gone, "unknown event type", "Classified", "--agent")
 
 
 def test_a_first_run_refuses_an_output_file_that_holds_data_unless_overwrite(
@@ -261,11 +283,12 @@ def test_a_first_run_refuses_an_output_file_that_holds_data_unless_overwrite(
     result = actionstate(*run_args(tmp_path, AGENT))
     assert_clean_error(result, str(out), "already holds 15 bytes", "--overwrite")
     assert out.read_text() == '{"kept": true}\n', "nothing of the user's file is lost"
-    assert not (tmp_path / "state" / "checkpoint.json").exists()
+    assert not (tmp_path / "state" / "checkpoint.db").exists(), "no checkpoint taken"
 
     result = actionstate(*run_args(tmp_path, AGENT, "--overwrite"))
     assert result.returncode == 0, result.stderr
     assert len(out.read_text().splitlines()) == 3, "replaced by this run's outputs"
+    assert (tmp_path / "state" / "checkpoint.db").exists(), "where a checkpoint goes"
     again = actionstate(*run_args(tmp_path, AGENT))  # a resumed run: its own output
     assert again.returncode == 0, again.stderr
     assert len(out.read_text().splitlines()) == 3

@@ -1,7 +1,7 @@
 """The event log across kill -9: every input's events once, replays flagged.
 
 The triage run is SIGKILLed at random call counts and once at a random time, then
-resumed to the end, with ``--event-log``. The log must hold each input's events
+resumed to the end, with ``--event-log`` at the verbose level. The log must hold each input's events
 exactly once (as the output file holds each output once). With the SQLite store,
 events that actions recorded before a kill sent again are ``replayed``; with
 ``memory://`` (the control) nothing was recorded, so nothing is replayed.
@@ -32,7 +32,8 @@ def test_event_log_after_kills_holds_every_event_once(tmp_path: Path, store: str
     # Checkpoints 0.5 s apart: inputs finish after the last one before a kill, and are
     # redone (their recorded actions replayed) by the next run.
     streams = Streams(str(tmp_path / "tickets.jsonl"), str(tmp_path / "labels.jsonl"),
-                      extra=("--event-log", str(log), "--checkpoint-interval", "0.5"))
+                      extra=("--event-log", str(log), "--event-log-level", "verbose",
+                             "--checkpoint-interval", "0.5"))
     rng = random.Random(seed)
     with FakeLLMServer(latency=0.02) as server:
         kills = run_to_end(tmp_path, server, store, "sync",
@@ -53,6 +54,14 @@ def test_event_log_after_kills_holds_every_event_once(tmp_path: Path, store: str
     raw = [json.loads(line)["context"] for line in log.read_text().splitlines()]
     seen = Counter((c["key"], c["seq"], c["event_type"], c["action"]) for c in raw)
     assert max(seen.values()) == 1, "no event logged twice"
+    # Verbose: an action_run record per action says whether it was replayed; each event
+    # is replayed exactly when the action that sent it was.
+    actions = {(c["key"], c["seq"], c["action"]): c["replayed"] for c in raw
+               if c["event_type"] == "action_run"}
+    assert len(actions) == 2 * TICKETS, "classify and act, once per input"
+    for r in records:
+        sent_by = r.action and actions[(r.key, r.seq, r.action)]
+        assert r.replayed == bool(sent_by), (r.key, r.seq, r.action, r.replayed)
     replayed = sum(r.replayed for r in records)
     if store is None:
         assert replayed > 0, "actions recorded before a kill are replayed, and say so"

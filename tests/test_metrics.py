@@ -173,3 +173,65 @@ def test_an_unknown_exporter_is_a_clear_error(tmp_path: Path) -> None:
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "OTEL_METRICS_EXPORTER='zipkin'" in done.stderr and "otlp, console or none" in (
         done.stderr)
+
+
+_WITHOUT_OTEL = """
+import json, sys
+
+class NoOpenTelemetry:  # as if the extra actionstate[otel] were not installed
+    def find_spec(self, name, path=None, target=None):
+        if name == "opentelemetry" or name.startswith("opentelemetry."):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+if sys.argv[1] == "blocked":
+    sys.meta_path.insert(0, NoOpenTelemetry())
+from actionstate.cli import main
+code = main(sys.argv[2:])
+print(json.dumps([m for m in sys.modules if m.split(".")[0] == "opentelemetry"]))
+sys.exit(code)
+"""
+
+
+@pytest.mark.parametrize("exporter", ["otlp", "console", None])
+def test_telemetry_is_a_no_op_without_the_otel_extra(tmp_path: Path,
+                                                      exporter: str | None) -> None:
+    """``actionstate run`` where importing ``opentelemetry`` fails: the run completes,
+    its summary is written, and with ``OTEL_METRICS_EXPORTER`` set a warning says the
+    metrics are not exported. The control, the same run with the extra importable,
+    exports (console) and gives no such warning."""
+    from actionstate.testing.cli import run_args, write_lines
+    from tests.agents.counter import AGENT, input_line
+
+    write_lines(tmp_path / "in.jsonl", [input_line(i) for i in range(5)])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    if exporter is not None:
+        env["OTEL_METRICS_EXPORTER"] = exporter
+    env["OTEL_EXPORTER_OTLP_ENDPOINT"] = "http://127.0.0.1:9"  # nothing listens there
+
+    def run(mode: str, name: str) -> subprocess.CompletedProcess[str]:
+        args = run_args(tmp_path / name, AGENT, "--summary", str(tmp_path / name / "s.json"))
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "in.jsonl").write_text((tmp_path / "in.jsonl").read_text())
+        return subprocess.run([sys.executable, "-c", _WITHOUT_OTEL, mode, *args],
+                              capture_output=True, text=True, env=env, timeout=120,
+                              check=False)
+
+    blocked = run("blocked", "without")
+    assert blocked.returncode == 0, blocked.stderr
+    assert json.loads(blocked.stdout.splitlines()[-1]) == [], "opentelemetry not imported"
+    assert json.loads((tmp_path / "without" / "s.json").read_text())["outputs"] == 5
+    assert len((tmp_path / "without" / "out.jsonl").read_text().splitlines()) == 5
+    warning = (f"OTEL_METRICS_EXPORTER={exporter} is set but the OpenTelemetry SDK is not "
+               "installed: this run's metrics are not exported (pip install "
+               "'actionstate[otel]'")
+    if exporter is None:
+        assert "OTEL" not in blocked.stderr and "opentelemetry" not in blocked.stderr.lower()
+    else:
+        assert warning in blocked.stderr and "Traceback" not in blocked.stderr
+    if exporter == "console":  # the control: with the extra, the same run exports
+        control = run("installed", "with")
+        assert control.returncode == 0, control.stderr
+        assert "not exported" not in control.stderr
+        assert '"name": "actionstate.inputs"' in control.stdout
+        assert "opentelemetry.sdk.metrics" in json.loads(control.stdout.splitlines()[-1])

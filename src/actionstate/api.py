@@ -40,7 +40,7 @@ async def run_async(
     divergence: DivergencePolicy = "reexecute", retry: RetryPolicy | None = None,
     job: str | None = None, until_end: bool = False, dead_letter: SinkSpec | None = None,
     progress: ProgressFn | None = None, overwrite: bool = False,
-    meter_provider: Any = None,
+    meter_provider: Any = None, stats: RunStats | None = None,
 ) -> RunStats:
     """Run ``agent`` over ``source`` into ``sink``, resuming from ``state`` if a
     checkpoint is there; returns the run's counters (``stopped_by`` names the signal
@@ -73,6 +73,9 @@ async def run_async(
       configured (``ACTIONSTATE_KEYS`` or ``ACTIONSTATE_KEY_FILE``: docs/security.md).
     * Metrics go to OpenTelemetry (``meter_provider``, default the global one; a
       no-op without the SDK): :mod:`actionstate.telemetry` lists them.
+    * ``stats``: the counters to count into (default: new ones); a caller that passes
+      its own keeps what a run that raises had done (``failed`` names the error), e.g.
+      for a summary.
     * ``job``: the name idempotency keys are made of (default ``module:Class`` of the
       agent, which is what the command derives from ``file.py:Class``).
 
@@ -111,13 +114,18 @@ async def run_async(
                              event_log_level, event_log_redact)
         opened.callback(logger.close)
         settings = ChainSettings(job=job or default_job(type(agent)), policy=divergence,
-                                 retry=retry, event_log=logger)
+                                 retry=retry, event_log=logger,
+                                 stats=stats if stats is not None else RunStats())
         opened.callback(attach(settings.stats, meter_provider))
         runner = LocalRunner(
             agent, source=the_source, sink=the_sink, store=the_store, state_dir=state_dir,
             settings=settings, concurrency=concurrency,
             checkpoint_interval=checkpoint_interval, progress=progress, dead_letter=letters)
-        return await runner.run()
+        try:
+            return await runner.run()
+        except Exception as exc:
+            settings.stats.failed = f"{type(exc).__name__}: {exc}"
+            raise
 
 
 def _blocking(coroutine: Callable[_P, Coroutine[Any, Any, _T]]) -> Callable[_P, _T]:

@@ -116,6 +116,15 @@ class Checkpoint:
     summary: dict[str, Any] | None = None
     """What the run that took the checkpoint had done by then, as ``--summary`` writes it
     (calls per function, latencies...): ``actionstate inspect --json`` shows it."""
+    job_stats: dict[str, int] = field(default_factory=dict)
+    """The counters of every run of the job so far, each as of its last checkpoint (this
+    run's included; empty in checkpoints written before it was kept):
+    :meth:`job_totals`."""
+
+    def job_totals(self) -> dict[str, int]:
+        """What every run of the job did, each up to its last checkpoint (from a
+        checkpoint that does not keep it: the counters of the run that took it)."""
+        return dict(self.job_stats or self.stats)
 
     def to_json(self) -> dict[str, Any]:
         data = {
@@ -133,6 +142,8 @@ class Checkpoint:
             data["agent"] = self.agent
         if self.summary is not None:
             data["summary"] = self.summary
+        if self.job_stats:
+            data["job_stats"] = self.job_stats
         return data
 
     @classmethod
@@ -179,6 +190,7 @@ class Checkpoint:
             time=read.number("time", 0.0),
             agent=read.text("agent") if "agent" in data else None,
             summary=read.obj("summary").data if "summary" in data else None,
+            job_stats=read.counts("job_stats", {}),
         )
 
 

@@ -1,4 +1,5 @@
-"""What a state directory holds: checkpoint, keys, seqs, actions and call results."""
+"""What a state directory holds: checkpoint, keys, seqs, actions, call results and
+the events completed actions sent."""
 
 from __future__ import annotations
 
@@ -9,13 +10,15 @@ from typing import Any
 
 from actionstate.checkpoint import Checkpoint, offsets_text
 from actionstate.errors import ConfigError
+from actionstate.events import event_type_name
 from actionstate.records.canonical import wire
 from actionstate.records.crypto import Sealed
+from actionstate.records.state import ActionState, StateKey
 from actionstate.runners.statedir import StateDir
 from actionstate.stores import open_store
 from actionstate.stores.options import MASK
 
-__all__ = ["describe_state", "render_text"]
+__all__ = ["describe_state", "held_states", "render_text"]
 
 
 def describe_state(path: Path, key: str | None = None,
@@ -35,6 +38,7 @@ def describe_state(path: Path, key: str | None = None,
         "source": checkpoint.source,
         "sink": {k: v for k, v in checkpoint.sink.items() if k != "records"},
         "inputs_in_flight": len(checkpoint.pending), "stats": checkpoint.stats,
+        "job_stats": checkpoint.job_totals(),
         "summary": checkpoint.summary,
     }
     if state_dir.sealed_head is not None:
@@ -59,7 +63,19 @@ def describe_state(path: Path, key: str | None = None,
     return report
 
 
-def _states(url: str, checkpoint: Checkpoint) -> list[tuple[str, dict[str, Any]]]:
+def held_states(path: Path, store_url: str | None = None
+                ) -> list[tuple[StateKey, ActionState]]:
+    """The states the store of the state dir at ``path`` holds after its last
+    checkpoint: what a run resumed now would find (calls recorded, actions
+    completed), read without claiming, in (key, seq, action) order. ``store_url``
+    replaces the checkpoint's store URL."""
+    checkpoint = StateDir(path, sealed_ok=True).load_checkpoint()
+    if checkpoint is None:
+        return []
+    return _held(store_url or checkpoint.store, checkpoint)
+
+
+def _held(url: str, checkpoint: Checkpoint) -> list[tuple[StateKey, ActionState]]:
     if not url or url.startswith("memory://"):
         return []
     if MASK in url:
@@ -70,17 +86,22 @@ def _states(url: str, checkpoint: Checkpoint) -> list[tuple[str, dict[str, Any]]
     try:
         # Read only: a live run may own these records, and a claim would fence it.
         store.rebuild(checkpoint.marker, read_only=True)
-        out = []
-        for sk, state in sorted(store.states(), key=lambda kv: (kv[0].key, kv[0].seq,
-                                                                kv[0].action)):
-            calls = [{"position": pos, "function": call.function_id,
-                      "status": call.status.name, **_payload(call.result, call.exception)}
-                     for pos, call in sorted(state.calls.items())]
-            out.append((sk.key, {"seq": sk.seq, "action": sk.action, "event_id": sk.event_id,
-                                 "completed": state.completed, "calls": calls}))
-        return out
+        return sorted(store.states(), key=lambda kv: (kv[0].key, kv[0].seq, kv[0].action))
     finally:
         store.close()
+
+
+def _states(url: str, checkpoint: Checkpoint) -> list[tuple[str, dict[str, Any]]]:
+    out = []
+    for sk, state in _held(url, checkpoint):
+        calls = [{"position": pos, "function": call.function_id,
+                  "status": call.status.name, **_payload(call.result, call.exception)}
+                 for pos, call in sorted(state.calls.items())]
+        sent = [{"type": event_type_name(type(e)), "data": wire(e.to_json()["data"])}
+                for e in state.output_events]
+        out.append((sk.key, {"seq": sk.seq, "action": sk.action, "event_id": sk.event_id,
+                             "completed": state.completed, "calls": calls, "sent": sent}))
+    return out
 
 
 def _utc(epoch_seconds: float) -> str:
@@ -141,6 +162,8 @@ def render_text(report: dict[str, Any]) -> str:
         f"  input {_position(ckpt['source'])}, output {_position(ckpt['sink'])}",
         f"  {ckpt['inputs_in_flight']} inputs in flight",
         "  the run that took it: " + _totals(stats),
+        "  the job so far (every run, each up to its last checkpoint): "
+        + _totals(ckpt.get("job_stats", stats)),
         "  counters: " + ", ".join(f"{k}={v}" for k, v in stats.items()),
         f"keys: {len(report['keys'])}",
     ]
@@ -158,6 +181,8 @@ def render_text(report: dict[str, Any]) -> str:
                         else f"encrypted with key {call['encrypted']!r}")
                 lines.append(f"      call {call['position']}: {call['function']} "
                              f"{call['status']} {size}")
+            for event in state.get("sent", ()):
+                lines.append(f"      sent {event['type']} {_short(event['data'])}")
     return "\n".join(lines)
 
 

@@ -17,15 +17,17 @@ Histograms are recorded as the values come: ``actionstate.store.put.duration``
 ``actionstate.checkpoint.duration`` (s) and ``actionstate.checkpoint.size``
 (bytes written).
 
-A library uses the OpenTelemetry API only: without an SDK configured it is a
-no-op. ``actionstate run`` configures the SDK from the standard environment
-variables (:func:`configure_from_env`): ``OTEL_METRICS_EXPORTER`` (``otlp``,
-``console`` or ``none``), ``OTEL_EXPORTER_OTLP_ENDPOINT``,
+A library uses the OpenTelemetry API only: without an SDK configured, or without
+the API installed, it is a no-op. ``actionstate run`` configures the SDK from the
+standard environment variables (:func:`configure_from_env`):
+``OTEL_METRICS_EXPORTER`` (``otlp``, ``console`` or ``none``; set without the
+extra, a warning and no export), ``OTEL_EXPORTER_OTLP_ENDPOINT``,
 ``OTEL_METRIC_EXPORT_INTERVAL``, ``OTEL_SERVICE_NAME``...
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -59,6 +61,7 @@ _HISTOGRAMS = {  # RunStats histogram -> (instrument, unit, scale, description)
                          "Bytes a checkpoint wrote"),
 }
 
+log = logging.getLogger("actionstate")
 _lock = threading.Lock()
 
 
@@ -153,12 +156,17 @@ def attach(stats: RunStats, meter_provider: Any = None) -> Callable[[], None]:
 def configure_from_env(environ: Mapping[str, str],
                        instance: str | None = None) -> Any:
     """A meter provider as the standard ``OTEL_*`` variables describe it, or None when
-    ``OTEL_METRICS_EXPORTER`` is unset or ``none``. Call ``shutdown()`` on it at exit:
-    that exports the last values. ``instance`` sets ``service.instance.id`` (a Flink
-    worker's: each reports its own counters)."""
+    ``OTEL_METRICS_EXPORTER`` is unset or ``none``, or when the extra
+    ``actionstate[otel]`` is not installed (a warning then says the metrics are not
+    exported). Call ``shutdown()`` on it at exit: that exports the last values.
+    ``instance`` sets ``service.instance.id`` (a Flink worker's: each reports its own
+    counters)."""
     exporter_name = environ.get("OTEL_METRICS_EXPORTER", "none").strip().lower()
     if exporter_name in ("", "none"):
         return None
+    if exporter_name not in ("console", "otlp"):
+        raise ConfigError(f"OTEL_METRICS_EXPORTER={exporter_name!r} is not one actionstate "
+                          "configures: use otlp, console or none")
     try:
         from opentelemetry.sdk.metrics import MeterProvider
         from opentelemetry.sdk.metrics.export import (
@@ -167,14 +175,11 @@ def configure_from_env(environ: Mapping[str, str],
         )
         from opentelemetry.sdk.resources import SERVICE_INSTANCE_ID, SERVICE_NAME, Resource
     except ImportError:
-        raise ConfigError(
-            f"OTEL_METRICS_EXPORTER={exporter_name} is set but the OpenTelemetry SDK is not "
-            "installed: pip install 'actionstate[otel]' (or unset OTEL_METRICS_EXPORTER)"
-        ) from None
+        return _without("the OpenTelemetry SDK", exporter_name)
     exporter: Any
     if exporter_name == "console":
         exporter = ConsoleMetricExporter()
-    elif exporter_name == "otlp":
+    else:
         protocol = environ.get("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL",
                                environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"))
         if protocol != "http/protobuf":
@@ -186,12 +191,8 @@ def configure_from_env(environ: Mapping[str, str],
                 OTLPMetricExporter,
             )
         except ImportError:
-            raise ConfigError("OTEL_METRICS_EXPORTER=otlp needs the OTLP exporter: pip install "
-                              "'actionstate[otel]'") from None
+            return _without("the OTLP exporter", exporter_name)
         exporter = OTLPMetricExporter()
-    else:
-        raise ConfigError(f"OTEL_METRICS_EXPORTER={exporter_name!r} is not one actionstate "
-                          "configures: use otlp, console or none")
     attributes: dict[str, str] = {}
     if not environ.get("OTEL_SERVICE_NAME"):
         attributes[SERVICE_NAME] = "actionstate"
@@ -200,3 +201,10 @@ def configure_from_env(environ: Mapping[str, str],
     resource = Resource.create(attributes)
     return MeterProvider(metric_readers=[PeriodicExportingMetricReader(exporter)],
                          resource=resource)
+
+
+def _without(missing: str, exporter_name: str) -> None:
+    """No meter provider: the run goes on, its metrics not exported (a warning says so)."""
+    log.warning("OTEL_METRICS_EXPORTER=%s is set but %s is not installed: this run's "
+                "metrics are not exported (pip install 'actionstate[otel]' to export them; "
+                "--summary PATH writes them as JSON)", exporter_name, missing)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from actionstate.checkpoint import is_count
 
-__all__ = ["CALL_OUTCOMES", "Histogram", "RunStats"]
+__all__ = ["CALL_OUTCOMES", "Histogram", "RunStats", "add_counters", "rate_text"]
 
 CALL_OUTCOMES = ("executed", "replayed", "reconciled", "retried")
 """What happened to a durable call: run (paid), served from the store, looked up by its
@@ -72,6 +72,8 @@ class RunStats:
     completion_tokens_replayed: int = 0
     stopped_by: str | None = None
     """The signal that stopped the run early (``"SIGTERM"``, ``"SIGINT"``), or None."""
+    failed: str | None = None
+    """The error that ended the run (``"ActionFailedError: ..."``), or None."""
     resumed_at: str | None = None
     """Where a run that resumed from a checkpoint took the input up again (e.g.
     ``"line 1201 of tickets.jsonl"``), None on a first run."""
@@ -123,7 +125,8 @@ class RunStats:
     def summary(self, elapsed: float) -> dict[str, Any]:
         """What a run did, as JSON (``actionstate run --summary``)."""
         return {
-            "complete": self.stopped_by is None, "stopped_by": self.stopped_by,
+            "complete": self.stopped_by is None and self.failed is None,
+            "stopped_by": self.stopped_by, "failed": self.failed,
             "resumed_at": self.resumed_at, "elapsed_seconds": round(elapsed, 3),
             "inputs": self.inputs, "outputs": self.outputs, "dead_letters": self.dead_letters,
             "actions": {"run": self.actions_run, "skipped": self.actions_skipped},
@@ -151,3 +154,22 @@ class RunStats:
         """The counters (what a checkpoint keeps)."""
         return {name: value for name, value in vars(self).items()
                 if isinstance(value, int) and not isinstance(value, bool)}
+
+
+def add_counters(earlier: Mapping[str, int], run: Mapping[str, int]) -> dict[str, int]:
+    """Counters of earlier runs plus a run's (:meth:`RunStats.counters`): a job's totals."""
+    total = dict(earlier)
+    for name, value in run.items():
+        total[name] = total.get(name, 0) + value
+    return total
+
+
+def rate_text(per_second: float, unit: str = "inputs") -> str:
+    """A rate for people, with one decimal: ``12.3 inputs/s``; per minute or hour when
+    it would show as 0.0 per second (``1.2 inputs/min``, not ``0.0 inputs/s``)."""
+    for scale, per in ((1, "s"), (60, "min"), (3600, "h")):
+        if per_second * scale >= 0.05 or per == "h":
+            break
+    if per_second <= 0:
+        scale, per = 1, "s"
+    return f"{per_second * scale:,.1f} {unit}/{per}"

@@ -56,12 +56,13 @@ class Streams:
 
 
 def command(tmp: Path, store: str | None, durability: str,
-            streams: Streams | None = None) -> list[str]:
+            streams: Streams | None = None, agent: Path = TRIAGE) -> list[str]:
     """The triage run over ``tmp/tickets.jsonl`` into ``tmp/labels.jsonl`` (or the
-    ``streams``; ``store`` None: the state dir's SQLite file)."""
+    ``streams``; ``store`` None: the state dir's SQLite file); ``agent``: the
+    triage agent's file (a copy elsewhere)."""
     source = streams.input if streams else str(tmp / "tickets.jsonl")
     sink = streams.output if streams else str(tmp / "labels.jsonl")
-    cmd = [sys.executable, "-m", "actionstate", "run", f"{TRIAGE}:Triage",
+    cmd = [sys.executable, "-m", "actionstate", "run", f"{agent}:Triage",
            "--input", source, "--key", "customer", "--state",
            str(tmp / "state"), "--output", sink, "--quiet",
            "--checkpoint-interval", "0.05", "--durability", durability,
@@ -108,13 +109,14 @@ def run_to_end(tmp: Path, server: FakeLLMServer, store: str | None, durability: 
 
 
 def killed_run(tmp: Path, server: FakeLLMServer, at_calls: int,
-               streams: Streams | None = None, env: dict[str, str] | None = None) -> None:
+               streams: Streams | None = None, env: dict[str, str] | None = None,
+               agent: Path = TRIAGE) -> None:
     """One triage run (as :func:`command`, SQLite, ``sync``), SIGKILLed once the model
     server has seen ``at_calls`` calls; ``env`` replaces ``os.environ`` as its base."""
     environ = dict(os.environ if env is None else env,
                    ACTIONSTATE_MODEL_BASE_URL=server.base_url,
                    ACTIONSTATE_REFUND_LEDGER=str(tmp / "refunds.jsonl"))
-    proc = subprocess.Popen(command(tmp, None, "sync", streams), env=environ)
+    proc = subprocess.Popen(command(tmp, None, "sync", streams, agent), env=environ)
     server.on_call = lambda total: proc.kill() if total >= at_calls else None
     try:
         assert proc.wait(timeout=120) == -signal.SIGKILL, "the run ended before its kill"
