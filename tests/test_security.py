@@ -153,6 +153,40 @@ def test_a_secret_store_option_is_masked_in_checkpoint_errors_and_reports(
     assert password not in str(info.value)
 
 
+@pytest.mark.parametrize("encrypted", [True, False], ids=["keys", "control"])
+def test_a_refused_input_held_for_a_kafka_dead_letter_is_sealed_in_the_checkpoint(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kafka_servers: str,
+        encrypted: bool) -> None:
+    """A Kafka dead letter holds the refused input in its open transaction, which each
+    checkpoint saves (to write it again after a crash before the commit): with keys,
+    no byte of the state dir (checkpoint.db and its -wal, as kill -9 left them, and
+    after the resumed run) shows it."""
+    _clean_env(monkeypatch)
+    if encrypted:
+        monkeypatch.setenv(KEYS_ENV, KEY)
+    canary = "refused-CANARY-" + uuid.uuid4().hex
+    make_tickets(tmp_path / "tickets.jsonl", TICKETS, CUSTOMERS)
+    lines = (tmp_path / "tickets.jsonl").read_text().splitlines(keepends=True)
+    lines.insert(3, json.dumps({"id": "bad", "text": canary}) + "\n")  # no key: refused
+    (tmp_path / "tickets.jsonl").write_text("".join(lines))
+    topic = f"dead-{uuid.uuid4().hex[:8]}"
+    streams = Streams(str(tmp_path / "tickets.jsonl"), str(tmp_path / "labels.jsonl"),
+                      extra=("--dead-letter", f"kafka://{kafka_servers}/{topic}"))
+    try:
+        with FakeLLMServer(latency=0.01) as server:
+            killed_run(tmp_path, server, 30, streams)
+            killed = _every_file(tmp_path / "state")
+            assert run_to_end(tmp_path, server, None, "sync", [], [], streams) == 0
+    finally:
+        delete_topics(kafka_servers, [topic])
+    assert any(name.endswith("checkpoint.db-wal") for name in killed)
+    at_rest = b"".join([*killed.values(), *_every_file(tmp_path / "state").values()])
+    if encrypted:
+        assert canary.encode() not in at_rest, "the dead letter's record is in clear"
+    else:
+        assert canary.encode() in at_rest, "control: without keys the checkpoint holds it"
+
+
 # -- units: keys, URLs, redaction --------------------------------------------------
 
 
