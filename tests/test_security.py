@@ -99,27 +99,45 @@ def test_no_payload_at_rest_in_clear_across_kill_and_resume(
 
 def test_event_log_redaction_holds_for_first_runs_and_replays(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The triage agent's ``Classified`` events (sent by ``classify``, replayed from the
+    store when a kill came after its completion) and the ``call_retry`` records of
+    refused model requests: redacted in every record, replayed or not, across two
+    kill -9s; the control run without ``--redact`` shows the fields."""
     _clean_env(monkeypatch)
-    for name, redact in (("control", ()), ("redacted", ("--redact", "InputEvent:input.text"))):
+    redact = ("--redact", "Classified:customer,amount", "--redact", "InputEvent:input.text",
+              "--redact", "call_retry:error")
+    for name, extra in (("control", ()), ("redacted", redact)):
         run = tmp_path / name
         run.mkdir()
         make_tickets(run / "tickets.jsonl", TICKETS, CUSTOMERS)
         log = run / "events.jsonl"
         streams = Streams(str(run / "tickets.jsonl"), str(run / "labels.jsonl"),
-                          extra=("--event-log", str(log), *redact))
+                          extra=("--event-log", str(log), "--retry-wait-interval", "0.01",
+                                 *extra))
         with FakeLLMServer(latency=0.01) as server:
+            # every fifth ticket's first request is refused: a retry, logged
+            server.fail = lambda prompt, n: (
+                (500, None) if n == 1 and int(prompt[2:prompt.index("]")]) % 5 == 0 else None)
             assert run_to_end(run, server, None, "sync", [20, 40], [], streams) >= 2
         records = [json.loads(line) for line in log.read_text().splitlines()]
         inputs = [r for r in records if r["context"]["event_type"] == "actionstate.InputEvent"]
-        assert len(inputs) == TICKETS
-        replayed = [r for r in records if r["context"]["replayed"]]
-        assert replayed, "the kills left actions whose events were replayed"
+        classified = [r for r in records if r["context"]["event_type"].endswith(".Classified")]
+        replayed = [r for r in classified if r["context"]["replayed"]]
+        retries = [r["call"] for r in records if r["context"]["event_type"] == "call_retry"]
+        assert len(inputs) == TICKETS and len(classified) == TICKETS and retries
+        assert replayed, "the kills left Classified events that were replayed"
         text = log.read_text()
-        if redact:
+        if extra:
+            for event in (r["event"] for r in classified):  # replayed ones among them
+                assert event["customer"] == REDACTED and event["amount"] == REDACTED, event
+                assert event["ticket_id"].startswith("T"), "other fields stay"
             assert all(r["event"]["input"]["text"] == REDACTED for r in inputs)
-            assert all(r["event"]["input"]["id"].startswith("T") for r in inputs)
-            assert all(t not in text for t in TEXTS)
+            assert all(r["error"] == REDACTED and r["attempt"] == 1 for r in retries)
+            assert all(t not in text for t in TEXTS) and "HTTP 500" not in text
         else:
+            assert all(r["event"]["customer"].startswith("c_") for r in classified)
+            assert any(r["event"]["customer"].startswith("c_") for r in replayed)
+            assert all("500" in r["error"] for r in retries)
             assert any(t in text for t in TEXTS)
 
 
@@ -248,6 +266,42 @@ def test_field_redaction() -> None:
     for bad in ("nofield", ":x", "T:a..b"):
         with pytest.raises(ConfigError, match="TYPE:field"):
             FieldRedaction.parse([bad])
+
+
+def test_a_redaction_that_fails_on_a_retry_record_stops_the_run(tmp_path: Path) -> None:
+    """A retry is logged inside the action (which could catch an error): a redact
+    function that raises there stops the run after the action, with nothing logged."""
+    from actionstate import Agent, InputEvent, OutputEvent, RetryPolicy, RunnerContext, action, run
+
+    failed: list[str] = []
+
+    def flaky(what: str) -> str:
+        if what not in failed:
+            failed.append(what)
+            raise ConnectionResetError(f"reset while sending {what}")
+        return what.upper()
+
+    class Swallows(Agent):
+        @action(InputEvent)
+        def work(self, event: InputEvent, ctx: RunnerContext) -> None:
+            try:
+                reply = ctx.durable_execute(flaky, event.input["text"])
+            except Exception:  # an action that catches everything
+                reply = "caught"
+            ctx.send_event(OutputEvent(output=reply))
+
+    def redact(event_type: str, fields: dict[str, Any]) -> dict[str, Any]:
+        if event_type == "call_retry":
+            raise KeyError("no such field")
+        return fields
+
+    outputs: list[Any] = []
+    with pytest.raises(ConfigError, match="redaction failed on a call_retry record"):
+        run(Swallows, source=[{"k": "a", "text": "card 4111"}], sink=outputs, key="k",
+            state=tmp_path / "state", event_log=tmp_path / "events.jsonl",
+            event_log_redact=redact, retry=RetryPolicy(max_attempts=2, initial_interval=0.0,
+                                                       jitter=0.0))
+    assert outputs == [] and "4111" not in (tmp_path / "events.jsonl").read_text()
 
 
 def test_keygen_prints_a_usable_entry() -> None:
