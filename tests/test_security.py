@@ -9,12 +9,14 @@ nothing means the protection worked, not that the search looked in the wrong pla
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
 import uuid
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
@@ -26,13 +28,14 @@ from actionstate.stores.options import redact_url
 from actionstate.testing.crash import (
     TEXTS,
     Streams,
+    command,
     crash_check,
     killed_run,
     make_tickets,
     run_to_end,
 )
 from actionstate.testing.fake_llm import FakeLLMServer
-from actionstate.testing.services import delete_topics
+from actionstate.testing.services import Tables, delete_topics, start_service
 
 TICKETS, CUSTOMERS = 60, 6
 KEY = new_key_entry("k1")
@@ -64,13 +67,20 @@ def test_no_payload_at_rest_in_clear_across_kill_and_resume(
         monkeypatch.setenv(KEYS_ENV, KEY)
     monkeypatch.setenv("OPENAI_API_KEY", API_KEY)
     make_tickets(tmp_path / "tickets.jsonl", TICKETS, CUSTOMERS)
+    with open(tmp_path / "tickets.jsonl", "a") as f:  # refused (no key): a dead letter
+        f.write(json.dumps({"id": "bad", "text": TEXTS[0]}) + "\n")
+    streams = Streams(str(tmp_path / "tickets.jsonl"), str(tmp_path / "labels.jsonl"), extra=(
+        "--event-log", str(tmp_path / "events.jsonl"), "--summary",
+        str(tmp_path / "summary.json"), "--dead-letter", str(tmp_path / "refused.jsonl")))
     killed: list[dict[str, bytes]] = []  # the state dir as each kill -9 left it
     with FakeLLMServer(latency=0.01) as server:
         for at in (5, 25, 45):
-            killed_run(tmp_path, server, at)
+            killed_run(tmp_path, server, at, streams, stderr=tmp_path / f"stderr-{at}.txt")
             killed.append(_every_file(tmp_path / "state"))
-        assert run_to_end(tmp_path, server, None, "sync", [], []) == 0
+        assert run_to_end(tmp_path, server, None, "sync", [], [], streams) == 0
         calls = server.total_calls
+        authorizations = dict(server.authorizations)
+    assert authorizations == {f"Bearer {API_KEY}": calls}, "every request used the canary key"
     assert calls <= TICKETS + 3 * CUSTOMERS, "the resumed runs replayed the recorded calls"
     labels = [json.loads(line) for line in (tmp_path / "labels.jsonl").read_text().splitlines()]
     assert len(labels) == TICKETS
@@ -84,6 +94,9 @@ def test_no_payload_at_rest_in_clear_across_kill_and_resume(
     else:
         assert texts, "control: without keys the tickets are in the state dir"
     written = _every_file(tmp_path)
+    assert {"events.jsonl", "summary.json", "refused.jsonl", "stderr-5.txt", "stderr-45.txt",
+            "stderr.txt"} <= set(written)
+    assert b"record has no key field" in written["refused.jsonl"]
     leaked = [name for name, data in written.items()
               if API_KEY.encode() in data or KEY.split(":")[1].encode() in data]
     assert leaked == [], "a secret reached a file"
@@ -203,6 +216,65 @@ def test_a_refused_input_held_for_a_kafka_dead_letter_is_sealed_in_the_checkpoin
         assert canary.encode() not in at_rest, "the dead letter's record is in clear"
     else:
         assert canary.encode() in at_rest, "control: without keys the checkpoint holds it"
+
+
+FLUSS_SASL = {"security.protocol": "SASL", "security.sasl.mechanism": "PLAIN",
+              "security.sasl.username": "admin", "security.sasl.password": "admin-secret"}
+
+
+def _fluss_credentials(password: str, jaas: bool) -> str:
+    if not jaas:
+        return f"flussSaslUsername=admin&flussSaslPassword={password}"
+    config = ('org.apache.fluss.security.auth.sasl.plain.PlainLoginModule required '
+              f'username="admin" password="{password}";')
+    return "flussSaslJaasConfig=" + quote(config, safe="")
+
+
+@pytest.mark.parametrize("jaas", [False, True], ids=["password", "jaas"])
+def test_a_fluss_sasl_password_reaches_no_file_and_a_wrong_one_no_message(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, jaas: bool) -> None:
+    """The SASL Fluss cluster (``scripts/services/fluss start --sasl``, user admin,
+    password admin-secret): a run with the password in the store URL, killed -9 and
+    resumed; no file written (state dir, outputs, each run's stderr) holds it, and the
+    checkpoint holds the URL with it masked. A wrong password (a canary) fails with an
+    error that does not show it."""
+    _clean_env(monkeypatch)
+    password = "admin-secret"
+    tables = Tables(start_service("fluss", "--sasl"), **FLUSS_SASL)
+    url = tables.url(f"buckets=2&{_fluss_credentials(password, jaas)}")
+    make_tickets(tmp_path / "tickets.jsonl", 30, 3)
+    try:
+        with FakeLLMServer(latency=0.01) as server:
+            killed_run(tmp_path, server, 15, Streams(
+                str(tmp_path / "tickets.jsonl"), str(tmp_path / "labels.jsonl"),
+                extra=("--store", url)), stderr=tmp_path / "stderr-killed.txt")
+            assert run_to_end(tmp_path, server, url, "sync", [], []) == 0
+    finally:
+        tables.drop()
+    assert len((tmp_path / "labels.jsonl").read_text().splitlines()) == 30
+    written = _every_file(tmp_path)
+    assert "stderr-killed.txt" in written and "stderr.txt" in written
+    assert [name for name, data in written.items() if password.encode() in data] == []
+    masked = b"flussSaslJaasConfig=***" if jaas else b"flussSaslPassword=***"
+    assert masked in b"".join(data for name, data in written.items()
+                              if name.startswith("state/checkpoint.db")), \
+        "the checkpoint keeps the store URL, masked"
+
+    wrong = "wrong-CANARY-" + uuid.uuid4().hex
+    bad = tmp_path / "wrong"
+    bad.mkdir()
+    make_tickets(bad / "tickets.jsonl", 3, 1)
+    bad_url = f"fluss://{tables.address}/{tables.database}.never_created?" + \
+        _fluss_credentials(wrong, jaas)
+    with FakeLLMServer() as server:
+        done = subprocess.run(command(bad, bad_url, "sync"), capture_output=True, text=True,
+                              timeout=120, check=False,
+                              env=dict(os.environ, ACTIONSTATE_MODEL_BASE_URL=server.base_url))
+        assert server.total_calls == 0
+    assert done.returncode == 2 and "authentication failed" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+    assert wrong not in done.stderr + done.stdout
+    assert [name for name, data in _every_file(bad).items() if wrong.encode() in data] == []
 
 
 # -- units: keys, URLs, redaction --------------------------------------------------
