@@ -305,6 +305,24 @@ def test_keyring_errors_name_the_entry_never_the_key(tmp_path: Path) -> None:
     assert Keyring.from_env({}) is None
 
 
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o600, 0o400])
+def test_a_key_file_others_can_read_gets_a_warning_naming_the_fix(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, mode: int) -> None:
+    path = tmp_path / f"keys-{mode:o}"
+    path.write_text(KEY + "\n")
+    os.chmod(path, mode)
+    with caplog.at_level("WARNING", logger="actionstate"):
+        for _ in range(2):  # once per file
+            assert Keyring.from_env({KEY_FILE_ENV: str(path)}) is not None
+    warnings = [r.getMessage() for r in caplog.records if "key file" in r.getMessage()]
+    if mode & 0o077:
+        assert len(warnings) == 1, warnings
+        assert f"mode {mode:04o}" in warnings[0] and f"chmod 600 {path}" in warnings[0]
+        assert KEY.split(":")[1] not in warnings[0]
+    else:
+        assert warnings == []
+
+
 def test_a_sealed_payload_is_bound_to_its_record() -> None:
     ring = Keyring.parse(KEY, KEYS_ENV)
     sealed = ring.seal(b"refund 120 EUR", b"call\0key-a\x000")
