@@ -48,7 +48,7 @@ def test_sealed_golden_records_decode_with_their_key_only() -> None:
                                                      "key 'golden-1'"):
             decode_record(line, f"line {i + 1}", other)
         inspected = decode_record(line, f"line {i + 1}", sealed_ok=True)
-        assert inspected.key == SEALED_RECORDS[i].key
+        assert getattr(inspected, "key", None) == getattr(SEALED_RECORDS[i], "key", 0)
 
 
 def test_plain_golden_records_decode_the_same_with_a_keyring_configured() -> None:
