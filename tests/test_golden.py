@@ -4,26 +4,61 @@ the codec tags."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import pytest
+
 from actionstate import ReplayedCallError
+from actionstate.errors import EncryptionKeyError
 from actionstate.events import OutputEvent
 from actionstate.records.canonical import decode_exception
 from actionstate.records.codec import decode_record, encode_record
+from actionstate.records.crypto import KEYS_ENV, Keyring, new_key_entry
 from actionstate.records.index import StateIndex
 from actionstate.records.state import CallRecord, CallStatus, CompleteRecord, StateKey
 from actionstate.testing.contract import ContractEvent
 from tests.agents.values import render
-from tests.golden.make_golden import RECORDS
+from tests.golden.make_golden import GOLDEN_KEY, RECORDS, SEALED_RECORDS
 from tests.golden.value_types import records, values
 
 GOLDEN = Path(__file__).parent / "golden" / "records-v1.jsonl"
+SEALED = Path(__file__).parent / "golden" / "records-v1-sealed.jsonl"
 
 
 def test_golden_records_decode_to_the_records_that_wrote_them() -> None:
     lines = GOLDEN.read_bytes().splitlines()
     decoded = [decode_record(line, f"golden line {i + 1}") for i, line in enumerate(lines)]
     assert decoded == RECORDS
+
+
+def test_sealed_golden_records_decode_with_their_key_only() -> None:
+    """A call, a failed call and a completion sealed with the fixed test key: they
+    open to the records that wrote them; without the key, or with another key under
+    its id, each is an error naming the key id; their payloads are not in clear."""
+    ring = Keyring.parse(GOLDEN_KEY, KEYS_ENV)
+    lines = SEALED.read_bytes().splitlines()
+    decoded = [decode_record(line, f"sealed golden line {i + 1}", ring)
+               for i, line in enumerate(lines)]
+    assert decoded == SEALED_RECORDS
+    assert [json.loads(line)["z"][0] for line in lines] == ["golden-1"] * 3
+    for clear in (b"refund", b"declined", b"labelled", b"T1", b"AAE="):
+        assert clear not in SEALED.read_bytes()
+    other = Keyring.parse(new_key_entry("golden-1"), KEYS_ENV)
+    for i, line in enumerate(lines):
+        with pytest.raises(EncryptionKeyError, match="is encrypted with key 'golden-1'"):
+            decode_record(line, f"line {i + 1}")
+        with pytest.raises(EncryptionKeyError, match="does not decrypt with the configured "
+                                                     "key 'golden-1'"):
+            decode_record(line, f"line {i + 1}", other)
+        inspected = decode_record(line, f"line {i + 1}", sealed_ok=True)
+        assert getattr(inspected, "key", None) == getattr(SEALED_RECORDS[i], "key", 0)
+
+
+def test_plain_golden_records_decode_the_same_with_a_keyring_configured() -> None:
+    ring = Keyring.parse(GOLDEN_KEY, KEYS_ENV)
+    lines = GOLDEN.read_bytes().splitlines()
+    assert [decode_record(line, "golden", ring) for line in lines] == RECORDS
 
 
 def test_the_encoder_still_writes_the_golden_bytes() -> None:

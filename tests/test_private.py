@@ -77,13 +77,49 @@ def test_a_reused_state_dir_others_can_read_gets_a_warning_naming_the_fix(
     assert "readable by other users" not in caplog.text
 
 
-def test_a_state_dir_made_by_the_cli_warns_on_stderr_when_reused_open(tmp_path: Path) -> None:
-    """Through the CLI, the warning reaches stderr (one line, no traceback)."""
-    make_tickets(tmp_path / "tickets.jsonl", 4, 2)
+def _files(directory: Path) -> dict[str, int]:
+    return {name: mode for name, mode in _modes(directory).items()
+            if name != directory.name}
+
+
+def test_a_state_dir_made_by_the_cli_warns_on_stderr_when_reused_open(
+        tmp_path: Path, open_umask: None) -> None:
+    """Through the CLI, the warning reaches stderr (one line, no traceback); every file
+    the runs leave in the reused dir (after a kill -9, and after the end) is 0600."""
+    make_tickets(tmp_path / "tickets.jsonl", 40, 4)
     (tmp_path / "state").mkdir()
     os.chmod(tmp_path / "state", 0o755)
-    with FakeLLMServer() as server:
+    with FakeLLMServer(latency=0.01) as server:
+        killed_run(tmp_path, server, 8, stderr=tmp_path / "stderr-killed.txt")
+        killed = _files(tmp_path / "state")
         assert run_to_end(tmp_path, server, None, "sync", [], []) == 0
     stderr = (tmp_path / "stderr.txt").read_text()
     assert "readable by other users" in stderr and "chmod -R go-rwx" in stderr
     assert "Traceback" not in stderr
+    assert "readable by other users" in (tmp_path / "stderr-killed.txt").read_text()
+    assert {"state/checkpoint.db-wal", "state/state.db-wal", "state/state.db-shm"} <= set(
+        killed), "the kill left SQLite's -wal and -shm files to check"
+    for modes in (killed, _files(tmp_path / "state")):
+        assert {"state/checkpoint.db", "state/state.db", "state/lock"} <= set(modes)
+        assert {name: oct(mode) for name, mode in modes.items() if mode != 0o600} == {}
+    assert stat.S_IMODE((tmp_path / "labels.jsonl").stat().st_mode) == 0o666, "umask 0 held"
+
+
+def test_a_sqlite_store_elsewhere_is_private_under_umask_0(
+        tmp_path: Path, open_umask: None) -> None:
+    make_tickets(tmp_path / "tickets.jsonl", 40, 4)
+    other = tmp_path / "other" / "path"
+    other.mkdir(parents=True)
+    url = f"sqlite://{other}/store.db"
+    with FakeLLMServer(latency=0.01) as server:
+        killed_run(tmp_path, server, 8, Streams(
+            str(tmp_path / "tickets.jsonl"), str(tmp_path / "labels.jsonl"),
+            extra=("--store", url)))
+        killed = _files(other)
+        assert run_to_end(tmp_path, server, url, "sync", [], []) == 0
+    assert {"path/store.db", "path/store.db-wal", "path/store.db-shm"} <= set(killed)
+    for modes in (killed, _files(other)):
+        assert "path/store.db" in modes
+        assert {name: oct(mode) for name, mode in modes.items() if mode != 0o600} == {}
+    assert "state/state.db" not in _modes(tmp_path / "state"), "the store was elsewhere"
+    assert stat.S_IMODE((tmp_path / "labels.jsonl").stat().st_mode) == 0o666, "umask 0 held"

@@ -116,6 +116,9 @@ class EventBatch:
         self.level = level
         self.redact = redact
         self.lines: list[str] = []  # list.append is atomic: ``def`` actions' threads log retries
+        self.failure: ConfigError | None = None
+        """The redaction's failure on a retry record (raised by the runner after the action:
+        the action itself could catch it)."""
 
     @property
     def verbose(self) -> bool:
@@ -127,18 +130,10 @@ class EventBatch:
         if self.level == "off":
             return
         type_name = event_type_name(type(event))
-        data = event.to_json()["data"]
-        if self.redact is not None:
-            try:
-                data = self.redact(type_name, data)
-            except Exception as exc:
-                raise ConfigError(f"the event log's redaction failed on a {type_name} event "
-                                  f"({type(exc).__name__}: {exc}): fix the redact function; "
-                                  "nothing of this input was logged") from None
         record = {
             "context": {"event_type": type_name, "key": key, "seq": seq,
                         "action": action, "time": time.time(), "replayed": replayed},
-            "event": data,
+            "event": self._redacted(type_name, event.to_json()["data"]),
         }
         self._write(record)
 
@@ -154,15 +149,32 @@ class EventBatch:
 
     def retry(self, state_key: StateKey, position: int, function: str, attempt: int,
               error: BaseException, wait: float) -> None:
-        """Log a failed attempt of a durable call that will be tried again."""
+        """Log a failed attempt of a durable call that will be tried again; the redaction
+        sees its ``call`` fields (``error`` among them) under the type ``call_retry``."""
         if self.level == "off":
+            return
+        try:  # called inside the action, which could catch an error: kept for the runner
+            call = self._redacted("call_retry", {
+                "position": position, "function": function, "attempt": attempt,
+                "error": f"{type(error).__name__}: {error}", "wait": wait})
+        except ConfigError as exc:
+            self.failure = exc
             return
         record = {"context": {"event_type": "call_retry", "key": state_key.key,
                               "seq": state_key.seq, "action": state_key.action,
                               "time": time.time(), "replayed": False},
-                  "call": {"position": position, "function": function, "attempt": attempt,
-                           "error": f"{type(error).__name__}: {error}", "wait": wait}}
+                  "call": call}
         self._write(record)
+
+    def _redacted(self, type_name: str, data: dict[str, Any]) -> dict[str, Any]:
+        if self.redact is None:
+            return data
+        try:
+            return self.redact(type_name, data)
+        except Exception as exc:
+            raise ConfigError(f"the event log's redaction failed on a {type_name} record "
+                              f"({type(exc).__name__}: {exc}): fix the redact function; "
+                              "nothing of this input was logged") from None
 
     def _write(self, record: dict[str, Any]) -> None:
         self.lines.append(

@@ -1,12 +1,16 @@
-"""Writes tests/golden/records-v1.jsonl. Run it only for a deliberate new format version."""
+"""Writes tests/golden/records-v1.jsonl and records-v1-sealed.jsonl (the latter sealed
+with the fixed test key ``GOLDEN_KEY``: its bytes differ at each run, by the random
+nonces). Run it only for a deliberate new format version."""
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 
 from actionstate.events import InputEvent, OutputEvent
 from actionstate.records.canonical import encode_exception
 from actionstate.records.codec import encode_record
+from actionstate.records.crypto import Keyring
 from actionstate.records.state import (
     CallRecord,
     CallResult,
@@ -38,6 +42,14 @@ RECORDS: list[Record] = [
     DropRecord("customer_ü_1", 3, 1),
 ]
 
+GOLDEN_KEY = "golden-1:" + base64.b64encode(bytes(range(32))).decode("ascii")
+"""A test key, public on purpose: it seals records-v1-sealed.jsonl."""
+SEALED_RECORDS: list[Record] = [RECORDS[1], RECORDS[3], RECORDS[6]]
+"""A call, a failed call and a completion, each with a payload to seal."""
+
 if __name__ == "__main__":
     path = Path(__file__).with_name("records-v1.jsonl")
     path.write_bytes(b"".join(encode_record(r) + b"\n" for r in RECORDS))
+    ring = Keyring.parse(GOLDEN_KEY, "GOLDEN_KEY")
+    path.with_name("records-v1-sealed.jsonl").write_bytes(
+        b"".join(encode_record(r, keyring=ring) + b"\n" for r in SEALED_RECORDS))

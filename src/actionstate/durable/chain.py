@@ -109,9 +109,13 @@ async def process_input(
             except Exception as exc:
                 if ctx.store_failure is not None:
                     raise ctx.store_failure from None
+                if log.failure is not None:
+                    raise log.failure from None
                 raise ActionFailedError(key, seq, action_id, exc) from exc
             if ctx.store_failure is not None:  # the action caught it: still the store's failure
                 raise ctx.store_failure
+            if log.failure is not None:  # the event log's redaction failed on a retry
+                raise log.failure
             with settings.lock:
                 settings.stats.actions_run += 1
                 # A skip hint, not a call's outcome (without it a replay serves the

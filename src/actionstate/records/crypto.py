@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 import os
 import re
+import stat
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,7 @@ __all__ = ["KEYS_ENV", "KEY_FILE_ENV", "Keyring", "Sealed", "is_sealed_text", "m
 
 KEYS_ENV = "ACTIONSTATE_KEYS"
 KEY_FILE_ENV = "ACTIONSTATE_KEY_FILE"
+log = logging.getLogger("actionstate")
 _ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _NONCE = 12
 _TEXT_PREFIX = "sealed:"
@@ -187,11 +190,25 @@ class Keyring:
         if path:
             try:
                 text = Path(path).read_text(encoding="utf-8")
+                mode = stat.S_IMODE(os.stat(path).st_mode)
             except OSError as exc:
                 raise ConfigError(f"{KEY_FILE_ENV}={path} cannot be read "
                                   f"({exc.strerror or exc}): give a readable key file") from None
+            _warn_if_shared(path, mode)
             return cls.parse(text, f"key file {path}")
         return None
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_if_shared(path: str, mode: int) -> None:
+    """Warn (once per file and process) when others than its owner may read the key file."""
+    if mode & 0o077 and path not in _WARNED:
+        _WARNED.add(path)
+        log.warning("key file %s (%s) is open to other users (mode %04o): anyone who can "
+                    "read it can read the records it seals; run `chmod 600 %s`", path,
+                    KEY_FILE_ENV, mode, path)
 
 
 def missing_key(key_id: str, where: str, keyring: Keyring | None) -> EncryptionKeyError:

@@ -211,13 +211,21 @@ class StateDir:
 
     @staticmethod
     def _seal_head(data: dict[str, Any], keyring: Keyring) -> dict[str, Any]:
-        """The checkpoint head with its payloads (inputs in flight, a sink's held records)
-        sealed into ``"sealed"``; positions, marker and counters stay readable."""
+        """The checkpoint head with its payloads sealed into ``"sealed"``: the inputs in
+        flight, and the ``records`` every connector's state holds (a Kafka output's or
+        dead letter's open transaction; any field of the head whose state has
+        ``records``, so that one added later is not missed). Positions, marker and
+        counters stay readable."""
         data, secret = dict(data), {"pending": data["pending"]}
         data["pending"] = []
-        if isinstance(data.get("sink"), dict) and "records" in data["sink"]:
-            data["sink"] = dict(data["sink"])
-            secret["sink_records"] = data["sink"].pop("records")
+        held: dict[str, Any] = {}
+        for name, state in data.items():
+            if isinstance(state, dict) and "records" in state:
+                state = dict(state)
+                held[name] = state.pop("records")
+                data[name] = state
+        if held:
+            secret["records"] = held
         plain = json.dumps(secret, ensure_ascii=False, separators=(",", ":"))
         data["sealed"] = keyring.seal(plain.encode("utf-8", "surrogatepass"), _HEAD_AAD)
         return data
@@ -233,8 +241,15 @@ class StateDir:
             raise missing_key(str(key_id), where, None)
         secret = json.loads(self.keyring.open(sealed, _HEAD_AAD, where), object_hook=untag)
         data["pending"] = secret["pending"]
-        if "sink_records" in secret:
-            data["sink"]["records"] = secret["sink_records"]
+        held = dict(secret.get("records", {}))
+        if "sink_records" in secret:  # written before every connector's records were sealed
+            held["sink"] = secret["sink_records"]
+        for name, records in held.items():
+            if not isinstance(data.get(name), dict):
+                raise IncompatibleStateError(
+                    f"{where} holds sealed records of {name!r} but no {name!r} state: it "
+                    "was changed outside actionstate; restore it or use a new --state")
+            data[name]["records"] = records
 
     def close(self) -> None:
         if self._db is not None:

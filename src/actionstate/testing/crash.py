@@ -110,18 +110,23 @@ def run_to_end(tmp: Path, server: FakeLLMServer, store: str | None, durability: 
 
 def killed_run(tmp: Path, server: FakeLLMServer, at_calls: int,
                streams: Streams | None = None, env: dict[str, str] | None = None,
-               agent: Path = TRIAGE) -> None:
+               agent: Path = TRIAGE, stderr: Path | None = None) -> None:
     """One triage run (as :func:`command`, SQLite, ``sync``), SIGKILLed once the model
-    server has seen ``at_calls`` calls; ``env`` replaces ``os.environ`` as its base."""
+    server has seen ``at_calls`` calls; ``env`` replaces ``os.environ`` as its base;
+    ``stderr``: a file that keeps what the run wrote there."""
     environ = dict(os.environ if env is None else env,
                    ACTIONSTATE_MODEL_BASE_URL=server.base_url,
                    ACTIONSTATE_REFUND_LEDGER=str(tmp / "refunds.jsonl"))
-    proc = subprocess.Popen(command(tmp, None, "sync", streams, agent), env=environ)
-    server.on_call = lambda total: proc.kill() if total >= at_calls else None
+    errors = open(stderr, "wb") if stderr is not None else None  # None: this process's
     try:
+        proc = subprocess.Popen(command(tmp, None, "sync", streams, agent), env=environ,
+                                stderr=errors)
+        server.on_call = lambda total: proc.kill() if total >= at_calls else None
         assert proc.wait(timeout=120) == -signal.SIGKILL, "the run ended before its kill"
     finally:
         server.on_call = None
+        if errors is not None:
+            errors.close()
 
 
 def labels(tmp: Path, streams: Streams | None = None) -> list[dict[str, Any]]:

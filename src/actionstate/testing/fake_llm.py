@@ -72,6 +72,8 @@ class FakeLLMServer:
     Attributes:
         calls: Counter of the last user message of every request received.
         idempotency_keys: Counter of the Idempotency-Key headers received.
+        authorizations: Counter of the Authorization headers received (a test can check
+            that the client's API key was in use).
         on_call: called with the running total after each request is counted and
             before it is answered (a test can kill the client there, mid-call).
         fail: called with (prompt, how many requests for it arrived so far) before a
@@ -88,6 +90,7 @@ class FakeLLMServer:
     def __init__(self, latency: Latency = 0.0, hold_timeout: float = 120.0) -> None:
         self.calls: Counter[str] = Counter()
         self.idempotency_keys: Counter[str] = Counter()
+        self.authorizations: Counter[str] = Counter()
         self._requests: list[Request] = []
         self._holds: dict[str, threading.Event] = {}
         self._closing = threading.Event()
@@ -116,6 +119,7 @@ class FakeLLMServer:
                     key = self.headers.get("Idempotency-Key")
                     if key:
                         fake.idempotency_keys[key] += 1
+                    fake.authorizations[self.headers.get("Authorization", "")] += 1
                     total = sum(fake.calls.values())
                     held = fake._holds.get(prompt)
                     nth = fake.calls[prompt]
