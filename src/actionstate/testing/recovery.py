@@ -76,12 +76,16 @@ def by_id(outputs: list[Item]) -> list[Item]:
 @dataclass
 class Kill:
     """One SIGKILL: which run, when (``time.monotonic()``), and the outputs in the
-    output file right after the process died."""
+    output file right after the process died; ``checkpointed``: whether the run had
+    written a checkpoint of its own by then (False: killed before its first one; a
+    fresh start writes one before its first input); when the run started, if known."""
 
     run: int
     sent: float
     done: float
     outputs: list[Item]
+    checkpointed: bool = True
+    started: float | None = None
 
 
 class Job:
@@ -123,12 +127,14 @@ class Job:
     def _stderr_path(self, run: int) -> Path:
         return self.tmp / f"stderr-{run}.txt"
 
-    def kill(self, proc: subprocess.Popen[bytes]) -> Kill:
-        """SIGKILL the running run; read the output file as the dead process left it."""
+    def kill(self, proc: subprocess.Popen[bytes], seen: str | None = None) -> Kill:
+        """SIGKILL the running run; read the output file as the dead process left it
+        (and whether the checkpoint is still ``seen``, the one before the run started)."""
         sent = time.monotonic()
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        kill = Kill(self.runs - 1, sent, time.monotonic(), self.outputs())
+        kill = Kill(self.runs - 1, sent, time.monotonic(), self.outputs(),
+                    checkpointed=self.checkpoint() != seen)
         assert proc.returncode == -signal.SIGKILL, (
             f"run {kill.run} ended by itself (exit {proc.returncode}) before it was killed:\n"
             f"{self.stderr(kill.run)}")
@@ -151,18 +157,20 @@ class Job:
             f"run {self.runs - 1} exited with {proc.returncode}, not {exit_code}:\n{stderr}")
         assert "Traceback" not in stderr, stderr
 
-    def run_for(self, seconds: float, *, after_checkpoint: bool = False) -> bool:
-        """Start a run and SIGKILL it ``seconds`` after it started (or after it wrote
-        its first checkpoint); False if it finished first."""
+    def run_for(self, seconds: float, *, after_first_call: bool = False) -> bool:
+        """Start a run and SIGKILL it ``seconds`` after it started (or after the model
+        got the run's first call); False if it finished first."""
         seen = self.checkpoint()
+        started = time.monotonic()
         proc = self.start()
-        if after_checkpoint:
-            self.wait_for(proc, lambda: proc.poll() is not None or self.checkpoint() != seen,
-                          f"a {CHECKPOINT} of run {self.runs - 1}")
+        if after_first_call:
+            tag = f"run-{self.runs - 1}"
+            self.wait_for(proc, lambda: any(r.model == tag for r in self.server.requests),
+                          f"a model call of {tag}")
         try:
             proc.wait(timeout=seconds)
         except subprocess.TimeoutExpired:
-            self.kill(proc)
+            self.kill(proc, seen).started = started
             return True
         self.finish(proc)
         return False
