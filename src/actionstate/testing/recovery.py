@@ -196,6 +196,20 @@ class Job:
                 proc.wait()
             self.server.release(prompt)
 
+    def signal(self, proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+        """Send ``sig`` to the run and wait until the process has taken it (no longer
+        pending in ``/proc/<pid>/status``): a signal sent next is handled after it."""
+        proc.send_signal(sig)
+        status = Path(f"/proc/{proc.pid}/status")
+
+        def taken() -> bool:
+            for line in status.read_text().splitlines():
+                if line.startswith(("ShdPnd:", "SigPnd:")) and int(line.split()[1], 16) >> (
+                        sig - 1) & 1:
+                    return False
+            return True
+        self.wait_for(proc, taken, f"{sig.name} taken by the process")
+
     def wait_for(self, proc: subprocess.Popen[bytes], condition: Callable[[], bool],
                  what: str, timeout: float = 60.0) -> None:
         """Poll ``condition`` until it holds; fail if the run ends or time runs out first."""
