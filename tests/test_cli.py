@@ -215,8 +215,9 @@ def test_a_stop_abandons_what_is_still_in_flight_on_a_second_signal_or_after_the
     again = {prompt for prompt, count in calls.items() if count > 1}
     assert again == {held}, f"only the call never answered runs again, not {again}"
     resumed = StateDir(tmp_path / "state").load_checkpoint()
-    assert resumed is not None and resumed.stats["calls_replayed"] == 1, (
-        "the rerun replays s05's recorded first call", resumed.stats)
+    assert resumed is not None
+    assert resumed.stats["calls_replayed"] == 1, ("the rerun replays s05's first call",
+                                                  resumed.stats)
 
 
 @pytest.mark.slow

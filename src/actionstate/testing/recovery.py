@@ -112,14 +112,16 @@ class Job:
         self.runs = 0
         self.kills: list[Kill] = []
 
-    def start(self, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    def start(self, env: dict[str, str] | None = None,
+              preexec_fn: Callable[[], None] | None = None) -> subprocess.Popen[bytes]:
+        """Start the next run (``preexec_fn``: run in the child before the command)."""
         run = self.runs
         self.runs += 1
         environment = {**os.environ, "ACTIONSTATE_MODEL_BASE_URL": self.server.base_url,
                        "ACTIONSTATE_MODEL": f"run-{run}", **(env or {})}
         with open(self._stderr_path(run), "wb") as stderr:
             return subprocess.Popen(self.command, env=environment, stdout=subprocess.DEVNULL,
-                                    stderr=stderr)
+                                    stderr=stderr, preexec_fn=preexec_fn)
 
     def stderr(self, run: int) -> str:
         return self._stderr_path(run).read_text(errors="replace")
