@@ -8,6 +8,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -17,8 +18,10 @@ from actionstate.runners.statedir import StateDir
 from actionstate.testing import FakeLLMServer
 from actionstate.testing.cli import actionstate, assert_clean_error, run_args, write_lines
 from actionstate.testing.crash import command, make_tickets
+from actionstate.testing.recovery import Job
 from actionstate.testing.services import CHECKOUT
 from tests.agents.counter import AGENT, input_line
+from tests.agents.recovery import STEPS
 
 _FILE_IN = {"path": "in", "offset": 0, "line": 0}
 _FILE_OUT = {"path": "out", "offset": 0}
@@ -140,14 +143,81 @@ def test_a_stop_signal_finishes_the_inputs_in_flight_checkpoints_and_exits_0(
         assert proc.returncode == 0, stderr
         assert "Traceback" not in stderr
         assert f"stopped by {sig.name} after" in stderr and "run the same command" in stderr
-        done = len((tmp_path / "labels.jsonl").read_text().splitlines())
+        labels = tmp_path / "labels.jsonl"
+        done = len(labels.read_text().splitlines())
         assert 30 <= done < 120, "the inputs in flight finished; reading stopped"
+        # The checkpoint the stop wrote (the interval is 60 s: no other since the first,
+        # before any input; read by the state dir's typed reader) holds every input read
+        # as written or pending: the source position just after them, the sink's at the
+        # end of what was written.
+        stop = StateDir(tmp_path / "state").load_checkpoint()
+        assert stop is not None
+        pending = {str(p.record["id"]) for p in stop.pending}
+        assert stop.stats["inputs"] == stop.stats["outputs"] == done
+        assert stop.source["line"] == done + len(pending) and stop.sink["offset"] == (
+            labels.stat().st_size), "every input read is written or pending"
+        # Read ahead but never started (the workers start no input once stopped): no
+        # call of a pending input was made.
+        started = [prompt for prompt in server.calls
+                   if prompt.removeprefix("[").split("]")[0] in pending]
+        assert pending and not started, (len(pending), started)
         rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
         assert rerun.returncode == 0, rerun.stderr
         calls = server.calls
-    ids = [json.loads(line)["id"] for line in (tmp_path / "labels.jsonl").read_text().splitlines()]
+    ids = [json.loads(line)["id"] for line in labels.read_text().splitlines()]
     assert sorted(ids) == sorted(f"T{i}" for i in range(120)), "one output per input"
     assert set(calls.values()) == {1}, "a graceful stop re-runs no call"
+    resumed = StateDir(tmp_path / "state").load_checkpoint()
+    assert resumed is not None and resumed.pending == []
+    assert resumed.stats["calls_replayed"] == 0, "nothing was left to replay"
+    assert resumed.stats["inputs"] == 120 - done, "the rerun read on from the stop"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["second signal", "grace timeout"])
+def test_a_stop_abandons_what_is_still_in_flight_on_a_second_signal_or_after_the_grace(
+        tmp_path: Path, how: str) -> None:
+    """One input at a time (``--concurrency 1``), and a call the model never answers:
+    after SIGTERM that input stays in flight; a second signal (Ctrl-C) abandons it at
+    once, or the grace (10 s) runs out. Either way the run exits 0 with a checkpoint
+    that has it pending, and the rerun pays again only the call that was never
+    answered, not the one recorded before it."""
+    items = [{"id": f"s{i:02d}", "key": f"k{i % 4}", "calls": 2} for i in range(40)]
+    held = "s05 call 2"  # s05's first call is answered and recorded; its second hangs
+    with FakeLLMServer(latency=0.05) as server:
+        job = Job(tmp_path, STEPS, server, items, concurrency=1, checkpoint_interval=60)
+        server.hold(held)
+        proc = job.start()
+        job.wait_for(proc, lambda: server.calls[held] > 0, f"the call {held!r}")
+        stopped = time.monotonic()
+        job.signal(proc, signal.SIGTERM)
+        if how == "second signal":
+            job.signal(proc, signal.SIGINT)
+        job.finish(proc, timeout=60)
+        elapsed = time.monotonic() - stopped
+        stderr = job.stderr(0)
+        assert "stopped by SIGTERM after" in stderr and "run the same command" in stderr
+        if how == "second signal":
+            assert elapsed < 8, f"the second signal abandoned s05 at once, not {elapsed:.1f} s"
+        else:
+            assert elapsed >= 9.5, f"the grace is 10 s; the run ended after {elapsed:.1f} s"
+        outputs = {str(o["id"]) for o in job.outputs()}
+        stop = StateDir(tmp_path / "state").load_checkpoint()
+        assert stop is not None
+        pending = {str(p.record["id"]) for p in stop.pending}
+        assert "s05" in pending and not pending & outputs, (pending, outputs)
+        assert stop.source["line"] == len(outputs) + len(pending) == stop.stats["inputs"] + len(
+            pending), "every input read is either written or pending"
+        server.release(held)
+        job.finish()  # the rerun
+        calls = server.calls
+    assert sorted(str(o["id"]) for o in job.outputs()) == [str(i["id"]) for i in items]
+    again = {prompt for prompt, count in calls.items() if count > 1}
+    assert again == {held}, f"only the call never answered runs again, not {again}"
+    resumed = StateDir(tmp_path / "state").load_checkpoint()
+    assert resumed is not None
+    assert resumed.stats["calls_replayed"] == 1, ("the rerun replays s05's first call",
+                                                  resumed.stats)
 
 
 @pytest.mark.slow

@@ -76,12 +76,16 @@ def by_id(outputs: list[Item]) -> list[Item]:
 @dataclass
 class Kill:
     """One SIGKILL: which run, when (``time.monotonic()``), and the outputs in the
-    output file right after the process died."""
+    output file right after the process died; ``checkpointed``: whether the run had
+    written a checkpoint of its own by then (False: killed before its first one; a
+    fresh start writes one before its first input); when the run started, if known."""
 
     run: int
     sent: float
     done: float
     outputs: list[Item]
+    checkpointed: bool = True
+    started: float | None = None
 
 
 class Job:
@@ -108,14 +112,16 @@ class Job:
         self.runs = 0
         self.kills: list[Kill] = []
 
-    def start(self, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    def start(self, env: dict[str, str] | None = None,
+              preexec_fn: Callable[[], None] | None = None) -> subprocess.Popen[bytes]:
+        """Start the next run (``preexec_fn``: run in the child before the command)."""
         run = self.runs
         self.runs += 1
         environment = {**os.environ, "ACTIONSTATE_MODEL_BASE_URL": self.server.base_url,
                        "ACTIONSTATE_MODEL": f"run-{run}", **(env or {})}
         with open(self._stderr_path(run), "wb") as stderr:
             return subprocess.Popen(self.command, env=environment, stdout=subprocess.DEVNULL,
-                                    stderr=stderr)
+                                    stderr=stderr, preexec_fn=preexec_fn)
 
     def stderr(self, run: int) -> str:
         return self._stderr_path(run).read_text(errors="replace")
@@ -123,12 +129,14 @@ class Job:
     def _stderr_path(self, run: int) -> Path:
         return self.tmp / f"stderr-{run}.txt"
 
-    def kill(self, proc: subprocess.Popen[bytes]) -> Kill:
-        """SIGKILL the running run; read the output file as the dead process left it."""
+    def kill(self, proc: subprocess.Popen[bytes], seen: str | None = None) -> Kill:
+        """SIGKILL the running run; read the output file as the dead process left it
+        (and whether the checkpoint is still ``seen``, the one before the run started)."""
         sent = time.monotonic()
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        kill = Kill(self.runs - 1, sent, time.monotonic(), self.outputs())
+        kill = Kill(self.runs - 1, sent, time.monotonic(), self.outputs(),
+                    checkpointed=self.checkpoint() != seen)
         assert proc.returncode == -signal.SIGKILL, (
             f"run {kill.run} ended by itself (exit {proc.returncode}) before it was killed:\n"
             f"{self.stderr(kill.run)}")
@@ -151,18 +159,20 @@ class Job:
             f"run {self.runs - 1} exited with {proc.returncode}, not {exit_code}:\n{stderr}")
         assert "Traceback" not in stderr, stderr
 
-    def run_for(self, seconds: float, *, after_checkpoint: bool = False) -> bool:
-        """Start a run and SIGKILL it ``seconds`` after it started (or after it wrote
-        its first checkpoint); False if it finished first."""
+    def run_for(self, seconds: float, *, after_first_call: bool = False) -> bool:
+        """Start a run and SIGKILL it ``seconds`` after it started (or after the model
+        got the run's first call); False if it finished first."""
         seen = self.checkpoint()
+        started = time.monotonic()
         proc = self.start()
-        if after_checkpoint:
-            self.wait_for(proc, lambda: proc.poll() is not None or self.checkpoint() != seen,
-                          f"a {CHECKPOINT} of run {self.runs - 1}")
+        if after_first_call:
+            tag = f"run-{self.runs - 1}"
+            self.wait_for(proc, lambda: any(r.model == tag for r in self.server.requests),
+                          f"a model call of {tag}")
         try:
             proc.wait(timeout=seconds)
         except subprocess.TimeoutExpired:
-            self.kill(proc)
+            self.kill(proc, seen).started = started
             return True
         self.finish(proc)
         return False
@@ -187,6 +197,20 @@ class Job:
                 proc.kill()
                 proc.wait()
             self.server.release(prompt)
+
+    def signal(self, proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+        """Send ``sig`` to the run and wait until the process has taken it (no longer
+        pending in ``/proc/<pid>/status``): a signal sent next is handled after it."""
+        proc.send_signal(sig)
+        status = Path(f"/proc/{proc.pid}/status")
+
+        def taken() -> bool:
+            for line in status.read_text().splitlines():
+                if line.startswith(("ShdPnd:", "SigPnd:")) and int(line.split()[1], 16) >> (
+                        sig - 1) & 1:
+                    return False
+            return True
+        self.wait_for(proc, taken, f"{sig.name} taken by the process")
 
     def wait_for(self, proc: subprocess.Popen[bytes], condition: Callable[[], bool],
                  what: str, timeout: float = 60.0) -> None:
