@@ -76,7 +76,14 @@ def test_timers_registered_before_a_savepoint_fire_after_the_restore(
 
     restored = flink.run_py("timers_job.py", str(second), str(DUE_MS), "0.2", bundle_size,
                             savepoint=savepoint)
-    last_due = max(at for _key, at in pending) / 1000
+    deadline = time.monotonic() + 120
+    while not logged(second)[0]:  # the restored job runs: it registers timers again
+        assert time.monotonic() < deadline, "the restored job registered no timer in 120 s"
+        time.sleep(0.2)  # the poll interval of the workers' logs
+    # Timers due before now fire at once; give every pending one 15 s past its due time
+    # or past the moment the restored job was seen running, whichever is later (a loaded
+    # machine can take longer than the timers' delay to restore the job).
+    last_due = max(max(at for _key, at in pending) / 1000, time.time())
     while (missing := pending - logged(second)[1]) and time.time() < last_due + 15:
         time.sleep(0.5)  # the poll interval of the workers' logs
     flink.cancel(restored)
