@@ -5,7 +5,8 @@
 10 durable calls of a no-op, then the action's CompleteRecord; each task
 yields to the event loop once per action (as an action awaiting I/O would).
 A ticker task commits the group like ``LocalRunner._ticker`` /
-``_commit_group_off_loop``: ``asyncio.wait_for(done.wait(), 0.005)``, then
+``Outputs.commit_group_off_loop`` (runners/outputs.py):
+``asyncio.wait_for(done.wait(), 0.005)``, then
 ``store.flush_begin()`` on the loop (SQLite writes the rows into a
 transaction) and ``await asyncio.to_thread`` of the COMMIT it returns (the
 tasks go on putting while the disk works). The clock stops after the final flush, so

@@ -367,12 +367,12 @@ def test_a_first_run_refuses_an_output_file_that_holds_data_unless_overwrite(
 def test_progress_off_a_terminal_prints_a_line_every_few_seconds_with_share_and_eta() -> None:
     import io
 
-    from actionstate.cli import _Progress
+    from actionstate.cli.progress import Progress
     from actionstate.durable.stats import RunStats
 
     now = [0.0]
     out = io.StringIO()
-    progress = _Progress(out, every=5.0, clock=lambda: now[0])
+    progress = Progress(out, every=5.0, clock=lambda: now[0])
     stats = RunStats(resumed_at="line 1201 of tickets.jsonl")
     for second in range(1, 12):  # a report per checkpoint, every second
         now[0] = float(second)
@@ -402,7 +402,7 @@ def test_rerunning_a_finished_job_says_it_is_complete(tmp_path: Path) -> None:
 def test_every_option_of_every_command_has_help_text() -> None:
     import argparse
 
-    from actionstate.cli import _parser
+    from actionstate.cli.parser import build_parser
 
     missing = []
 
@@ -414,5 +414,5 @@ def test_every_option_of_every_command_has_help_text() -> None:
             elif act.help in (None, "") and act.dest != "help":
                 missing.append(f"{path} {act.option_strings or act.dest}")
 
-    walk(_parser(), "actionstate")
+    walk(build_parser(), "actionstate")
     assert not missing, f"options without help: {missing}"

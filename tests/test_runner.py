@@ -155,7 +155,8 @@ def test_a_checkpoint_writes_only_the_keys_that_changed_and_lets_idle_keys_go(
         sink.close()
         store.close()
     assert stats.inputs == 3 and sum(written) == 1, "one key of 1,000 changed"
-    assert runner._next_seq == {} and runner._committed == {}, "no key held after the run"
+    assert runner._keys._next_seq == {} and runner._keys._committed == {}, (
+        "no key held after the run")
     last = outputs(tmp_path)[-1]
     assert last["seq"] == 4 and last["total"] == sum(2 * i for i in [7, 1007, 2000, 2001, 2002])
 

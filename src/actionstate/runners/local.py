@@ -9,34 +9,33 @@ sink's prepared state, store marker; then the sink commits). On start it
 restores the last checkpoint: the sink goes back to the checkpoint, inputs in
 flight are run again, and their recorded work is replayed, not redone.
 
-Per-key state is held in memory only for the keys in flight or changed since
-the last checkpoint; a checkpoint writes those and drops the idle ones, and a
-key that shows up again is read back from the state dir.
+Per-key state and the inputs in flight are kept by
+:class:`~actionstate.runners.keys.KeyStates`; outputs leave through
+:class:`~actionstate.runners.outputs.Outputs` (in ``group`` durability after the
+store commit that covers them).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import copy
 import inspect
-import signal
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from actionstate.agent import Agent
-from actionstate.checkpoint import Checkpoint, PendingInput, offsets_text
+from actionstate.checkpoint import Checkpoint, offsets_text
 from actionstate.connectors.base import InputRecord, Rejected, Sink, Source
 from actionstate.durable.chain import ChainSettings, process_input
 from actionstate.durable.stats import RunStats
 from actionstate.durable.threads import ActionThreads, EngineLock, SyncCommitter
 from actionstate.errors import ConfigError, InputError
-from actionstate.memory import apply_update
+from actionstate.runners.keys import KeyStates
+from actionstate.runners.outputs import Outputs
 from actionstate.runners.statedir import StateDir
+from actionstate.runners.tasks import first_error, install_signals, remove_signals
 from actionstate.stores.base import ActionStateStore
 
 __all__ = ["LocalRunner"]
@@ -81,26 +80,13 @@ class LocalRunner:
                       else min(0.2, checkpoint_interval))
         self._progress = progress
         self._stop_grace = stop_grace
-        # Per key, for the keys in flight or changed since the last checkpoint: the
-        # next seq, and the short-term memory a checkpoint saves, as of the key's last
-        # completed input (never half an input). Other keys live in the state dir.
-        self._next_seq: dict[str, int] = {}
-        self._committed: dict[str, dict[str, Any]] = {}
-        self._changed: set[str] = set()
-        self._done_seq: dict[str, int] = {}  # keys whose inputs completed since the last prune
-        # The live short-term memory actions write into, per key with a worker.
-        self._working: dict[str, dict[str, Any]] = {}
+        self._keys = KeyStates(state_dir, store)
+        self._outputs = Outputs(store, sink, settings)
         self._fresh = False
-        self._reading: set[str] = set()  # keys of the lines being admitted (loaded ahead)
-        self._pending: dict[tuple[str, int], tuple[Any, int]] = {}
         self._queues: dict[str, deque[tuple[int, Any]]] = {}
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._reader: asyncio.Task[InputError | None] | None = None
         self._grace: asyncio.TimerHandle | None = None
-        # Finished inputs waiting for the next group commit, in order, and those of the
-        # group commit in progress.
-        self._held: list[_Finished] = []
-        self._committing: list[_Finished] = []
         self._failed = False
         self.stopped_by: str | None = None
         """The signal that stopped the run early (``"SIGTERM"``, ``"SIGINT"``), or None."""
@@ -114,7 +100,7 @@ class LocalRunner:
         lock = self.settings.lock = EngineLock()  # this run's, closed when it ends
         committer = None
         if self.store.durability == "sync" and not self.store.url.startswith("memory://"):
-            committer = self.settings.committer = SyncCommitter(self._flush_begin,
+            committer = self.settings.committer = SyncCommitter(self._outputs.flush_begin,
                                                                 asyncio.get_running_loop())
         try:
             return await self._run(started)
@@ -135,12 +121,12 @@ class LocalRunner:
         self._slots = asyncio.Semaphore(self._concurrency)
         self._space = asyncio.Semaphore(self._concurrency * 4)
         self._done = asyncio.Event()
-        signals = _install_signals(self.stop)
+        signals = install_signals(self.stop)
         try:
             async with asyncio.TaskGroup() as group:
                 self._group = group
                 ticker = group.create_task(self._ticker(started))
-                for (key, seq), (record, _line) in sorted(self._pending.items(),
+                for (key, seq), (record, _line) in sorted(self._keys.pending.items(),
                                                            key=lambda kv: kv[0][1]):
                     await self._space.acquire()
                     self._enqueue(key, seq, record)
@@ -154,9 +140,9 @@ class LocalRunner:
                 self._done.set()
                 ticker.cancel()
         except BaseExceptionGroup as group_error:
-            raise _first(group_error) from None
+            raise first_error(group_error) from None
         finally:
-            _remove_signals(signals)
+            remove_signals(signals)
             if self._grace is not None:
                 self._grace.cancel()
         self._checkpoint()
@@ -194,22 +180,19 @@ class LocalRunner:
         async for batch in self.source.batches():
             # One lookup for the keys of many records (a lookup per new key would wait
             # for the interpreter lock each time, the pool threads being busy).
-            self._reading = {item.key for item in batch if isinstance(item, InputRecord)}
-            self._load_many(self._reading)
+            self._keys.reading = {item.key for item in batch if isinstance(item, InputRecord)}
+            self._keys.load_many(self._keys.reading)
             for item in batch:
                 if isinstance(item, Rejected):
                     self._reject(item)
                 else:
                     await self._admit(item)
-            self._reading = set()
+            self._keys.reading = set()
             await asyncio.sleep(0)  # an empty batch (nothing arrived yet): let workers run
 
     async def _admit(self, item: InputRecord) -> None:
         await self._space.acquire()
-        seq = self._load(item.key)
-        self._next_seq[item.key] = seq + 1
-        self._changed.add(item.key)
-        self._pending[(item.key, seq)] = (item.record, item.where)
+        seq = self._keys.admit(item.key, item.record, item.where)
         self.source.admitted(item)
         self._enqueue(item.key, seq, item.record)
         await asyncio.sleep(0)  # let workers run between reads
@@ -223,22 +206,6 @@ class LocalRunner:
         self.source.admitted(item)
         self.stats.dead_letters += 1
 
-    def _load_many(self, keys: set[str]) -> None:
-        missing = [key for key in keys if key not in self._next_seq]
-        if not missing:
-            return
-        found = self.state_dir.key_states_of(missing)
-        for key in missing:
-            self._next_seq[key], self._committed[key] = found.get(key, (0, {}))
-
-    def _load(self, key: str) -> int:
-        """The next seq of ``key``, reading its checkpointed state when not held."""
-        next_seq = self._next_seq.get(key)
-        if next_seq is None:
-            self._load_many({key})
-            next_seq = self._next_seq[key]
-        return next_seq
-
     def _enqueue(self, key: str, seq: int, record: Any) -> None:
         queue = self._queues.get(key)
         if queue is None:
@@ -247,11 +214,7 @@ class LocalRunner:
         queue.append((seq, record))
 
     async def _work(self, key: str, queue: deque[tuple[int, Any]]) -> None:
-        self._load(key)
-        committed = self._committed[key]
-        working = self._working.get(key)
-        if working is None:
-            working = self._working[key] = copy.deepcopy(committed)
+        working = self._keys.working_memory(key)
         try:
             while queue and self.stopped_by is None:
                 seq, record = queue[0]
@@ -264,67 +227,22 @@ class LocalRunner:
                     except BaseException:
                         self._failed = True
                         raise
-                for update in done.memory_updates:
-                    apply_update(committed, update.path, update.value)
-                self._changed.add(key)
+                self._keys.complete(key, seq, done.memory_updates)
                 queue.popleft()
-                del self._pending[(key, seq)]
-                self._done_seq[key] = seq
                 self.stats.inputs += 1
-                self._emit(_Finished([(key, output) for output in done.outputs],
-                                     done.events))
+                self._outputs.emit([(key, output) for output in done.outputs], done.events)
                 self._space.release()
             if not queue:  # every input done: live and committed memory agree
-                del self._working[key]
+                self._keys.idle(key)
         finally:
             del self._queues[key]
             del self._workers[key]
-
-    def _emit(self, finished: _Finished) -> None:
-        """A finished input's outputs and event log lines leave (in ``group``
-        durability once its records are durable)."""
-        if self.store.durability == "group":
-            self._held.append(finished)
-        else:
-            self._release([finished])
-
-    def _commit_group(self) -> None:
-        """Make recorded work durable, then release the outputs that depend on it."""
-        with self.settings.lock:
-            self._flush()
-        self._release(self._committing + self._held)
-        self._committing, self._held = [], []
-
-    async def _commit_group_off_loop(self) -> None:
-        """:meth:`_commit_group` with the commit on a worker thread: the keys go on while
-        it waits for the disk. The outputs held now wait for it; later ones, for the next."""
-        self._committing, self._held = self._held, []
-        finish = self._flush_begin()  # SQLite's statements here, its COMMIT off the loop
-        if finish is not None:  # it must run: the store waits for it
-            try:
-                waiting = asyncio.get_running_loop().run_in_executor(None, finish)
-            except RuntimeError:  # the default executor is shut down: wait here
-                finish()
-            else:
-                # Shielded: cancelling the ticker must not cancel the COMMIT before a
-                # thread takes it (the store would stay held, and the final flush wait).
-                await asyncio.shield(waiting)  # puts go on meanwhile; a flush waits for it
-        self._release(self._committing)
-        self._committing = []
-
-    def _release(self, inputs: list[_Finished]) -> None:
-        """Write the outputs of finished inputs, then their event log lines, in order."""
-        outputs = [pair for finished in inputs for pair in finished.outputs]
-        if outputs:
-            self.sink.write(outputs)
-            self.stats.outputs += len(outputs)
-        self.settings.event_log.write([line for finished in inputs for line in finished.events])
 
     async def _ticker(self, started: float) -> None:
         last_checkpoint = time.monotonic()
         while not self._done.is_set():
             await asyncio.sleep(self._tick)  # a timer: commit and checkpoint periodically
-            await self._commit_group_off_loop()
+            await self._outputs.commit_group_off_loop()
             now = time.monotonic()
             if now - last_checkpoint >= self._checkpoint_interval:
                 self._checkpoint()
@@ -339,28 +257,6 @@ class LocalRunner:
 
     # -- checkpoints ---------------------------------------------------------
 
-    def _flush(self) -> None:
-        """The store's flush (a commit), timed."""
-        started = time.perf_counter_ns()
-        self.store.flush()
-        self.stats.observe("store_flush_us", (time.perf_counter_ns() - started) // 1000)
-
-    def _flush_begin(self) -> Callable[[], None] | None:
-        """The store's flush in two parts (a commit's writes, then its wait), timed."""
-        started = time.perf_counter_ns()
-        finish = self.store.flush_begin()
-        if finish is None:
-            self.stats.observe("store_flush_us", (time.perf_counter_ns() - started) // 1000)
-            return None
-
-        def timed() -> None:
-            try:
-                finish()
-            finally:
-                self.stats.observe("store_flush_us",
-                                   (time.perf_counter_ns() - started) // 1000)
-        return timed
-
     def _checkpoint(self) -> None:
         started = time.perf_counter_ns()
         with self.settings.lock:  # pool threads of ``def`` actions use the store too
@@ -368,20 +264,17 @@ class LocalRunner:
         self.stats.observe("checkpoint_us", (time.perf_counter_ns() - started) // 1000)
 
     def _checkpoint_locked(self) -> None:
-        self._commit_group()
+        self._outputs.commit_group()
         sink = self.sink.prepare()  # the outputs so far are durable (not yet committed)
         dead_letter = self.dead_letter.prepare() if self.dead_letter is not None else None
         event_log = self.settings.event_log.prepare()
-        for key, seq in self._done_seq.items():
-            self.store.prune(key, seq)
-        self._done_seq.clear()
+        self._keys.prune()
         marker = self.store.recovery_marker()
-        changed = {key: (self._next_seq[key], self._committed[key]) for key in self._changed}
+        changed = self._keys.changes()
         written = self.state_dir.save_checkpoint(Checkpoint(
             job=self.settings.job, marker=marker, store=self.store.url,
             source=self.source.state(), sink=sink, dead_letter=dead_letter,
-            event_log=event_log,
-            pending=[PendingInput(k, s, r, line) for (k, s), (r, line) in self._pending.items()],
+            event_log=event_log, pending=self._keys.pending_inputs(),
             epoch=self.store.epoch, stats=self.stats.counters(), agent=self._agent_spec,
             summary=self.stats.summary(time.monotonic() - self._started),
         ), changed, fresh=self._fresh)
@@ -391,11 +284,7 @@ class LocalRunner:
         if self.dead_letter is not None:
             self.dead_letter.commit()
         self._fresh = False
-        self._changed.clear()
-        # Keys with nothing in flight are in the state dir now: let them go.
-        for key in [k for k in self._next_seq
-                    if k not in self._queues and k not in self._reading]:
-            del self._next_seq[key], self._committed[key]
+        self._keys.saved(busy=self._queues)
         self.store.release(marker)
 
     def _restore(self) -> None:
@@ -425,62 +314,7 @@ class LocalRunner:
         if self.dead_letter is not None:
             self.dead_letter.restore(checkpoint.dead_letter)
         self.settings.event_log.restore(checkpoint.event_log)
-        # A format 1 state dir holds every key in the checkpoint: all move over.
-        for key, next_seq in checkpoint.next_seq.items():
-            self._next_seq[key] = next_seq
-            self._committed[key] = checkpoint.short_term.get(key, {})
-            self._changed.add(key)
-        for pending in checkpoint.pending:
-            self._pending[(pending.key, pending.seq)] = (pending.record, pending.line)
-        # The rebuild may bring back states of inputs that completed before the
-        # checkpoint (recorded after the oldest in-flight input began): prune them.
-        first_pending: dict[str, int] = {}
-        for key, seq in self._pending:
-            first_pending[key] = min(seq, first_pending.get(key, seq))
-        for key in {state_key.key for state_key, _ in self.store.states()}:
-            done = first_pending.get(key, self._load(key)) - 1
-            if done >= 0:
-                self.store.prune(key, done)
-
-
-@dataclass(frozen=True, slots=True)
-class _Finished:
-    """A finished input's ``(key, output)`` pairs and event log lines, which leave
-    together (in ``group`` durability, after the commit that covers them)."""
-
-    outputs: list[tuple[str, Any]]
-    events: list[str]
-
-
-def _install_signals(stop: Callable[[str], None]) -> list[signal.Signals]:
-    """SIGTERM and Ctrl-C stop the run gracefully (when running in the main thread)."""
-    loop = asyncio.get_running_loop()
-    installed = []
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        try:
-            loop.add_signal_handler(sig, stop, sig.name)
-        except (ValueError, RuntimeError, NotImplementedError):
-            continue  # not the main thread: the caller stops the run with stop()
-        installed.append(sig)
-    return installed
-
-
-def _remove_signals(signals: list[signal.Signals]) -> None:
-    loop = asyncio.get_running_loop()
-    for sig in signals:
-        with contextlib.suppress(ValueError, RuntimeError):
-            loop.remove_signal_handler(sig)
-
-
-def _first(group_error: BaseExceptionGroup[Any]) -> BaseException:
-    """The first real error of a task group (not the cancellations it caused)."""
-    for exc in group_error.exceptions:
-        if isinstance(exc, BaseExceptionGroup):
-            return _first(exc)
-        if not isinstance(exc, asyncio.CancelledError):
-            found: BaseException = exc
-            return found
-    return group_error
+        self._keys.restore(checkpoint)
 
 
 def _resume_point(source: dict[str, Any], in_flight: int) -> str:
