@@ -6,8 +6,8 @@ from pathlib import Path
 
 from actionstate import ReplayedCallError
 from actionstate.events import OutputEvent
-from actionstate.records.canonical import decode_exception
 from actionstate.records.codec import decode_record, encode_record
+from actionstate.records.exceptions import decode_exception
 from actionstate.records.index import StateIndex
 from actionstate.records.state import CallStatus, StateKey
 from actionstate.testing.contract import ContractEvent
@@ -47,8 +47,8 @@ def test_golden_log_replays_to_the_expected_state() -> None:
 def test_the_call_fast_path_writes_the_generic_envelope() -> None:
     import json
 
-    from actionstate.records.canonical import STORED
     from actionstate.records.state import CallRecord, CallResult
+    from actionstate.records.values import STORED
 
     for result in ["ключ \"q\" \n", 1.5, float("inf"), None, {"b": [1, b"\x00"]}, True]:
         record = CallRecord(StateKey("k_ü", 2, "a", "e" * 64), 3,

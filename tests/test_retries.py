@@ -16,7 +16,7 @@ import pytest
 from actionstate import Agent, InputEvent, OutputEvent, RunnerContext, action
 from actionstate.errors import ActionFailedError
 from actionstate.llm import ModelServerError
-from actionstate.records.canonical import event_id
+from actionstate.records.digests import event_id
 from actionstate.records.state import CallStatus, StateKey
 from actionstate.retry import RetryPolicy, is_transient, retry_after
 from actionstate.testing import FakeLLMServer

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from actionstate.events import InputEvent, OutputEvent
-from actionstate.records.canonical import encode_exception
 from actionstate.records.codec import encode_record
+from actionstate.records.exceptions import encode_exception
 from actionstate.records.state import (
     CallRecord,
     CallResult,

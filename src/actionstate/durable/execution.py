@@ -34,14 +34,9 @@ from actionstate.errors import (
 )
 from actionstate.events import Event
 from actionstate.memory import MemoryObject
-from actionstate.records.canonical import (
-    UnstorableValueError,
-    args_digest,
-    canonical_bytes,
-    decode_exception,
-    encode_exception,
-)
 from actionstate.records.current import CURRENT_CALL
+from actionstate.records.digests import args_digest, canonical_bytes
+from actionstate.records.exceptions import decode_exception, encode_exception
 from actionstate.records.state import (
     ActionState,
     CallRecord,
@@ -52,6 +47,7 @@ from actionstate.records.state import (
     StateKey,
     TruncateRecord,
 )
+from actionstate.records.values import UnstorableValueError
 from actionstate.retry import NO_RETRY, RetryPolicy
 from actionstate.stores.base import ActionStateStore
 
