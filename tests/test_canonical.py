@@ -4,12 +4,8 @@ import enum
 import pytest
 
 from actionstate import ConfigError, ReplayedCallError
-from actionstate.records.canonical import (
-    canonical_bytes,
-    decode_exception,
-    digest,
-    encode_exception,
-)
+from actionstate.records.digests import canonical_bytes, digest
+from actionstate.records.exceptions import decode_exception, encode_exception
 
 
 class Color(enum.Enum):
@@ -73,7 +69,7 @@ def test_exception_that_cannot_be_rebuilt_falls_back_to_replayed_call_error() ->
 ])
 def test_args_digest_fast_path_equals_the_canonical_digest(
         args: tuple[object, ...], kwargs: dict[str, object]) -> None:
-    from actionstate.records.canonical import args_digest
+    from actionstate.records.digests import args_digest
 
     assert args_digest(args, kwargs) == digest([list(args), kwargs])
 
@@ -140,7 +136,7 @@ def test_dicts_with_keys_json_refuses_digest_the_same_in_any_order() -> None:
 
 HASH_SEED_SCRIPT = """
 import datetime, decimal, json, uuid, zoneinfo
-from actionstate.records.canonical import digest
+from actionstate.records.digests import digest
 from tests.test_canonical import Color, Point, pinned_values
 words = [f"w{i}" for i in range(40)]
 values = {
@@ -166,7 +162,8 @@ def test_digests_of_the_value_types_are_stable_across_processes_and_hash_seeds()
     root = Path(__file__).resolve().parent.parent
     runs = []
     for seed in ("0", "1", "12345"):
-        env = {**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": str(root)}
+        env = {**os.environ, "PYTHONHASHSEED": seed,
+               "PYTHONPATH": os.pathsep.join([str(root / "src"), str(root)])}
         out = subprocess.run([sys.executable, "-c", HASH_SEED_SCRIPT], env=env, cwd=root,
                              capture_output=True, text=True, check=True).stdout
         runs.append(json.loads(out))

@@ -5,7 +5,7 @@ import pytest
 
 from actionstate import AgentDefinitionError, Event, InputEvent, OutputEvent
 from actionstate.events import event_class
-from actionstate.records.canonical import canonical_bytes, event_id
+from actionstate.records.digests import canonical_bytes, event_id
 
 
 class Checked(Event):

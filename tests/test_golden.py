@@ -12,9 +12,9 @@ import pytest
 from actionstate import ReplayedCallError
 from actionstate.errors import EncryptionKeyError
 from actionstate.events import OutputEvent
-from actionstate.records.canonical import decode_exception
 from actionstate.records.codec import decode_record, encode_record
 from actionstate.records.crypto import KEYS_ENV, Keyring, new_key_entry
+from actionstate.records.exceptions import decode_exception
 from actionstate.records.index import StateIndex
 from actionstate.records.state import CallRecord, CallStatus, CompleteRecord, StateKey
 from actionstate.testing.contract import ContractEvent
@@ -86,8 +86,8 @@ def test_golden_log_replays_to_the_expected_state() -> None:
 def test_the_call_fast_path_writes_the_generic_envelope() -> None:
     import json
 
-    from actionstate.records.canonical import STORED
     from actionstate.records.state import CallRecord, CallResult
+    from actionstate.records.values import STORED
 
     for result in ["ключ \"q\" \n", 1.5, float("inf"), None, {"b": [1, b"\x00"]}, True]:
         record = CallRecord(StateKey("k_ü", 2, "a", "e" * 64), 3,
@@ -107,7 +107,7 @@ VALUES_GOLDEN = Path(__file__).parent / "golden" / "values-v1.jsonl"
 
 TAGS = {"bytes", "event", "tuple", "dict", "set", "frozenset", "datetime", "date", "time",
         "timedelta", "decimal", "uuid", "enum", "dataclass", "model"}
-"""Every tag the codec writes (records/canonical.py)."""
+"""Every tag the codec writes (records/values.py)."""
 
 
 def test_golden_tagged_values_read_back_type_for_type() -> None:

@@ -11,18 +11,14 @@ from typing import Any
 import pytest
 
 from actionstate.events import InputEvent, OutputEvent
-from actionstate.records.canonical import (
-    STORED,
+from actionstate.records.codec import decode_record, encode_record
+from actionstate.records.digests import (
     _digest_default,
     _keyed,
     args_digest,
     canonical_bytes,
     digest,
-    stored_json,
-    untag,
-    wire,
 )
-from actionstate.records.codec import decode_record, encode_record
 from actionstate.records.state import (
     CallRecord,
     CallResult,
@@ -33,6 +29,8 @@ from actionstate.records.state import (
     StateKey,
     TruncateRecord,
 )
+from actionstate.records.untag import untag
+from actionstate.records.values import STORED, stored_json, wire
 
 # -- values where a JSON encoder could differ from json's -----------------------------------
 

@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 
 from actionstate.errors import CorruptRecordError
-from actionstate.records.canonical import untag
 from actionstate.records.codec import _from_envelope, decode_call, decode_record, encode_record
 from actionstate.records.index import StateIndex
 from actionstate.records.state import (
@@ -20,6 +19,7 @@ from actionstate.records.state import (
     FenceRecord,
     StateKey,
 )
+from actionstate.records.untag import untag
 from actionstate.stores.kafka.retention import Retention
 from tests.test_hot_path import VALUES
 

@@ -24,7 +24,7 @@ import pytest
 from actionstate import Agent, InputEvent, OutputEvent, RunnerContext, action
 from actionstate.errors import ActionFailedError, ConfigError
 from actionstate.llm import ChatModel, ModelServerError, OpenAICompatibleModel, OpenAIModel
-from actionstate.records.canonical import event_id
+from actionstate.records.digests import event_id
 from actionstate.records.state import CallStatus, StateKey
 from actionstate.retry import (
     RetryPolicy,

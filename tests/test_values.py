@@ -29,14 +29,11 @@ from actionstate import (
 )
 from actionstate.errors import ActionFailedError, ConfigError, CorruptRecordError
 from actionstate.records import state
-from actionstate.records.canonical import (
-    UnstorableValueError,
-    decode_exception,
-    encode_exception,
-    event_id,
-)
 from actionstate.records.codec import decode_record, encode_record
+from actionstate.records.digests import event_id
+from actionstate.records.exceptions import decode_exception, encode_exception
 from actionstate.records.state import CallRecord, CallResult, CallStatus, StateKey
+from actionstate.records.values import UnstorableValueError
 from actionstate.testing import FakeLLMServer
 from actionstate.testing.recovery import Job, by_id, reference
 from actionstate.testing.restart import Crash, Restartable

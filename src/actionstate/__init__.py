@@ -25,7 +25,7 @@ from actionstate.connectors import (
     Source,
 )
 from actionstate.context import RunnerContext
-from actionstate.durable.execution import function_id
+from actionstate.durable.calls import function_id
 from actionstate.durable.stats import RunStats
 from actionstate.errors import (
     ActionFailedError,

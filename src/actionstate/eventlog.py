@@ -29,8 +29,9 @@ from typing import IO, Any, Literal, get_args
 
 from actionstate.errors import ConfigError
 from actionstate.events import Event, event_type_name
-from actionstate.records.canonical import untag, wire
 from actionstate.records.state import StateKey
+from actionstate.records.untag import untag
+from actionstate.records.values import wire
 
 __all__ = ["REDACTED", "EventBatch", "EventLogLevel", "EventLogRecord", "EventLogger",
            "FieldRedaction", "Redactor", "cut_back", "read_event_log"]

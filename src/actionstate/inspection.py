@@ -11,9 +11,9 @@ from typing import Any
 from actionstate.checkpoint import Checkpoint, offsets_text
 from actionstate.errors import ConfigError
 from actionstate.events import event_type_name
-from actionstate.records.canonical import wire
 from actionstate.records.crypto import Sealed
 from actionstate.records.state import ActionState, StateKey
+from actionstate.records.values import wire
 from actionstate.runners.statedir import StateDir
 from actionstate.stores import open_store
 from actionstate.stores.options import MASK

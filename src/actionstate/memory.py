@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from actionstate.errors import MemoryInCallError
-from actionstate.records.canonical import check_storable
 from actionstate.records.current import CURRENT_CALL
 from actionstate.records.state import MemoryScope, MemoryUpdate
+from actionstate.records.values import check_storable
 
 __all__ = ["MemoryObject"]
 

@@ -8,9 +8,9 @@ import base64
 from pathlib import Path
 
 from actionstate.events import InputEvent, OutputEvent
-from actionstate.records.canonical import encode_exception
 from actionstate.records.codec import encode_record
 from actionstate.records.crypto import Keyring
+from actionstate.records.exceptions import encode_exception
 from actionstate.records.state import (
     CallRecord,
     CallResult,

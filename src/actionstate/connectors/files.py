@@ -12,7 +12,7 @@ from typing import IO, Any
 from actionstate.connectors.base import InputRecord, Item, Rejected
 from actionstate.errors import ConfigError, InputError
 from actionstate.eventlog import cut_back
-from actionstate.records.canonical import wire
+from actionstate.records.values import wire
 
 __all__ = ["KEY_OF_MESSAGE", "JsonlSink", "JsonlSource", "Refused", "SourceDigest",
            "check_key", "decode_object", "field_key", "record_key", "why_unwritable"]

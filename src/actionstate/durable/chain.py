@@ -21,7 +21,7 @@ from actionstate.errors import ActionFailedError
 from actionstate.eventlog import EventLogger
 from actionstate.events import Event, InputEvent, OutputEvent
 from actionstate.memory import apply_update
-from actionstate.records.canonical import event_id
+from actionstate.records.digests import event_id
 from actionstate.records.state import (
     ActionState,
     CallStatus,

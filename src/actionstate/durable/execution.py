@@ -10,8 +10,6 @@ by the configured :data:`DivergencePolicy`.
 from __future__ import annotations
 
 import asyncio
-import functools
-import hashlib
 import inspect
 import itertools
 import logging
@@ -24,6 +22,7 @@ from time import perf_counter_ns
 from typing import Any, Literal, TypeVar, cast, get_args
 
 from actionstate.context import RunnerContext
+from actionstate.durable.calls import Step, function_id, function_info
 from actionstate.durable.stats import RunStats
 from actionstate.durable.threads import SyncCommitter, in_thread
 from actionstate.errors import (
@@ -34,14 +33,9 @@ from actionstate.errors import (
 )
 from actionstate.events import Event
 from actionstate.memory import MemoryObject
-from actionstate.records.canonical import (
-    UnstorableValueError,
-    args_digest,
-    canonical_bytes,
-    decode_exception,
-    encode_exception,
-)
 from actionstate.records.current import CURRENT_CALL
+from actionstate.records.digests import args_digest
+from actionstate.records.exceptions import decode_exception, encode_exception
 from actionstate.records.state import (
     ActionState,
     CallRecord,
@@ -52,10 +46,11 @@ from actionstate.records.state import (
     StateKey,
     TruncateRecord,
 )
+from actionstate.records.values import UnstorableValueError
 from actionstate.retry import NO_RETRY, RetryPolicy
 from actionstate.stores.base import ActionStateStore
 
-__all__ = ["POLICIES", "ActionContext", "DivergencePolicy", "function_id"]
+__all__ = ["POLICIES", "ActionContext", "DivergencePolicy"]
 
 log = logging.getLogger("actionstate")
 T = TypeVar("T")
@@ -65,55 +60,6 @@ RetryListener = Callable[[StateKey, int, str, int, BaseException, float], None]
 POLICIES: tuple[DivergencePolicy, ...] = get_args(DivergencePolicy)
 
 
-def function_id(fn: Callable[..., Any]) -> str:
-    """The stable id of ``fn``: ``__actionstate_name__`` or ``module.qualname``."""
-    name = getattr(fn, "__actionstate_name__", None)
-    if name:
-        return str(name)
-    if isinstance(fn, functools.partial):
-        return function_id(fn.func)
-    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', type(fn).__qualname__)}"
-
-
-@functools.lru_cache(maxsize=4096)
-def _describe(fn: Callable[..., Any]) -> tuple[str, bool, bool]:
-    try:
-        wants_key = "idempotency_key" in inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        wants_key = False
-    return function_id(fn), wants_key, inspect.iscoroutinefunction(fn)
-
-
-def _info(fn: Callable[..., Any]) -> tuple[str, bool, bool]:
-    """(function id, takes ``idempotency_key``, is a coroutine function), cached per function."""
-    target = getattr(fn, "__func__", fn)  # a bound method: describe its function
-    try:
-        return _describe(target)
-    except TypeError:  # unhashable callable
-        return _describe.__wrapped__(target)
-
-
-class _Step:
-    """One durable call being made; its idempotency key is computed on first use."""
-
-    __slots__ = ("_call_id", "_id_parts", "digest", "fid", "is_coroutine", "position",
-                 "recorded", "replayed", "wants_key")
-
-    def __init__(self, position: int, info: tuple[str, bool, bool], digest: str,
-                 recorded: CallResult | None, id_parts: list[Any]) -> None:
-        self.fid, self.wants_key, self.is_coroutine = info
-        self.position, self.digest, self.recorded = position, digest, recorded
-        self._id_parts = id_parts
-        self._call_id: str | None = None
-        self.replayed: Any = None
-
-    @property
-    def call_id(self) -> str:
-        if self._call_id is None:
-            self._call_id = hashlib.sha256(canonical_bytes(self._id_parts)).hexdigest()
-        return self._call_id
-
-
 class _Attempt:
     """One attempt of a durable call: the call is current while it runs; a failure
     the retry policy takes is swallowed and ``wait`` says how long to back off,
@@ -121,7 +67,7 @@ class _Attempt:
 
     __slots__ = ("ctx", "number", "policy", "step", "token", "wait")
 
-    def __init__(self, ctx: ActionContext, step: _Step, policy: RetryPolicy,
+    def __init__(self, ctx: ActionContext, step: Step, policy: RetryPolicy,
                  number: int) -> None:
         self.ctx, self.step, self.policy, self.number = ctx, step, policy, number
         self.wait: float | None = None
@@ -269,7 +215,7 @@ class ActionContext(RunnerContext):
     def _start(
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
         reconciler: Callable[[], Any] | None, in_async: bool,
-    ) -> tuple[_Step, Callable[..., Any] | None, tuple[Any, ...], dict[str, Any]]:
+    ) -> tuple[Step, Callable[..., Any] | None, tuple[Any, ...], dict[str, Any]]:
         """Take the call's position. A recorded outcome is served (``step.replayed``, or
         its exception raised) and no target is returned; else what to call."""
         step = self._begin(fn, args, kwargs)
@@ -284,7 +230,7 @@ class ActionContext(RunnerContext):
         target, args, kwargs = self._target(step, fn, args, kwargs, reconciler)
         return step, target, args, kwargs
 
-    def _succeeded(self, step: _Step, result: Any) -> int | None:
+    def _succeeded(self, step: Step, result: Any) -> int | None:
         """Record the call's result; with a committer, the ticket to wait for (outside
         the engine's lock) before the call returns."""
         self.stats.add_tokens(result, replayed=False)
@@ -308,10 +254,10 @@ class ActionContext(RunnerContext):
             raise
 
     def _begin(self, fn: Callable[..., Any], args: tuple[Any, ...],
-               kwargs: dict[str, Any]) -> _Step:
+               kwargs: dict[str, Any]) -> Step:
         position = self._next_position
         self._next_position += 1
-        info = _info(fn)
+        info = function_info(fn)
         fid = info[0]
         digest = args_digest(args, kwargs)
         sk = self._sk
@@ -324,7 +270,7 @@ class ActionContext(RunnerContext):
             recorded = None  # the attempts ran out on an outage: try it again
         id_parts = [self._job, self._store.namespace, sk.key, sk.seq, sk.action, sk.event_id,
                     position]
-        return _Step(position, info, digest, recorded, id_parts)
+        return Step(position, info, digest, recorded, id_parts)
 
     def _diverge(self, position: int, recorded: CallResult, fid: str, args_digest: str) -> None:
         sk = self._sk
@@ -346,7 +292,7 @@ class ActionContext(RunnerContext):
         self.stats.calls_truncated += 1
 
     def _target(
-        self, step: _Step, fn: Callable[..., Any], args: tuple[Any, ...],
+        self, step: Step, fn: Callable[..., Any], args: tuple[Any, ...],
         kwargs: dict[str, Any], reconciler: Callable[[], Any] | None,
     ) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
         """What to call for a call that has no recorded outcome."""
@@ -369,7 +315,7 @@ class ActionContext(RunnerContext):
         self.stats.add_tokens(recorded.result, replayed=True)
         return recorded.result
 
-    def _record(self, step: _Step, result: CallResult, shared: bool = False) -> int | None:
+    def _record(self, step: Step, result: CallResult, shared: bool = False) -> int | None:
         """Record the call's outcome. A result that cannot be stored is recorded as the
         call's failure, the error naming the type and the call, and raised: a replay
         raises the same error instead of running the call again. ``shared``: put it
@@ -399,7 +345,7 @@ class ActionContext(RunnerContext):
             self.store_failure = exc
             raise
 
-    def _after_failure(self, step: _Step, policy: RetryPolicy, attempt: int,
+    def _after_failure(self, step: Step, policy: RetryPolicy, attempt: int,
                        exc: Exception) -> float | None:
         """Seconds to wait before another attempt, or None: the failure is the outcome
         (recorded, as retryable when the attempts ran out on a transient failure)."""

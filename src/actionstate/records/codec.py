@@ -14,14 +14,6 @@ from typing import Any, cast
 
 from actionstate.errors import CorruptRecordError
 from actionstate.events import event_type_name
-from actionstate.records.canonical import (
-    STORED_TEXT,
-    TAG,
-    UndecodableValueError,
-    stored_json,
-    untag,
-    wire,
-)
 from actionstate.records.crypto import Keyring, Sealed, missing_key
 from actionstate.records.state import (
     CallRecord,
@@ -36,6 +28,8 @@ from actionstate.records.state import (
     StateKey,
     TruncateRecord,
 )
+from actionstate.records.untag import UndecodableValueError, untag
+from actionstate.records.values import STORED_TEXT, TAG, stored_json, wire
 
 __all__ = ["FORMAT_VERSION", "decode_call", "decode_record", "encode_record"]
 

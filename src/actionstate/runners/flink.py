@@ -80,9 +80,10 @@ from actionstate.errors import ConfigError, InputError
 from actionstate.eventlog import EventLogger, FieldRedaction
 from actionstate.loader import load_agent_class
 from actionstate.memory import apply_update
-from actionstate.records.canonical import stored_json, untag, wire
 from actionstate.records.index import Position
 from actionstate.records.state import DropRecord, FenceRecord, Record
+from actionstate.records.untag import untag
+from actionstate.records.values import stored_json, wire
 from actionstate.retry import RetryPolicy
 from actionstate.stores import open_store
 from actionstate.stores.base import ActionStateStore

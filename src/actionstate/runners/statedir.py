@@ -23,8 +23,9 @@ from actionstate.checkpoint import Checkpoint
 from actionstate.connectors.files import why_unwritable
 from actionstate.errors import ConfigError, IncompatibleStateError, StateLockedError
 from actionstate.private import create_private, private_dir, warn_if_exposed
-from actionstate.records.canonical import stored_json, untag, wire
 from actionstate.records.crypto import Keyring, is_sealed_text, missing_key, text_parts
+from actionstate.records.untag import untag
+from actionstate.records.values import stored_json, wire
 
 __all__ = ["STATE_FORMAT", "StateDir"]
 

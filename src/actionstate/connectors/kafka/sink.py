@@ -16,7 +16,7 @@ from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-def
 
 from actionstate.connectors.kafka.endpoint import Endpoint, parse_endpoint, unreachable
 from actionstate.errors import ConfigError, ConnectorError, IncompatibleStateError, StoreError
-from actionstate.records.canonical import wire
+from actionstate.records.values import wire
 from actionstate.stores.kafka.config import client
 from actionstate.stores.kafka.failures import error_of, reason
 from actionstate.stores.kafka.topic import retrying

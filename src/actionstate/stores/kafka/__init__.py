@@ -44,9 +44,10 @@ broker locally.
 A setting given twice (URL and keyword, alias and name, URL host or path and option) must
 agree (see :mod:`actionstate.stores.options`); the URL's host may also be one of the
 servers ``kafkaBootstrapServers`` lists. The modules: ``store`` (the medium: produce,
-flush, read, release), ``config`` (options, librdkafka properties per client), ``topic``
-(create or check the topic, list offsets, retry while it settles), ``partition``,
-``retention`` (what release may delete), ``failures`` (librdkafka's errors). Logs go to
+flush, read, release), ``config`` (options and their checks, librdkafka properties per
+client), ``topic`` (create or check the topic, list offsets, retry while it settles),
+``scan`` (read partition ranges back with a consumer), ``partition``, ``retention``
+(what release may delete), ``failures`` (librdkafka's errors). Logs go to
 the ``actionstate.stores.kafka`` logger, librdkafka's own included.
 """
 

@@ -16,8 +16,8 @@ from actionstate.stores.kafka.failures import reason, scrub
 from actionstate.stores.options import Option, is_secret, parse_options, url_servers
 
 __all__ = ["DEFAULT_PARTITIONS", "DEFAULT_MAX_MESSAGE_BYTES", "DEFAULT_CONNECT_TIMEOUT",
-           "ClientConfigs", "KafkaSettings", "client", "parse_url", "redacted",
-           "split_config"]
+           "ClientConfigs", "KafkaSettings", "check_settings", "client", "parse_url",
+           "redacted", "split_config"]
 
 log = logging.getLogger("actionstate.stores.kafka")
 
@@ -109,6 +109,24 @@ def parse_url(url: str, options: Mapping[str, Any]) -> KafkaSettings:
         connect_timeout=parsed.integer("kafkaConnectTimeoutMs") / 1000,
         client_config=parsed.passthrough,
     )
+
+
+def check_settings(servers: str, topic: str, partitions: int, replication_factor: int,
+                   retained_checkpoints: int, max_message_bytes: int,
+                   retention_ms: int | None) -> None:
+    """ConfigError unless the store's servers, topic and numbers are valid."""
+    if not servers or not topic:
+        raise ConfigError("a Kafka store needs servers and a topic: kafka://host:port/topic")
+    for name, value in (("partitions", partitions), ("replication factor", replication_factor),
+                        ("retained checkpoints", retained_checkpoints),
+                        ("max message bytes", max_message_bytes)):
+        if value < 1:
+            raise ConfigError(f"Kafka store {name} must be at least 1, got {value}")
+    if retention_ms is not None and retention_ms < 60_000:
+        raise ConfigError(
+            f"kafkaActionStateTopicRetentionMs={retention_ms} is under a minute: records "
+            "a restore needs would be deleted; give at least the longest time a job may "
+            "be down plus its checkpoint interval (e.g. 604800000, a week)")
 
 
 @dataclass(frozen=True, repr=False)

@@ -10,9 +10,9 @@ import uuid
 from collections.abc import Iterator, Mapping
 from typing import Any, Self
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, Producer
 
-from actionstate.errors import ConfigError, FencedError, StoreError
+from actionstate.errors import FencedError, StoreError
 from actionstate.records.codec import decode_record
 from actionstate.records.index import Position
 from actionstate.records.state import DropRecord, FenceRecord, Record
@@ -21,6 +21,7 @@ from actionstate.stores.kafka.config import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_MAX_MESSAGE_BYTES,
     DEFAULT_PARTITIONS,
+    check_settings,
     client,
     parse_url,
     split_config,
@@ -36,6 +37,7 @@ from actionstate.stores.kafka.failures import (
 )
 from actionstate.stores.kafka.partition import partition_of
 from actionstate.stores.kafka.retention import Retention
+from actionstate.stores.kafka.scan import scan
 from actionstate.stores.kafka.topic import KafkaTopic
 
 __all__ = ["WAIT_STEP", "KafkaActionStateStore"]
@@ -47,8 +49,6 @@ WAIT_STEP = 5.0
 _FLUSH_STEP = 0.05
 """Seconds a flush waits in librdkafka at a time before it looks at what was acknowledged
 (records put meanwhile, on another thread, are left to the next flush)."""
-_READ_STALL = 60.0
-"""Seconds a read may go without any message or end-of-partition event before it fails."""
 
 
 class KafkaActionStateStore(ActionStateStore):
@@ -104,18 +104,8 @@ class KafkaActionStateStore(ActionStateStore):
         client_config: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(durability)
-        if not bootstrap_servers or not topic:
-            raise ConfigError("a Kafka store needs servers and a topic: kafka://host:port/topic")
-        for name, value in (("partitions", partitions), ("replication factor", replication_factor),
-                            ("retained checkpoints", retained_checkpoints),
-                            ("max message bytes", max_message_bytes)):
-            if value < 1:
-                raise ConfigError(f"Kafka store {name} must be at least 1, got {value}")
-        if retention_ms is not None and retention_ms < 60_000:
-            raise ConfigError(
-                f"kafkaActionStateTopicRetentionMs={retention_ms} is under a minute: records "
-                "a restore needs would be deleted; give at least the longest time a job may "
-                "be down plus its checkpoint interval (e.g. 604800000, a week)")
+        check_settings(bootstrap_servers, topic, partitions, replication_factor,
+                       retained_checkpoints, max_message_bytes, retention_ms)
         self.servers, self.topic = bootstrap_servers, topic
         self.url = f"kafka://{bootstrap_servers}/{topic}"
         self._timeout = connect_timeout
@@ -245,89 +235,9 @@ class KafkaActionStateStore(ActionStateStore):
     def read(
         self, namespace: str, start: dict[int, int], stop: dict[int, int]
     ) -> Iterator[tuple[Position, bytes, str]]:
-        ranges = {p: (start.get(p, 0), end) for p, end in stop.items() if start.get(p, 0) < end}
-        if not ranges:
-            return
-        log_starts = self._topic.start_offsets(ranges)
-        for p, (first, _) in sorted(ranges.items()):
-            if first < log_starts[p]:
-                raise StoreError(
-                    f"Kafka topic {self.topic} partition {p} starts at offset {log_starts[p]}, "
-                    f"but the recovery marker needs its records from offset {first}: they were "
-                    "deleted (retention or delete-records), so the states they held are lost; "
-                    "restore from a newer checkpoint or start fresh without one"
-                )
-        ns = namespace.encode()
-        track = namespace == self.namespace
-        track_record = self._retention.track_read
-        where = f"kafka topic {self.topic} partition "
-        consumer = client(Consumer, {**self._common, **self._consumer_conf})
-        try:
-            consumer.assign([TopicPartition(self.topic, p, first)
-                             for p, (first, _) in ranges.items()])
-            last_event = time.monotonic()
-            settling: float | None = None  # since when only passing errors came
-            while ranges:
-                # Block for one message, then take what is already queued, without waiting.
-                polled = consumer.poll(0.5)
-                messages: list[Any] = [] if polled is None else [
-                    polled, *consumer.consume(num_messages=10000, timeout=0)]
-                now = time.monotonic()
-                if now - last_event > _READ_STALL:
-                    raise StoreError(
-                        f"reading Kafka topic {self.topic} from {self.servers} stalled for "
-                        f"{_READ_STALL:g}s with partitions {sorted(ranges)} unfinished: check "
-                        "the broker (scripts/services/kafka status for the local one) and retry")
-                for message in messages:
-                    p, offset = message.partition(), message.offset()
-                    bounds = ranges.get(p)
-                    if bounds is None:
-                        continue
-                    error = message.error()
-                    if error is None:  # a record: the common case first
-                        last_event, settling = now, None
-                        if offset + 1 >= bounds[1]:
-                            self._finish(consumer, ranges, p)
-                            if offset >= bounds[1]:
-                                continue
-                        key, value = message.key(), message.value()
-                        if value is None or key is None:
-                            continue
-                        head, _, counter = key.rpartition(b"/")
-                        if head.rpartition(b"/")[0] != ns:
-                            continue
-                        if track:
-                            track_record(p, offset, head, counter)
-                        yield (p, offset), value, f"{where}{p} offset {offset}"
-                        continue
-                    code = error.code()
-                    if code in (KafkaError._AUTO_OFFSET_RESET, KafkaError.OFFSET_OUT_OF_RANGE):
-                        raise StoreError(
-                            f"Kafka topic {self.topic} partition {p} no longer has the "
-                            f"records from offset {bounds[0]} a rebuild needs ({error.str()})"
-                            ": they were deleted (retention or delete-records), so the states "
-                            "they held are lost; restore from a newer checkpoint or start "
-                            "fresh without one")
-                    if code != KafkaError._PARTITION_EOF:
-                        if not passes(error):
-                            raise StoreError(
-                                f"cannot read Kafka topic {self.topic} partition {p} from "
-                                f"{self.servers} ({error.str()}): check the broker and retry")
-                        # The consumer retries by itself (a topic still settling).
-                        settling = now if settling is None else settling
-                        if now - settling > self._timeout:
-                            raise settle_error(
-                                f"read Kafka topic {self.topic} partition {p}", error,
-                                self.servers, self._timeout)
-                        continue
-                    last_event, settling = now, None
-                    if offset >= bounds[1]:
-                        self._finish(consumer, ranges, p)
-        finally:
-            try:
-                consumer.close()
-            except (KafkaException, RuntimeError):  # closing is best effort
-                pass
+        track = self._retention.track_read if namespace == self.namespace else None
+        return scan(self._topic, {**self._common, **self._consumer_conf}, self.servers,
+                    namespace, start, stop, track)
 
     def release(self, marker: Marker) -> None:
         """Tombstone own records below the oldest retained checkpoint's marker, unless a
@@ -467,7 +377,3 @@ class KafkaActionStateStore(ActionStateStore):
         else:
             log.info("Kafka client error for %s (%s); the client reconnects and retries",
                      self.servers, error.str())
-
-    def _finish(self, consumer: Any, ranges: dict[int, tuple[int, int]], partition: int) -> None:
-        del ranges[partition]
-        consumer.pause([TopicPartition(self.topic, partition)])

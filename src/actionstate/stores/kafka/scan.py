@@ -1,0 +1,125 @@
+"""Reading a run's records back from the topic, partition by partition, between two
+offsets, with a consumer of the store's own."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+
+from actionstate.errors import StoreError
+from actionstate.records.index import Position
+from actionstate.stores.kafka.config import client
+from actionstate.stores.kafka.failures import passes, settle_error
+from actionstate.stores.kafka.topic import KafkaTopic
+
+__all__ = ["scan"]
+
+_READ_STALL = 60.0
+"""Seconds a read may go without any message or end-of-partition event before it fails."""
+
+
+def scan(
+    topic: KafkaTopic, config: Mapping[str, Any], servers: str, namespace: str,
+    start: dict[int, int], stop: dict[int, int],
+    track: Callable[[int, int, bytes, bytes], None] | None,
+) -> Iterator[tuple[Position, bytes, str]]:
+    """The records of ``namespace`` from ``start`` up to (excluding) ``stop``, per partition
+    in log order: (position, value, where), ``where`` naming the record in errors; a
+    consumer with ``config`` reads them from ``servers`` (named in errors). ``track``, if
+    given, is told of each (partition, offset, key head, key counter).
+
+    Raises:
+        StoreError: the records are gone (retention or delete-records), the read stalled,
+            or the broker answered with an error that does not pass (or passed too long).
+    """
+    name = topic.name
+    ranges = {p: (start.get(p, 0), end) for p, end in stop.items() if start.get(p, 0) < end}
+    if not ranges:
+        return
+    log_starts = topic.start_offsets(ranges)
+    for p, (first, _) in sorted(ranges.items()):
+        if first < log_starts[p]:
+            raise StoreError(
+                f"Kafka topic {name} partition {p} starts at offset {log_starts[p]}, "
+                f"but the recovery marker needs its records from offset {first}: they were "
+                "deleted (retention or delete-records), so the states they held are lost; "
+                "restore from a newer checkpoint or start fresh without one"
+            )
+    ns = namespace.encode()
+    where = f"kafka topic {name} partition "
+    consumer = client(Consumer, config)
+    try:
+        consumer.assign([TopicPartition(name, p, first)
+                         for p, (first, _) in ranges.items()])
+        last_event = time.monotonic()
+        settling: float | None = None  # since when only passing errors came
+        while ranges:
+            # Block for one message, then take what is already queued, without waiting.
+            polled = consumer.poll(0.5)
+            messages: list[Any] = [] if polled is None else [
+                polled, *consumer.consume(num_messages=10000, timeout=0)]
+            now = time.monotonic()
+            if now - last_event > _READ_STALL:
+                raise StoreError(
+                    f"reading Kafka topic {name} from {servers} stalled for "
+                    f"{_READ_STALL:g}s with partitions {sorted(ranges)} unfinished: check "
+                    "the broker (scripts/services/kafka status for the local one) and retry")
+            for message in messages:
+                p, offset = message.partition(), message.offset()
+                bounds = ranges.get(p)
+                if bounds is None:
+                    continue
+                error = message.error()
+                if error is None:  # a record: the common case first
+                    last_event, settling = now, None
+                    if offset + 1 >= bounds[1]:
+                        _finish(consumer, name, ranges, p)
+                        if offset >= bounds[1]:
+                            continue
+                    key, value = message.key(), message.value()
+                    if value is None or key is None:
+                        continue
+                    head, _, counter = key.rpartition(b"/")
+                    if head.rpartition(b"/")[0] != ns:
+                        continue
+                    if track is not None:
+                        track(p, offset, head, counter)
+                    yield (p, offset), value, f"{where}{p} offset {offset}"
+                    continue
+                code = error.code()
+                if code in (KafkaError._AUTO_OFFSET_RESET, KafkaError.OFFSET_OUT_OF_RANGE):
+                    raise StoreError(
+                        f"Kafka topic {name} partition {p} no longer has the "
+                        f"records from offset {bounds[0]} a rebuild needs ({error.str()})"
+                        ": they were deleted (retention or delete-records), so the states "
+                        "they held are lost; restore from a newer checkpoint or start "
+                        "fresh without one")
+                if code != KafkaError._PARTITION_EOF:
+                    if not passes(error):
+                        raise StoreError(
+                            f"cannot read Kafka topic {name} partition {p} from "
+                            f"{servers} ({error.str()}): check the broker and retry")
+                    # The consumer retries by itself (a topic still settling).
+                    settling = now if settling is None else settling
+                    if now - settling > topic.timeout:
+                        raise settle_error(
+                            f"read Kafka topic {name} partition {p}", error,
+                            servers, topic.timeout)
+                    continue
+                last_event, settling = now, None
+                if offset >= bounds[1]:
+                    _finish(consumer, name, ranges, p)
+    finally:
+        try:
+            consumer.close()
+        except (KafkaException, RuntimeError):  # closing is best effort
+            pass
+
+
+def _finish(consumer: Any, topic: str, ranges: dict[int, tuple[int, int]],
+            partition: int) -> None:
+    del ranges[partition]
+    consumer.pause([TopicPartition(topic, partition)])
