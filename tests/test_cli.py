@@ -382,7 +382,7 @@ def test_progress_off_a_terminal_prints_a_line_every_few_seconds_with_share_and_
     progress.finish()
     lines = out.getvalue().splitlines()
     assert lines[0] == "resuming at line 1201 of tickets.jsonl"
-    assert len(lines) == 1 + 3 + 1, "at 1 s, 6 s and 11 s, and the last one"
+    assert len(lines) == 1 + 3, "at 1 s, 6 s and 11 s; the last one is not printed again"
     assert lines[2] == ("18 inputs done (74% of the input), 18 outputs | calls: 6 executed, "
                         "0 replayed | 3.0 inputs/s | ETA 7s")  # 20% in 5 s: 26% left
     assert lines[-1].startswith("33 inputs done (94% of the input)")
@@ -397,9 +397,51 @@ def test_rerunning_a_finished_job_says_it_is_complete(tmp_path: Path) -> None:
     assert again.returncode == 0, again.stderr
     assert "resuming at line 4 of in.jsonl" in again.stderr
     assert "already complete: every input was done by an earlier run" in again.stderr
+    assert "0 inputs done" not in again.stderr, again.stderr
 
 
-def test_every_option_of_every_command_has_help_text() -> None:
+def test_progress_gives_a_slow_rate_per_minute_not_as_zero() -> None:
+    import io
+
+    from actionstate.cli.progress import Progress
+    from actionstate.durable.stats import RunStats
+
+    out = io.StringIO()
+    progress = Progress(out, every=5.0, clock=lambda: 0.0)
+    progress(RunStats(inputs=2), 60.0)  # one input every 30 s: 0.03 inputs/s
+    assert "2.0 inputs/min" in out.getvalue() and "0.0 inputs/s" not in out.getvalue()
+
+
+def test_a_failed_run_still_writes_its_summary(tmp_path: Path) -> None:
+    lines = [input_line(i) for i in range(10)]
+    lines[6] = '{"id": 6, "k": "k0", "n": 6'
+    write_lines(tmp_path / "in.jsonl", lines)
+    summary = tmp_path / "summary.json"
+    result = actionstate(*run_args(tmp_path, AGENT, "--summary", str(summary)))
+    assert_clean_error(result, f"{tmp_path / 'in.jsonl'}:7")
+    written = json.loads(summary.read_text())
+    assert written["complete"] is False and "InputError" in written["failed"], written
+    assert written["calls"]["executed"] == 6 and written["inputs"] == 6, written
+
+
+def test_a_malformed_option_or_env_pair_is_not_echoed(tmp_path: Path) -> None:
+    """``--option sasl.password:secret`` / ``--env OPENAI_API_KEY:sk-...`` (a ':' for the
+    '='): the error names the flag, the pair's number and the expected form, never the
+    text given."""
+    from actionstate.cli.run import named_values
+    from actionstate.errors import ConfigError
+
+    secret = "sk-CANARY-" + os.urandom(8).hex()
+    write_lines(tmp_path / "in.jsonl", [input_line(0)])
+    result = actionstate(*run_args(tmp_path, AGENT, "--option", f"sasl.password:{secret}"))
+    assert_clean_error(result, "--option number 1 must look like NAME=VALUE")
+    assert secret not in result.stderr + result.stdout
+    with pytest.raises(ConfigError, match="--env number 2 must look like NAME=VALUE") as info:
+        named_values(["A=1", f"OPENAI_API_KEY:{secret}"], "--env")
+    assert secret not in str(info.value)
+
+
+def test_every_option_of_every_command_has_help_text_and_shows_its_default() -> None:
     import argparse
 
     from actionstate.cli.parser import build_parser
@@ -413,6 +455,9 @@ def test_every_option_of_every_command_has_help_text() -> None:
                     walk(sub, f"{path} {name}")
             elif act.help in (None, "") and act.dest != "help":
                 missing.append(f"{path} {act.option_strings or act.dest}")
+            elif act.default not in (None, False, [], argparse.SUPPRESS) \
+                    and "default" not in (act.help or ""):
+                missing.append(f"{path} {act.option_strings}: its default {act.default!r}")
 
     walk(build_parser(), "actionstate")
-    assert not missing, f"options without help: {missing}"
+    assert not missing, f"options without help or a shown default: {missing}"

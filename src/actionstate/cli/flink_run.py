@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 from actionstate.cli.run import default_job, named_values
 from actionstate.errors import ConfigError
 from actionstate.loader import load_agent_class
+from actionstate.retry import RetryPolicy, split_options
 from actionstate.stores import open_store
 
 __all__ = ["flink_run_command"]
@@ -31,7 +32,11 @@ def flink_run_command(args: argparse.Namespace) -> int:
     agent = (f"{Path(target).resolve()}:{name}" if sep and target.endswith(".py")
              else args.agent)
     load_agent_class(agent)  # a bad spec fails here, not in a TaskManager
-    options = named_values(args.option)
+    if args.max_retries < 0 or args.retry_wait_interval < 0:
+        raise ConfigError("--max-retries and --retry-wait-interval must not be negative")
+    retry, options = split_options(  # Flink Agents' names as options win over the flags
+        RetryPolicy(max_attempts=args.max_retries + 1,
+                    initial_interval=args.retry_wait_interval), named_values(args.option))
     store = open_store(args.store, durability=args.durability, **options)
     try:  # no record of this submission lies before the store's end now
         start_bound = {str(p): o for p, o in store.end_offsets().items()}
@@ -41,7 +46,7 @@ def flink_run_command(args: argparse.Namespace) -> int:
         agent=agent, input=args.input, key=args.key, output=args.output, store=args.store,
         job=args.job or default_job(args.agent), store_options=options,
         durability=args.durability, divergence=args.divergence,
-        max_retries=args.max_retries, retry_wait=args.retry_wait_interval,
+        max_retries=retry.max_attempts - 1, retry_wait=retry.initial_interval,
         parallelism=args.parallelism, checkpoint_interval=_duration(args.checkpoint_interval),
         concurrency=args.concurrency, until_end=args.until_end, jobmanager=args.jobmanager,
         dead_letter=args.dead_letter,

@@ -115,7 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     flink_run.add_argument("--durability", choices=DURABILITIES, default="sync",
                            help="store durability (default sync)")
     flink_run.add_argument("--divergence", choices=POLICIES, default="reexecute",
-                           help="what to do when replay finds a different call than recorded")
+                           help="what to do when replay finds a different call than recorded "
+                           "(default: %(default)s)")
     flink_run.add_argument("--max-retries", type=int, default=3, metavar="N",
                            help="retries of a durable call that fails transiently (default 3)")
     flink_run.add_argument("--retry-wait-interval", type=float, default=1.0, metavar="SECONDS",
@@ -135,7 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
                            help="a directory on each TaskManager: every worker appends its "
                            "event log (JSONL) to a file of its own there")
     flink_run.add_argument("--event-log-level", choices=LEVELS, default="standard",
-                           help="(default: %(default)s)")
+                           help="off, standard (events) or verbose (plus each action run "
+                           "with its calls) (default: %(default)s)")
     flink_run.add_argument("--redact", action="append", default=[],
                            metavar="TYPE:FIELD[,FIELD]", help="as in actionstate run")
     flink_run.add_argument("--from-savepoint", metavar="PATH",

@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 from typing import TextIO
 
-from actionstate.durable.stats import RunStats
+from actionstate.durable.stats import RunStats, rate_text
 
 __all__ = ["Progress"]
 
@@ -24,11 +24,14 @@ class Progress:
         self._stats: RunStats | None = None
         self._first: tuple[float, float] | None = None  # (elapsed, share) at the first report
         self._printed: float | None = None
+        self._written = ""  # the last plain line written (off a terminal)
 
     def __call__(self, stats: RunStats, elapsed: float) -> None:
         if self._stats is None and stats.resumed_at is not None:
             self._write(f"resuming at {stats.resumed_at}\n")
         self._stats = stats
+        if stats.inputs == 0 and stats.resumed_at is not None and not self._written:
+            return  # a finished job's rerun, or nothing done yet: finish() says which
         rate = stats.inputs / elapsed if elapsed > 0 else 0.0
         parts = [f"{stats.inputs:,} inputs done"]
         fraction = stats.done_fraction
@@ -37,7 +40,7 @@ class Progress:
                 self._first = (elapsed, fraction)
             parts[0] += f" ({fraction:.0%} of the input)"
         parts += [f"{stats.outputs:,} outputs | calls: {stats.calls_executed:,} executed, "
-                  f"{stats.calls_replayed:,} replayed | {rate:,.1f} inputs/s"]
+                  f"{stats.calls_replayed:,} replayed | {rate_text(rate)}"]
         saved = stats.prompt_tokens_replayed + stats.completion_tokens_replayed
         if saved:
             parts.append(f"{saved:,} tokens replayed, not paid again")
@@ -51,6 +54,7 @@ class Progress:
         elif self._printed is None or self._clock() - self._printed >= self._every:
             self._printed = self._clock()
             self._write(self._line + "\n")
+            self._written = self._line
 
     def finish(self) -> None:
         stats = self._stats
@@ -59,7 +63,10 @@ class Progress:
             self._write(("\n" if self._tty else "") + "already complete: every input was "
                         "done by an earlier run; nothing to do\n")
             return
-        self._write("\n" if self._tty else self._line + "\n")
+        if self._tty:
+            self._write("\n")
+        elif self._line and self._line != self._written:
+            self._write(self._line + "\n")
 
     def _write(self, text: str) -> None:
         self._stream.write(text)

@@ -13,6 +13,7 @@ from typing import Any
 
 from actionstate.api import run_async
 from actionstate.cli.progress import Progress
+from actionstate.durable.stats import RunStats
 from actionstate.errors import ConfigError
 from actionstate.eventlog import FieldRedaction
 from actionstate.loader import load_agent_class
@@ -31,8 +32,9 @@ def run_command(args: argparse.Namespace) -> int:
     progress = None if args.quiet else Progress(sys.stderr)
     started = time.monotonic()
     meters = configure_from_env(os.environ)  # OTEL_METRICS_EXPORTER: docs/metrics.md
+    stats = RunStats()  # kept when the run raises: --summary is written all the same
     try:
-        stats = asyncio.run(run_async(
+        asyncio.run(run_async(
             agent_cls, source=args.input, sink=args.output, key=args.key, state=args.state,
             store=args.store, store_options=named_values(args.option),
             durability=args.durability, checkpoint_interval=args.checkpoint_interval,
@@ -42,12 +44,13 @@ def run_command(args: argparse.Namespace) -> int:
             divergence=args.divergence, retry=retry,
             job=args.job or default_job(args.agent), until_end=args.until_end,
             dead_letter=args.dead_letter, progress=progress, overwrite=args.overwrite,
-            meter_provider=meters))
+            meter_provider=meters, stats=stats))
     finally:
         if meters is not None:
             meters.shutdown()  # exports the final values
-    if args.summary:
-        _write_summary(Path(args.summary), stats.summary(time.monotonic() - started))
+        if args.summary:
+            _write_summary(Path(args.summary), stats.summary(time.monotonic() - started),
+                           failing=sys.exc_info()[1] is not None)
     if progress is not None:
         progress.finish()
     if stats.stopped_by is not None:
@@ -59,10 +62,11 @@ def run_command(args: argparse.Namespace) -> int:
 def named_values(pairs: list[str], flag: str = "--option") -> dict[str, str]:
     """The ``NAME=VALUE`` pairs of a repeatable ``flag``, by name."""
     options = {}
-    for pair in pairs:
+    for number, pair in enumerate(pairs, start=1):
         name, sep, value = pair.partition("=")
-        if not sep or not name:
-            raise ConfigError(f"{flag} {pair!r} must look like NAME=VALUE")
+        if not sep or not name:  # its text may be a secret with a ':' for the '='
+            raise ConfigError(f"{flag} number {number} must look like NAME=VALUE (its text is "
+                              "not shown: it may hold a secret)")
         options[name] = value
     return options
 
@@ -73,9 +77,15 @@ def default_job(spec: str) -> str:
     return f"{Path(target).stem if target.endswith('.py') else target}:{attr}"
 
 
-def _write_summary(path: Path, summary: dict[str, Any]) -> None:
+def _write_summary(path: Path, summary: dict[str, Any], failing: bool = False) -> None:
+    """Write ``summary`` to ``path``; when the run is ``failing``, a summary that cannot be
+    written is only a warning (the run's own error is the one to report)."""
     try:
         path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     except OSError as exc:
+        if failing:
+            print(f"warning: --summary {path} cannot be written ({exc.strerror})",
+                  file=sys.stderr)
+            return
         raise ConfigError(f"--summary {path} cannot be written ({exc.strerror}): give a path "
                           "in a directory that exists and can be written") from None
