@@ -70,12 +70,12 @@ class ActionStateStore(ABC):
     """A ``sync`` append returns the exact position (False: a lower bound, and the
     store finds its claim by reading it back)."""
 
-    def __init__(self, durability: Durability = "sync") -> None:
+    def __init__(self, durability: Durability = "sync", url: str = "") -> None:
         if durability not in DURABILITIES:
             raise ConfigError(f"unknown durability {durability!r}: use one of "
                               f"{', '.join(DURABILITIES)}")
         self.durability: Durability = durability
-        self._url = ""
+        self._url = redact_url(url)
         self.index = StateIndex()
         self.epoch = 0
         self._read_only = False
@@ -92,9 +92,6 @@ class ActionStateStore(ABC):
         options are ``***``): safe in messages, checkpoints and reports."""
         return self._url
 
-    @url.setter
-    def url(self, value: str) -> None:
-        self._url = redact_url(value)
 
     # -- the medium: what a backend implements -------------------------------
 

@@ -31,8 +31,9 @@ class MemoryActionStateStore(ActionStateStore):
 
     refuses_zombies = True
 
-    def __init__(self, name: str = "", durability: Durability = "sync") -> None:
-        super().__init__(durability)
+    def __init__(self, name: str = "", durability: Durability = "sync",
+                 url: str | None = None) -> None:
+        super().__init__(durability, f"memory://{name}" if url is None else url)
         with _LOCK:
             self._log = _LOGS.setdefault(name, []) if name else []
 
@@ -42,9 +43,7 @@ class MemoryActionStateStore(ActionStateStore):
         """``memory://`` (a private log) or ``memory://name`` (shared in the process)."""
         parts = urlsplit(url)
         parse_options("memory", (), parts.query, options)
-        store = cls(parts.netloc + parts.path, durability=durability)
-        store.url = url
-        return store
+        return cls(parts.netloc + parts.path, durability=durability, url=url)
 
     def append(self, record: Record, data: bytes, sync: bool) -> Position:
         with _LOCK:

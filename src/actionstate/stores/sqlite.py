@@ -73,8 +73,9 @@ class SqliteActionStateStore(ActionStateStore):
 
     refuses_zombies = True
 
-    def __init__(self, path: str | Path, durability: Durability = "sync") -> None:
-        super().__init__(durability)
+    def __init__(self, path: str | Path, durability: Durability = "sync",
+                 url: str | None = None) -> None:
+        super().__init__(durability, f"sqlite://{path}" if url is None else url)
         self.path = Path(path)
         self._pending: list[Any] = []
         """Rows to commit, flat: namespace, agent key, payload, namespace, ..."""
@@ -120,9 +121,7 @@ class SqliteActionStateStore(ActionStateStore):
         parse_options("SQLite", (), query, options)
         if not path:
             raise ConfigError(f"store URL {url!r} has no path: use sqlite:///path/state.db")
-        store = cls(path, durability=durability)
-        store.url = url
-        return store
+        return cls(path, durability=durability, url=url)
 
     def append(self, record: Record, data: bytes, sync: bool) -> Position:
         if isinstance(record, FenceRecord):

@@ -94,8 +94,10 @@ class FlussActionStateStore(ActionStateStore):
         durability: Durability = "sync",
         security: Mapping[str, str] | None = None,
         timeout: float = 60.0,
+        url: str | None = None,
     ) -> None:
-        super().__init__(durability)
+        super().__init__(durability, f"fluss://{bootstrap_servers}/{database}.{table}"
+                         if url is None else url)
         check_settings(database, table, buckets, timeout)
         self.bootstrap_servers = bootstrap_servers
         self.table_name = f"{database}.{table}"
@@ -135,11 +137,9 @@ class FlussActionStateStore(ActionStateStore):
     def from_url(cls, url: str, durability: Durability = "sync", **options: Any) -> Self:
         """Open ``fluss://host:port/database.table?option=value`` (see the package doc)."""
         settings = parse_url(url, options)
-        store = cls(settings.servers, settings.database, settings.table,
-                    buckets=settings.buckets, durability=durability,
-                    security=settings.security, timeout=settings.timeout)
-        store.url = url
-        return store
+        return cls(settings.servers, settings.database, settings.table,
+                   buckets=settings.buckets, durability=durability,
+                   security=settings.security, timeout=settings.timeout, url=url)
 
     def use_namespace(self, namespace: str) -> None:
         super().use_namespace(namespace)

@@ -102,12 +102,13 @@ class KafkaActionStateStore(ActionStateStore):
         retention_ms: int | None = None,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         client_config: Mapping[str, str] | None = None,
+        url: str | None = None,
     ) -> None:
-        super().__init__(durability)
+        super().__init__(durability, f"kafka://{bootstrap_servers}/{topic}" if url is None
+                         else url)  # the url property masks secret values
         check_settings(bootstrap_servers, topic, partitions, replication_factor,
                        retained_checkpoints, max_message_bytes, retention_ms)
         self.servers, self.topic = bootstrap_servers, topic
-        self.url = f"kafka://{bootstrap_servers}/{topic}"
         self._timeout = connect_timeout
         configs = split_config(bootstrap_servers, client_config or {})
         self._common, self._consumer_conf = configs.common, configs.consumer
@@ -148,16 +149,14 @@ class KafkaActionStateStore(ActionStateStore):
     def from_url(cls, url: str, durability: Durability = "sync", **options: Any) -> Self:
         """The store ``kafka://servers/topic?option=value`` names (see the package doc)."""
         settings = parse_url(url, options)
-        store = cls(settings.servers, settings.topic, durability,
-                    partitions=settings.partitions,
-                    replication_factor=settings.replication_factor,
-                    max_message_bytes=settings.max_message_bytes,
-                    retained_checkpoints=settings.retained_checkpoints,
-                    retention_ms=settings.retention_ms,
-                    connect_timeout=settings.connect_timeout,
-                    client_config=settings.client_config)
-        store.url = url  # the url property masks secret values (checkpoints, messages)
-        return store
+        return cls(settings.servers, settings.topic, durability,
+                   partitions=settings.partitions,
+                   replication_factor=settings.replication_factor,
+                   max_message_bytes=settings.max_message_bytes,
+                   retained_checkpoints=settings.retained_checkpoints,
+                   retention_ms=settings.retention_ms,
+                   connect_timeout=settings.connect_timeout,
+                   client_config=settings.client_config, url=url)
 
     def rebuild(self, marker: Marker | None, *, read_only: bool = False) -> int:
         # The claim and fences are written before the read, which tracks them for
