@@ -301,7 +301,7 @@ def test_options_and_url(fluss_cluster: str, tables: Tables) -> None:
     assert by_options.table_name == f"{DATABASE}.{name}" and by_options.num_buckets == 3
     by_options.close()
     direct = FlussActionStateStore(fluss_cluster, DATABASE, name, timeout=30.0)
-    assert direct.num_buckets == 3 and direct.url == ""
+    assert direct.num_buckets == 3 and direct.url == f"fluss://{fluss_cluster}/{DATABASE}.{name}"
     direct.close()
     with pytest.raises(ConfigError, match="unknown Fluss store option 'flussBuckets'"):
         open_store(url, flussBuckets="4")

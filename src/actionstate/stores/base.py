@@ -66,6 +66,9 @@ class ActionStateStore(ABC):
     claim_prefences: ClassVar[bool] = False
     """The backend's claim append also fences every other partition (see ``_claim``)."""
 
+    release_deletes: ClassVar[bool] = False
+    """:meth:`release` deletes records (so a zombie's release must be refused)."""
+
     exact_positions: ClassVar[bool] = True
     """A ``sync`` append returns the exact position (False: a lower bound, and the
     store finds its claim by reading it back)."""

@@ -72,6 +72,7 @@ class SqliteActionStateStore(ActionStateStore):
     """Action states in one SQLite file in WAL mode."""
 
     refuses_zombies = True
+    release_deletes = True
 
     def __init__(self, path: str | Path, durability: Durability = "sync",
                  url: str | None = None) -> None:

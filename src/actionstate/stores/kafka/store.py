@@ -84,10 +84,13 @@ class KafkaActionStateStore(ActionStateStore):
       stop offset, skipping other namespaces and tombstones; a start offset below the
       partition's log start (records deleted) raises :class:`StoreError`.
     * :meth:`release` tombstones own-namespace records below the oldest of the last
-      ``kafkaRetainedCheckpoints`` markers. It remembers 16 bytes per record written
-      (or rebuilt) since then; nothing else is kept per record.
+      ``kafkaRetainedCheckpoints`` markers, after checking partition 0 for a newer claim
+      (:class:`FencedError`). It remembers 16 bytes per record written (or rebuilt)
+      since then; nothing else is kept per record.
     * Not thread-safe: use one store from one thread (the runner's event loop).
     """
+
+    release_deletes = True
 
     def __init__(
         self,
@@ -144,6 +147,8 @@ class KafkaActionStateStore(ActionStateStore):
         self.partitions = self._topic.open(partitions, replication_factor, max_message_bytes,
                                            retention_ms)
         self._next = self.end_offsets()
+        self._claims_checked = 0
+        """Partition 0 holds no newer claim of this namespace below this offset."""
 
     @classmethod
     def from_url(cls, url: str, durability: Durability = "sync", **options: Any) -> Self:
@@ -252,9 +257,6 @@ class KafkaActionStateStore(ActionStateStore):
         for partition, key in itertools.chain((first,), expired):
             self._produce(partition, key, None, self._on_tombstone)
         self._producer.poll(0)
-
-    _claims_checked = 0
-    """Partition 0 holds no newer claim of this namespace below this offset."""
 
     def _check_claims(self) -> None:
         """Raise :class:`FencedError` if partition 0 holds a claim of this namespace after
