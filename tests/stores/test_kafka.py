@@ -292,6 +292,32 @@ def test_records_read_by_a_rebuild_are_released_later(url: str, kafka_servers: s
     restored.close()
 
 
+def test_a_store_attached_beside_other_writers_remembers_nothing_for_release(
+        url: str, kafka_servers: str, topic: str) -> None:
+    """A Flink job's subtasks attach to one namespace and never release (the topic's
+    retention cleans up): what they write and read is not remembered, 16 bytes a record
+    for the life of a worker. A store that releases remembers both (the control)."""
+    owner = open_store(url)
+    owner.rebuild(None)
+    for seq in range(3):
+        _put(owner, "k", seq)
+    owner.flush()
+    attached = open_store(url)
+    assert isinstance(owner, KafkaActionStateStore)
+    assert isinstance(attached, KafkaActionStateStore)
+    attached.attach(owner.namespace)
+    for seq in range(3):
+        _put(attached, "j", seq)
+    attached.flush()
+    read = list(attached.records({p: 0 for p in range(4)}, attached.end_offsets()))
+    assert len(read) > 6, "it read its own records and the owner's"
+    assert len(attached._retention) == 0
+    assert len(owner._retention) > 0, "the control: a releasing store remembers its writes"
+    attached.release(attached.recovery_marker())  # nothing to do, nothing sent
+    attached.close()
+    owner.close()
+
+
 def test_read_ends_at_stop_offsets_across_gaps(
         store: ActionStateStore, url: str, kafka_servers: str, topic: str) -> None:
     """Offsets without a record (compacted away; here a transaction marker) end no read late."""

@@ -31,6 +31,10 @@ class Retention:
         self._tracked: dict[int, int] = {}
         self._markers: deque[dict[int, int]] = deque()
 
+    def __len__(self) -> int:
+        """How many records are remembered."""
+        return sum(len(run.offsets) for runs in self._runs.values() for run in runs)
+
     def clear(self) -> None:
         """Forget everything (another namespace is used now)."""
         self._runs.clear()

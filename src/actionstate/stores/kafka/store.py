@@ -138,6 +138,9 @@ class KafkaActionStateStore(ActionStateStore):
         self._failures: list[tuple[int, KafkaError]] = []
         self._fatal: KafkaError | None = None
         self._retention = Retention(retained_checkpoints)
+        self._releasing = True
+        """Records are tracked for :meth:`release`: not in a store attached beside other
+        writers (a Flink job's: it never releases; the topic's retention does)."""
         self._rebuilding = False
         self._closed = False
         # The producer first: it gets its idempotence producer id while the topic is
@@ -172,6 +175,10 @@ class KafkaActionStateStore(ActionStateStore):
             return super().rebuild(marker, read_only=read_only)
         finally:
             self._rebuilding = False
+
+    def attach(self, namespace: str) -> None:
+        super().attach(namespace)
+        self._releasing = False
 
     def use_namespace(self, namespace: str) -> None:
         super().use_namespace(namespace)
@@ -239,7 +246,8 @@ class KafkaActionStateStore(ActionStateStore):
     def read(
         self, namespace: str, start: dict[int, int], stop: dict[int, int]
     ) -> Iterator[tuple[Position, bytes, str]]:
-        track = self._retention.track_read if namespace == self.namespace else None
+        track = (self._retention.track_read if self._releasing and namespace == self.namespace
+                 else None)
         return scan(self._topic, {**self._common, **self._consumer_conf}, self.servers,
                     namespace, start, stop, track)
 
@@ -247,7 +255,7 @@ class KafkaActionStateStore(ActionStateStore):
         """Tombstone own records below the oldest retained checkpoint's marker, unless a
         newer run claimed this namespace (:class:`FencedError`: they may be its in-flight
         states; see :meth:`_check_claims`)."""
-        if marker.namespace != self.namespace or self._closed:
+        if marker.namespace != self.namespace or self._closed or not self._releasing:
             return
         expired = self._retention.checkpoint(marker.offsets)
         first = next(expired, None)
@@ -354,7 +362,7 @@ class KafkaActionStateStore(ActionStateStore):
                 if offset >= self._next.get(partition, 0):
                     self._next[partition] = offset + 1
                 key = message.key()
-                if not self._rebuilding and key.startswith(self._prefix):
+                if self._releasing and not self._rebuilding and key.startswith(self._prefix):
                     self._retention.track(partition, offset, self._prefix,
                                           key[len(self._prefix):])
             finally:  # counted last: a waiting put then finds its offset in _next
