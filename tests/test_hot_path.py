@@ -3,7 +3,6 @@ not change, and a SQLite group commit can run on another thread."""
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import json
 from typing import Any
@@ -31,23 +30,7 @@ from actionstate.records.state import (
 )
 from actionstate.records.untag import untag
 from actionstate.records.values import STORED, stored_json, wire
-
-# -- values where a JSON encoder could differ from json's -----------------------------------
-
-FLOATS = [1e16, 1e-7, 0.1 + 0.2, -0.0, 0.0, 1.5, 1e22, 5e-324, 1.7976931348623157e308,
-          123456789.125, -2.5e-5, float("inf"), float("-inf"), float("nan")]
-INTS = [0, -1, 2**53 + 1, 2**63 - 1, 2**63, 2**64, -(2**63) - 1, 10**30, -(10**40)]
-STRINGS = ["", "plain", "ключ", "日本語", "emoji 🎉", "\u2028\u2029", "\x00\x01\x1f\x7f",
-           'quote " backslash \\ slash /', "\n\r\t\b\f", "é" * 300, "a" * 5000]
-NESTED: list[Any] = [
-    {"b": 1, "a": [1.5, None, True, False], "ü": {"z": "x", "y": [1e16]}},
-    [[], {}, [[[]]], {"": ""}],
-    {"text": "t" * 200, "tokens": 42},
-]
-TAGGED: list[Any] = [(1, "a", (2.5, None)), {1: "a", 2: [True]}, b"\x00\xff", {"b", "a"},
-                     dt.datetime(2024, 3, 10, 2, 30, tzinfo=dt.UTC), dt.date(2024, 2, 29),
-                     {"__as__": "x"}, InputEvent(input={"n": 1.0})]
-VALUES: list[Any] = [*FLOATS, *INTS, *STRINGS, *NESTED, *TAGGED, None, True, False]
+from actionstate.testing.samples import EDGE_VALUES as VALUES
 
 
 def reference_canonical(value: Any) -> bytes:

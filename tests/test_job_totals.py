@@ -81,7 +81,7 @@ def test_a_run_that_raises_leaves_its_counts_in_the_stats_passed_in(tmp_path: Pa
 
     import actionstate
     from actionstate import ActionFailedError
-    from tests.test_metrics import FAIL_ON, Orders
+    from tests.agents.orders import FAIL_ON, Orders
 
     inputs = tmp_path / "in.jsonl"
     inputs.write_text("".join(json.dumps({"n": n, "k": f"k{n % 3}"}) + "\n" for n in range(12)))
@@ -98,5 +98,5 @@ def test_a_run_that_raises_leaves_its_counts_in_the_stats_passed_in(tmp_path: Pa
     assert summary["complete"] is False
     assert summary["failed"].startswith("ActionFailedError: ") and "payments API" in summary[
         "failed"]
-    assert summary["functions"]["tests.test_metrics.pay"]["executed"] >= 1, "7's call too"
+    assert summary["functions"]["tests.agents.orders.pay"]["executed"] >= 1, "7's call too"
     assert summary["calls"]["executed"] == stats.calls_executed >= 2

@@ -19,33 +19,11 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 import actionstate
-from actionstate import ActionFailedError, Agent, InputEvent, OutputEvent, RunnerContext, action
+from actionstate import ActionFailedError
 from actionstate.testing.crash import Streams, command, killed_run, make_tickets
 from actionstate.testing.fake_llm import FakeLLMServer
 from actionstate.testing.fake_otlp import FakeOtlpCollector
-
-FAIL_ON = {"armed": True}
-
-
-def lookup(order: int) -> dict[str, Any]:
-    return {"order": order, "usage": {"prompt_tokens": 10, "completion_tokens": 3}}
-
-
-def pay(order: int) -> str:
-    return f"paid-{order}"
-
-
-class Orders(Agent):
-    """Two durable calls per input; input 7's action fails after both while armed."""
-
-    @action(InputEvent)
-    def handle(self, event: InputEvent, ctx: RunnerContext) -> None:
-        order = event.input["n"]
-        ctx.durable_execute(lookup, order)
-        ctx.durable_execute(pay, order)
-        if order == 7 and FAIL_ON["armed"]:
-            raise RuntimeError("the payments API went away")
-        ctx.send_event(OutputEvent(output={"n": order}))
+from tests.agents.orders import FAIL_ON, Orders
 
 
 def _points(reader: InMemoryMetricReader) -> dict[str, list[Any]]:

@@ -21,7 +21,7 @@ from actionstate.records.state import (
 )
 from actionstate.records.untag import untag
 from actionstate.stores.kafka.retention import Retention
-from tests.test_hot_path import VALUES
+from actionstate.testing.samples import EDGE_VALUES
 
 KEYS = [StateKey("k", 0, "act", "e" * 64), StateKey("ключ 🎉", 2**40, "a\u2028", ""),
         StateKey('q"uote', 3, "back\\slash", "ctl\x01"), StateKey("", 10**30, "x", "y")]
@@ -40,7 +40,7 @@ def check(data: bytes) -> None:
     assert decode_record(data, "test") == general(data)
 
 
-@pytest.mark.parametrize("value", VALUES, ids=repr)
+@pytest.mark.parametrize("value", EDGE_VALUES, ids=repr)
 @pytest.mark.parametrize("key", KEYS, ids=repr)
 def test_call_records_decode_as_the_json_path_decodes_them(key: StateKey, value: Any) -> None:
     for status in (CallStatus.SUCCEEDED, CallStatus.PENDING):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 from actionstate.checkpoint import Marker
@@ -17,7 +18,26 @@ from actionstate.records.state import (
 )
 from actionstate.stores import ActionStateStore
 
-__all__ = ["ContractEvent", "call", "complete", "done", "key", "ok", "recorded", "results"]
+__all__ = ["EDGE_VALUES", "ContractEvent", "call", "complete", "done", "key", "ok", "recorded",
+           "results"]
+
+
+_FLOATS = [1e16, 1e-7, 0.1 + 0.2, -0.0, 0.0, 1.5, 1e22, 5e-324, 1.7976931348623157e308,
+           123456789.125, -2.5e-5, float("inf"), float("-inf"), float("nan")]
+_INTS = [0, -1, 2**53 + 1, 2**63 - 1, 2**63, 2**64, -(2**63) - 1, 10**30, -(10**40)]
+_STRINGS = ["", "plain", "ключ", "日本語", "emoji 🎉", "\u2028\u2029", "\x00\x01\x1f\x7f",
+            'quote " backslash \\ slash /', "\n\r\t\b\f", "é" * 300, "a" * 5000]
+_NESTED: list[Any] = [
+    {"b": 1, "a": [1.5, None, True, False], "ü": {"z": "x", "y": [1e16]}},
+    [[], {}, [[[]]], {"": ""}],
+    {"text": "t" * 200, "tokens": 42},
+]
+_TAGGED: list[Any] = [(1, "a", (2.5, None)), {1: "a", 2: [True]}, b"\x00\xff", {"b", "a"},
+                      dt.datetime(2024, 3, 10, 2, 30, tzinfo=dt.UTC), dt.date(2024, 2, 29),
+                      {"__as__": "x"}, InputEvent(input={"n": 1.0})]
+EDGE_VALUES: list[Any] = [*_FLOATS, *_INTS, *_STRINGS, *_NESTED, *_TAGGED, None, True, False]
+"""Values where a JSON encoder could differ from ``json``'s: floats, big ints, odd
+strings, nesting, and every kind of tagged value (the hot-path and rebuild tests)."""
 
 
 class ContractEvent(Event):
