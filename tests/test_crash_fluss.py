@@ -20,9 +20,8 @@ from actionstate.testing.services import SERVICES, Tables, start_service
 
 @pytest.fixture
 def tables() -> Iterator[Tables]:
-    made = Tables(start_service("fluss"), database="flink_agents")
-    yield made
-    made.drop()
+    with Tables(start_service("fluss"), database="flink_agents") as made:
+        yield made
 
 
 @pytest.mark.slow

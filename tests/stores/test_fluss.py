@@ -52,18 +52,16 @@ def fluss_sasl_cluster() -> str:
 
 @pytest.fixture
 def tables(fluss_cluster: str) -> Iterator[Tables]:
-    made = Tables(fluss_cluster)
-    yield made
-    made.drop()
+    with Tables(fluss_cluster) as made:
+        yield made
 
 
 @pytest.fixture
 def sasl_tables(fluss_sasl_cluster: str) -> Iterator[Tables]:
-    made = Tables(fluss_sasl_cluster, **{
-        "security.protocol": "SASL", "security.sasl.mechanism": "PLAIN",
-        "security.sasl.username": "admin", "security.sasl.password": "admin-secret"})
-    yield made
-    made.drop()
+    with Tables(fluss_sasl_cluster, **{
+            "security.protocol": "SASL", "security.sasl.mechanism": "PLAIN",
+            "security.sasl.username": "admin", "security.sasl.password": "admin-secret"}) as made:
+        yield made
 
 
 @pytest.fixture(scope="session")

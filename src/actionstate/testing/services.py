@@ -54,6 +54,12 @@ class Tables:
         self.address, self.database, self.props = address, database, props
         self.names: list[str] = []
 
+    def __enter__(self) -> Tables:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.drop()
+
     def url(self, query: str = "buckets=4") -> str:
         self.names.append(f"t{uuid.uuid4().hex[:16]}")
         url = f"fluss://{self.address}/{self.database}.{self.names[-1]}"
