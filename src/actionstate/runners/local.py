@@ -123,29 +123,33 @@ class LocalRunner:
         self._done = asyncio.Event()
         signals = install_signals(self.stop)
         try:
-            async with asyncio.TaskGroup() as group:
-                self._group = group
-                ticker = group.create_task(self._ticker(started))
-                for (key, seq), (record, _line) in sorted(self._keys.pending.items(),
-                                                           key=lambda kv: kv[0][1]):
-                    await self._space.acquire()
-                    self._enqueue(key, seq, record)
-                reader = self._reader = group.create_task(self._read())
-                if self.stopped_by is not None:
-                    reader.cancel()
-                await asyncio.wait([reader])
-                bad_input = None if reader.cancelled() else reader.result()
-                while self._workers:
-                    await asyncio.wait(list(self._workers.values()))
-                self._done.set()
-                ticker.cancel()
-        except BaseExceptionGroup as group_error:
-            raise first_error(group_error) from None
+            try:
+                async with asyncio.TaskGroup() as group:
+                    self._group = group
+                    ticker = group.create_task(self._ticker(started))
+                    for (key, seq), (record, _line) in sorted(self._keys.pending.items(),
+                                                               key=lambda kv: kv[0][1]):
+                        await self._space.acquire()
+                        self._enqueue(key, seq, record)
+                    reader = self._reader = group.create_task(self._read())
+                    if self.stopped_by is not None:
+                        reader.cancel()
+                    await asyncio.wait([reader])
+                    bad_input = None if reader.cancelled() else reader.result()
+                    while self._workers:
+                        await asyncio.wait(list(self._workers.values()))
+                    self._done.set()
+                    ticker.cancel()
+            except BaseExceptionGroup as group_error:
+                raise first_error(group_error) from None
+            finally:
+                if self._grace is not None:
+                    self._grace.cancel()
+            self._checkpoint()
         finally:
+            # Only now: a SIGTERM or Ctrl-C during the final checkpoint goes to stop(),
+            # which has nothing left to stop, instead of killing the process mid-write.
             remove_signals(signals)
-            if self._grace is not None:
-                self._grace.cancel()
-        self._checkpoint()
         if bad_input is not None:
             raise bad_input
         self._report(time.monotonic() - started)
