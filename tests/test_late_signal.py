@@ -6,6 +6,9 @@ written whole. (With the handlers removed first, Ctrl-C raised KeyboardInterrupt
 the middle of it and SIGTERM killed the process: the state dir kept the first
 checkpoint, and the rerun started the job over.) The signal is sent by the output
 file's sink from inside the final checkpoint (tests/agents/late_signal.py): no timing.
+
+The stopped case also checks that a stop starts no input read ahead: one input at a
+time, the workers of other keys waiting for the slot used to start theirs after it.
 """
 
 from __future__ import annotations
@@ -48,7 +51,9 @@ def test_a_signal_during_the_final_checkpoint_leaves_it_written_and_the_rerun_re
     if stop_at is None:
         assert sorted(outputs) == list(range(INPUTS))
     else:
-        assert stop_at in outputs and len(outputs) < INPUTS, outputs
+        # One input at a time, in order: the stop's input finishes, and the inputs read
+        # ahead (of other keys, waiting for the one slot) do not start once stopped.
+        assert sorted(outputs) == list(range(stop_at + 1)), outputs
     final = StateDir(tmp_path / "state").load_checkpoint()
     assert final is not None
     assert final.sink["offset"] == (tmp_path / "out.jsonl").stat().st_size, (

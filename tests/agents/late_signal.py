@@ -7,7 +7,8 @@ checkpoint (every 60 s): its checkpoints are the first one (before any input) an
 final one. The output file's sink sends this process ``SIGNAL`` (``SIGINT``,
 ``SIGTERM``; ``-``: none, a plain rerun) from inside the final checkpoint, in its
 second ``prepare``. With ``STOP_AT``, the action of input ``STOP_AT`` first sends
-SIGTERM (a graceful stop, whose final checkpoint the signal then lands in).
+SIGTERM, before its call (a graceful stop: that input finishes, no other starts; the
+signal then lands in its final checkpoint).
 
 Every durable call that runs appends its input's id to ``DIR/calls.log``. Prints the
 number of checkpoints the sink took part in and the run's counters as JSON; exits 130
@@ -41,9 +42,9 @@ class Record(Agent):
     @action(InputEvent)
     async def handle(self, event: InputEvent, ctx: RunnerContext) -> None:
         n = event.input["id"]
-        doubled = await ctx.durable_execute_async(record, os.environ["LATE_SIGNAL_CALLS"], n)
         if str(n) == os.environ.get("LATE_SIGNAL_STOP_AT"):
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGTERM)  # stop() runs while the call is awaited
+        doubled = await ctx.durable_execute_async(record, os.environ["LATE_SIGNAL_CALLS"], n)
         ctx.send_event(OutputEvent(output={"id": n, "doubled": doubled}))
 
 

@@ -223,7 +223,9 @@ class LocalRunner:
             while queue and self.stopped_by is None:
                 seq, record = queue[0]
                 async with self._slots:
-                    if self._failed:  # another input failed: start no new paid call
+                    # Another input failed, or the run was stopped while this waited for
+                    # a slot: start no new paid call (the input stays in flight).
+                    if self._failed or self.stopped_by is not None:
                         return
                     try:
                         done = await process_input(self.agent, self.store, key, seq, record,
