@@ -8,6 +8,7 @@ inputs/s is shown per minute or hour instead of as 0.0.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,10 @@ from actionstate.durable.stats import RunStats, add_counters, rate_text
 from actionstate.errors import IncompatibleStateError
 from actionstate.inspection import describe_state, render_text
 from actionstate.runners.statedir import StateDir
+from actionstate.testing import FakeLLMServer
+from actionstate.testing.cli import actionstate
+from actionstate.testing.recovery import Job, run_of
+from tests.agents.recovery import STEPS
 
 _FILE_IN = {"path": "in", "offset": 0, "line": 0}
 _FILE_OUT = {"path": "out", "offset": 0}
@@ -77,8 +82,6 @@ def test_a_slow_rate_is_shown_per_minute_or_hour_not_as_zero(per_second: float,
 
 def test_a_run_that_raises_leaves_its_counts_in_the_stats_passed_in(tmp_path: Path) -> None:
     """What ``actionstate run --summary`` needs to write a failed run's summary."""
-    import json
-
     import actionstate
     from actionstate import ActionFailedError
     from tests.agents.orders import FAIL_ON, Orders
@@ -100,3 +103,48 @@ def test_a_run_that_raises_leaves_its_counts_in_the_stats_passed_in(tmp_path: Pa
         "failed"]
     assert summary["functions"]["tests.agents.orders.pay"]["executed"] >= 1, "7's call too"
     assert summary["calls"]["executed"] == stats.calls_executed >= 2
+
+
+@pytest.mark.slow
+def test_inspect_shows_the_job_s_totals_across_a_crash_a_resume_and_a_no_op_rerun(
+        tmp_path: Path) -> None:
+    """A run killed (-9) while a model call is held, after a checkpoint taken since the
+    call was sent; the resumed run to the end; a rerun with nothing left to do. After
+    each, ``inspect`` (text and --json) shows as the job's executed calls exactly the
+    requests the model received from all runs (a call counts as executed when it is
+    sent: the held one twice, since the killed run never got its answer), and the
+    no-op rerun's zeros do not replace the totals."""
+    items = [{"id": f"s{i:02d}", "key": f"k{i % 4}", "calls": 2} for i in range(16)]
+    held = "s05 call 2"  # one input at a time: s00-s04 and s05's first call before it
+
+    def inspect(job_totals: dict[str, int], last_run: dict[str, int]) -> None:
+        result = actionstate("inspect", "--state", str(tmp_path / "state"), "--json")
+        assert result.returncode == 0, result.stderr
+        checkpoint = json.loads(result.stdout)["checkpoint"]
+        assert {k: checkpoint["job_stats"][k] for k in job_totals} == job_totals
+        assert {k: checkpoint["stats"][k] for k in last_run} == last_run
+        text = actionstate("inspect", "--state", str(tmp_path / "state")).stdout
+        assert (f"the job so far (every run, each up to its last checkpoint): "
+                f"{job_totals['inputs']} inputs, {job_totals['outputs']} outputs; durable "
+                f"calls {job_totals['calls_executed']} executed, "
+                f"{job_totals['calls_replayed']} replayed (not paid again)") in text, text
+
+    with FakeLLMServer() as server:
+        def sent(*runs: int) -> int:
+            """The model requests of ``runs``."""
+            return sum(1 for request in server.requests if run_of(request) in runs)
+
+        job = Job(tmp_path, STEPS, server, items, concurrency=1)
+        job.kill_during(held)
+        assert sent(0) == 5 * 2 + 2
+        inspect({"inputs": 5, "outputs": 5, "calls_executed": sent(0), "calls_replayed": 0},
+                {"inputs": 5, "calls_executed": sent(0)})
+        job.finish()  # resumes: replays s05's first call, sends its second again
+        assert sent(1) == 11 * 2 - 1
+        totals = {"inputs": 16, "outputs": 16, "calls_executed": sent(0, 1),
+                  "calls_replayed": 1}
+        inspect(totals, {"inputs": 11, "calls_executed": sent(1), "calls_replayed": 1})
+        assert server.calls[held] == 2 and len(server.calls) == 32 == sent(0, 1) - 1
+        job.finish()  # the job is complete: nothing to do
+        assert sent(2) == 0
+        inspect(totals, {"inputs": 0, "calls_executed": 0, "calls_replayed": 0})

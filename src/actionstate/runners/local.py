@@ -29,7 +29,7 @@ from actionstate.agent import Agent
 from actionstate.checkpoint import Checkpoint, offsets_text
 from actionstate.connectors.base import InputRecord, Rejected, Sink, Source
 from actionstate.durable.chain import ChainSettings, process_input
-from actionstate.durable.stats import RunStats
+from actionstate.durable.stats import RunStats, add_counters
 from actionstate.durable.threads import ActionThreads, EngineLock, SyncCommitter
 from actionstate.errors import ConfigError, InputError
 from actionstate.runners.keys import KeyStates
@@ -83,6 +83,14 @@ class LocalRunner:
         self._keys = KeyStates(state_dir, store)
         self._outputs = Outputs(store, sink, settings)
         self._fresh = False
+        self._earlier: dict[str, int] = {}
+        """The job's totals before this run (:meth:`Checkpoint.job_totals`); {} at first."""
+        # Created unbound (asyncio binds them to the loop of their first use): a runner
+        # runs once; entering its task group a second time raises.
+        self._slots = asyncio.Semaphore(concurrency)  # inputs processed at once
+        self._space = asyncio.Semaphore(concurrency * 4)  # inputs read and not yet done
+        self._done = asyncio.Event()  # every input is done: the ticker stops
+        self._group = asyncio.TaskGroup()  # the ticker, the reader, a worker per key
         self._queues: dict[str, deque[tuple[int, Any]]] = {}
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._reader: asyncio.Task[InputError | None] | None = None
@@ -92,7 +100,8 @@ class LocalRunner:
         """The signal that stopped the run early (``"SIGTERM"``, ``"SIGINT"``), or None."""
 
     async def run(self) -> RunStats:
-        """Restore, process every input, checkpoint at the end; returns the counters."""
+        """Restore, process every input, checkpoint at the end; returns the counters.
+        A runner runs once."""
         started = self._started = time.monotonic()
         own_threads = self.settings.threads is None
         if own_threads:  # every input in flight may be in a blocking ``def`` action
@@ -118,34 +127,34 @@ class LocalRunner:
 
     async def _run(self, started: float) -> RunStats:
         self._restore()
-        self._slots = asyncio.Semaphore(self._concurrency)
-        self._space = asyncio.Semaphore(self._concurrency * 4)
-        self._done = asyncio.Event()
         signals = install_signals(self.stop)
         try:
-            async with asyncio.TaskGroup() as group:
-                self._group = group
-                ticker = group.create_task(self._ticker(started))
-                for (key, seq), (record, _line) in sorted(self._keys.pending.items(),
-                                                           key=lambda kv: kv[0][1]):
-                    await self._space.acquire()
-                    self._enqueue(key, seq, record)
-                reader = self._reader = group.create_task(self._read())
-                if self.stopped_by is not None:
-                    reader.cancel()
-                await asyncio.wait([reader])
-                bad_input = None if reader.cancelled() else reader.result()
-                while self._workers:
-                    await asyncio.wait(list(self._workers.values()))
-                self._done.set()
-                ticker.cancel()
-        except BaseExceptionGroup as group_error:
-            raise first_error(group_error) from None
+            try:
+                async with self._group as group:
+                    ticker = group.create_task(self._ticker(started))
+                    for (key, seq), (record, _line) in sorted(self._keys.pending.items(),
+                                                               key=lambda kv: kv[0][1]):
+                        await self._space.acquire()
+                        self._enqueue(key, seq, record)
+                    reader = self._reader = group.create_task(self._read())
+                    if self.stopped_by is not None:
+                        reader.cancel()
+                    await asyncio.wait([reader])
+                    bad_input = None if reader.cancelled() else reader.result()
+                    while self._workers:
+                        await asyncio.wait(list(self._workers.values()))
+                    self._done.set()
+                    ticker.cancel()
+            except BaseExceptionGroup as group_error:
+                raise first_error(group_error) from None
+            finally:
+                if self._grace is not None:
+                    self._grace.cancel()
+            self._checkpoint()
         finally:
+            # Only now: a SIGTERM or Ctrl-C during the final checkpoint goes to stop(),
+            # which has nothing left to stop, instead of killing the process mid-write.
             remove_signals(signals)
-            if self._grace is not None:
-                self._grace.cancel()
-        self._checkpoint()
         if bad_input is not None:
             raise bad_input
         self._report(time.monotonic() - started)
@@ -219,7 +228,9 @@ class LocalRunner:
             while queue and self.stopped_by is None:
                 seq, record = queue[0]
                 async with self._slots:
-                    if self._failed:  # another input failed: start no new paid call
+                    # Another input failed, or the run was stopped while this waited for
+                    # a slot: start no new paid call (the input stays in flight).
+                    if self._failed or self.stopped_by is not None:
                         return
                     try:
                         done = await process_input(self.agent, self.store, key, seq, record,
@@ -271,12 +282,14 @@ class LocalRunner:
         self._keys.prune()
         marker = self.store.recovery_marker()
         changed = self._keys.changes()
+        counters = self.stats.counters()
         written = self.state_dir.save_checkpoint(Checkpoint(
             job=self.settings.job, marker=marker, store=self.store.url,
             source=self.source.state(), sink=sink, dead_letter=dead_letter,
             event_log=event_log, pending=self._keys.pending_inputs(),
-            epoch=self.store.epoch, stats=self.stats.counters(), agent=self._agent_spec,
+            epoch=self.store.epoch, stats=counters, agent=self._agent_spec,
             summary=self.stats.summary(time.monotonic() - self._started),
+            job_stats=add_counters(self._earlier, counters),
         ), changed, fresh=self._fresh)
         self.stats.observe("checkpoint_bytes", written)
         # The checkpoint holds what the sinks need to finish their commits after a crash.
@@ -307,6 +320,7 @@ class LocalRunner:
                 f"state dir {self.state_dir.path} belongs to job {checkpoint.job!r}, not "
                 f"{self.settings.job!r}: use a new --state for a different agent"
             )
+        self._earlier = checkpoint.job_totals()  # this run's counters add to them
         self.source.restore(checkpoint.source)
         self.stats.resumed_at = _resume_point(checkpoint.source, len(checkpoint.pending))
         self.store.rebuild(checkpoint.marker)
