@@ -184,3 +184,27 @@ def test_a_state_dir_of_format_1_resumes_and_moves_to_the_new_layout(tmp_path: P
     assert not (state / "checkpoint.json").exists()
     assert json.loads((state / "actionstate.json").read_text()) == {"format": 2}
     assert len(list(StateDir(state).key_states())) == 3
+
+
+class _Slow(Agent):
+    """Each input takes 0.3 s (a model's answer time), one at a time."""
+
+    @action(InputEvent)
+    async def handle(self, event: InputEvent, ctx: RunnerContext) -> None:
+        await asyncio.sleep(0.3)
+        ctx.send_event(OutputEvent(output=event.input))
+
+
+def test_progress_is_reported_every_second_whatever_the_checkpoint_interval(
+        tmp_path: Path) -> None:
+    """With checkpoints every 10 minutes, a run of about 2.4 s still reports its
+    progress while it goes (it used to report only after each checkpoint)."""
+    import actionstate
+
+    seen: list[int] = []
+    actionstate.run(_Slow, source=[{"k": "a", "n": n} for n in range(8)], key="k", sink=[],
+                    state=tmp_path / "state", checkpoint_interval=600, concurrency=1,
+                    progress=lambda stats, elapsed: seen.append(stats.inputs))
+    during = [n for n in seen if n < 8]
+    assert during, f"no report before the end: {seen}"
+    assert seen[-1] == 8, "the last report has every input"

@@ -42,6 +42,9 @@ __all__ = ["LocalRunner"]
 
 ProgressFn = Callable[[RunStats, float], None]
 
+_REPORT_EVERY = 1.0
+"""Seconds between progress reports (the progress shows a plain line every few of them)."""
+
 
 class LocalRunner:
     """Runs ``agent`` over ``source`` into ``sink`` with durable execution.
@@ -250,7 +253,7 @@ class LocalRunner:
             del self._workers[key]
 
     async def _ticker(self, started: float) -> None:
-        last_checkpoint = time.monotonic()
+        last_checkpoint = last_report = time.monotonic()
         while not self._done.is_set():
             await asyncio.sleep(self._tick)  # a timer: commit and checkpoint periodically
             await self._outputs.commit_group_off_loop()
@@ -258,7 +261,9 @@ class LocalRunner:
             if now - last_checkpoint >= self._checkpoint_interval:
                 self._checkpoint()
                 last_checkpoint = now
+            if now - last_report >= _REPORT_EVERY:  # whatever the checkpoint interval
                 self._report(now - started)
+                last_report = now
 
     def _report(self, elapsed: float) -> None:
         if self._progress:
