@@ -36,6 +36,7 @@ __all__ = [
     "InputError",
     "MemoryInCallError",
     "NonDeterminismError",
+    "RESUME_HINT",
     "ReplayedCallError",
     "StateLockedError",
     "StoreError",
@@ -55,15 +56,40 @@ class EncryptionKeyError(ConfigError):
     The message names the key id (never a key)."""
 
 
-class ActionFailedError(ActionStateError):
-    """An action raised. Its recorded calls are kept: a restart replays them."""
+RESUME_HINT = ("recorded calls are kept: fix the action and run the same command again "
+               "to resume")
+"""The hint of an action that raised on its own (not a durable call's recorded failure)."""
 
-    def __init__(self, key: str, seq: int, action: str, cause: BaseException) -> None:
+
+class ActionFailedError(ActionStateError):
+    """An action raised. Its recorded calls are kept: a restart replays them.
+
+    What to do next depends on what the action raised, and ``hint`` says it in one
+    line (the command prints it under the error; an API caller can show it too):
+
+    * the action's own code raised: fix the action and run again (:data:`RESUME_HINT`);
+    * a durable call failed transiently until its attempts ran out (an outage): the
+      failure is recorded as retryable, so the next run tries the call again, and
+      replays every call that succeeded;
+    * a durable call's failure is its recorded outcome (not retryable, or a result that
+      cannot be stored): the next run replays it without running the call. To get
+      past it, change the call (another function or other arguments: with divergence
+      ``reexecute``, the default, the changed call runs), catch the error in the
+      action, or start over with a new state.
+
+    Attributes:
+        key, seq, action: the input's key, its sequence number and the action's id.
+        hint: what to do next (above), for a person.
+    """
+
+    def __init__(self, key: str, seq: int, action: str, cause: BaseException,
+                 hint: str | None = None) -> None:
         super().__init__(
             f"action {action!r} failed on key {key!r} seq {seq}: "
             f"{type(cause).__name__}: {cause}"
         )
         self.key, self.seq, self.action = key, seq, action
+        self.hint = RESUME_HINT if hint is None else hint
 
 
 class AgentDefinitionError(ActionStateError):

@@ -24,8 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.command(args))
     except ActionFailedError as exc:
-        print(f"error: {exc}\nrecorded calls are kept: fix the action and run the same "
-              "command again to resume", file=sys.stderr)
+        print(f"error: {exc}\n{exc.hint}", file=sys.stderr)
         return 1
     except ActionStateError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -111,7 +111,10 @@ async def process_input(
                     raise ctx.store_failure from None
                 if log.failure is not None:
                     raise log.failure from None
-                raise ActionFailedError(key, seq, action_id, exc) from exc
+                failure = ctx.call_failure  # the action let a call's recorded outcome out
+                hint = failure.hint() if failure is not None and failure.exception is exc \
+                    else None
+                raise ActionFailedError(key, seq, action_id, exc, hint) from exc
             if ctx.store_failure is not None:  # the action caught it: still the store's failure
                 raise ctx.store_failure
             if log.failure is not None:  # the event log's redaction failed on a retry

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from time import perf_counter_ns
 from typing import Any, Literal, TypeVar, cast, get_args
 
@@ -50,7 +51,7 @@ from actionstate.records.values import UnstorableValueError
 from actionstate.retry import NO_RETRY, RetryPolicy
 from actionstate.stores.base import ActionStateStore
 
-__all__ = ["POLICIES", "ActionContext", "DivergencePolicy"]
+__all__ = ["POLICIES", "ActionContext", "CallFailure", "DivergencePolicy"]
 
 log = logging.getLogger("actionstate")
 T = TypeVar("T")
@@ -58,6 +59,39 @@ DivergencePolicy = Literal["reexecute", "warn", "fail"]
 RetryListener = Callable[[StateKey, int, str, int, BaseException, float], None]
 """Told of each retry: (state key, call position, function id, failed attempt, error, wait)."""
 POLICIES: tuple[DivergencePolicy, ...] = get_args(DivergencePolicy)
+
+
+@dataclass(frozen=True)
+class CallFailure:
+    """A durable call's failure raised to the action as the call's recorded outcome.
+
+    Attributes:
+        function_id: the call's function.
+        exception: the exception raised to the action (the same object).
+        retryable: recorded as retryable (a transient failure when the attempts ran
+            out): the next run tries the call again. Else the next run replays it.
+        attempts: how many attempts this run made; None when replayed from the record.
+    """
+
+    function_id: str
+    exception: BaseException
+    retryable: bool
+    attempts: int | None = None
+
+    def hint(self) -> str:
+        """What a person can do about an action that let this failure propagate."""
+        if self.retryable:
+            tries = ("" if self.attempts is None else
+                     f" after {self.attempts} attempt{'' if self.attempts == 1 else 's'}")
+            return (f"call {self.function_id} failed transiently{tries} "
+                    f"({type(self.exception).__name__}): run the same command again when "
+                    "the service is back; it tries the call again and replays every call "
+                    "that succeeded")
+        return (f"this failure is call {self.function_id}'s recorded outcome (not retried): "
+                "running the same command again replays it. To get past it, change the call "
+                "(call another function or pass other arguments; with --divergence reexecute, "
+                "the default, the changed call runs), catch the error in the action, or start "
+                "over with a new --state")
 
 
 class _Attempt:
@@ -130,6 +164,9 @@ class ActionContext(RunnerContext):
         self._committer = committer
         self.store_failure: ActionStateError | None = None
         """A store write that failed during the action, even if the action caught it."""
+        self.call_failure: CallFailure | None = None
+        """The last failure of a durable call raised to the action as the call's recorded
+        outcome (replayed, attempts ran out, or a result that cannot be stored)."""
 
     # -- RunnerContext -----------------------------------------------------
 
@@ -311,7 +348,9 @@ class ActionContext(RunnerContext):
         self.stats.call(recorded.function_id, "replayed")
         if recorded.status is CallStatus.FAILED:
             assert recorded.exception is not None
-            raise decode_exception(recorded.exception)
+            error = decode_exception(recorded.exception)
+            self.call_failure = CallFailure(recorded.function_id, error, recorded.retryable)
+            raise error
         self.stats.add_tokens(recorded.result, replayed=True)
         return recorded.result
 
@@ -330,6 +369,7 @@ class ActionContext(RunnerContext):
             self.store_failure = before  # not the store's failure: the call's outcome
             self._put(CallRecord(self._sk, step.position, CallResult(
                 step.fid, step.digest, CallStatus.FAILED, exception=encode_exception(exc))))
+            self.call_failure = CallFailure(step.fid, exc, retryable=False)
             raise
         if shared:
             assert self._committer is not None
@@ -355,11 +395,14 @@ class ActionContext(RunnerContext):
         if transient and attempt < policy.max_attempts:
             wait = policy.delay(attempt, exc)
             self.stats.call(step.fid, "retried")
-            log.info("%s failed (%s: %s), attempt %d of %d; again in %.2f s", step.fid,
-                     type(exc).__name__, exc, attempt, policy.max_attempts, wait)
+            # the type only: an exception's text can carry the call's arguments (prompts,
+            # customer data); the event log's call_retry record has it, redactable
+            log.info("%s failed (%s), attempt %d of %d; again in %.2f s", step.fid,
+                     type(exc).__name__, attempt, policy.max_attempts, wait)
             if self._on_retry is not None:
                 self._on_retry(self._sk, step.position, step.fid, attempt, exc, wait)
             return wait
         self._record(step, CallResult(step.fid, step.digest, CallStatus.FAILED,
                                       exception=encode_exception(exc), retryable=transient))
+        self.call_failure = CallFailure(step.fid, exc, transient, attempt)
         return None
