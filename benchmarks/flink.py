@@ -50,7 +50,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from actionstate.runners import flink
+from actionstate.runners.flink.graph import submit
+from actionstate.runners.flink.job import FlinkJob, default_connector_jar
 from actionstate.stores import open_store
 from actionstate.testing.crash import TRIAGE, make_tickets
 from actionstate.testing.fake_llm import FakeLLMServer
@@ -115,7 +116,7 @@ class Bench:
         with FakeLLMServer(latency=latency) as server:
             environment = {"ACTIONSTATE_MODEL_BASE_URL": server.base_url,
                            "ACTIONSTATE_REFUND_LEDGER": str(tmp / "refunds.jsonl")}
-            job = flink.FlinkJob(
+            job = FlinkJob(
                 agent=f"{TRIAGE}:Triage", input=f"kafka://{self.servers}/{source}",
                 key="customer", output=f"kafka://{self.servers}/{sink}", store=store,
                 job=f"bench-{source}", parallelism=parallelism, checkpoint_interval=2.0,
@@ -123,7 +124,7 @@ class Bench:
                 connector_jar=self.jar, start_bound=start_bound, environment=environment)
             submitted = time.monotonic()
             # --until-end on a cluster: submit returns once it has drained the job.
-            job_id = flink.submit(job, detach=bool(kill_after))
+            job_id = submit(job, detach=bool(kill_after))
             if kill_after:
                 # Unbounded: a bounded job restored from a checkpoint taken after its
                 # source finished loses its queued inputs (docs/architecture.md).
@@ -233,7 +234,7 @@ def main() -> None:
     servers = subprocess.run([str(CHECKOUT / "scripts" / "services" / "kafka"), "start"],
                              capture_output=True, text=True, check=True).stdout.split()[-1]
     address = service("start")  # reused when running
-    bench = Bench(servers, address, flink.default_connector_jar())
+    bench = Bench(servers, address, default_connector_jar())
     print(f"# Flink runner benchmark ({os.cpu_count()} CPUs; broker, cluster and model "
           "server on this host)")
     try:

@@ -115,3 +115,13 @@ def test_no_import_cycle() -> None:
     for module in sorted(edges):
         visit(module)
     assert not cycles, "import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)
+
+
+MOST_LINES = 420
+"""No module over about 400 lines (issue 8): a longer one has a seam to split along."""
+
+
+def test_no_module_is_longer_than_about_400_lines() -> None:
+    long = {str(path.relative_to(SRC)): n for path in SRC.rglob("*.py")
+            if (n := len(path.read_text().splitlines())) > MOST_LINES}
+    assert not long, f"modules over {MOST_LINES} lines: {long}"

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from actionstate.testing.flink import Flink, script
 from actionstate.testing.topics import Topics, produce, read_committed
-from tests.flink.conftest import Flink, script
 
 PARTITIONS = 3  # and parallelism 3: the 4 slots of the TaskManager hold it
 KEYS = [f"k{i}" for i in range(6)]

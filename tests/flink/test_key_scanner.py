@@ -23,7 +23,8 @@ from actionstate.testing.topics import Topics
 
 with warnings.catch_warnings():  # pyflink's own deprecations, at import
     warnings.simplefilter("ignore", DeprecationWarning)
-    from actionstate.runners.flink import FlinkJob, KeyScanner, writer_epoch
+    from actionstate.runners.flink.job import FlinkJob, writer_epoch
+    from actionstate.runners.flink.scanner import KeyScanner
 
 NAMESPACE = "flink-scanner-test"
 

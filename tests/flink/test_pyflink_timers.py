@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.flink.conftest import Flink
+from actionstate.testing.flink import Flink
 
 DUE_MS = 30_000
 """Timers fire this long after they are registered: after the savepoint."""

@@ -14,8 +14,8 @@ from pathlib import Path
 from actionstate.records.crypto import new_key_entry
 from actionstate.testing.crash import TEXTS, TRIAGE, make_tickets
 from actionstate.testing.fake_llm import FakeLLMServer
+from actionstate.testing.flink import Flink
 from actionstate.testing.topics import Message, Topics, produce, read_committed
-from tests.flink.conftest import Flink
 
 GOOD = 12
 

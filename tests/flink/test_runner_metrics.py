@@ -12,8 +12,8 @@ from pathlib import Path
 from actionstate.testing.crash import TRIAGE, make_tickets
 from actionstate.testing.fake_llm import FakeLLMServer
 from actionstate.testing.fake_otlp import FakeOtlpCollector
+from actionstate.testing.flink import Flink
 from actionstate.testing.topics import Topics, produce, read_committed
-from tests.flink.conftest import Flink
 
 TICKETS = 24
 

@@ -21,9 +21,9 @@ import pytest
 
 from actionstate.testing.crash import TRIAGE, labels, make_tickets
 from actionstate.testing.fake_llm import FakeLLMServer
+from actionstate.testing.flink import Flink, script
 from actionstate.testing.services import Tables, start_service
 from actionstate.testing.topics import Topics, produce, read_committed
-from tests.flink.conftest import Flink, script
 
 PARALLELISM = 2
 TICKETS, CUSTOMERS = 60, 12

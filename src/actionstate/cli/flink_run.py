@@ -19,7 +19,8 @@ __all__ = ["flink_run_command"]
 
 def flink_run_command(args: argparse.Namespace) -> int:
     try:
-        from actionstate.runners import flink
+        from actionstate.runners.flink.graph import submit
+        from actionstate.runners.flink.job import FlinkJob, default_connector_jar
     except ImportError as exc:
         raise ConfigError(f"the Flink runner needs the optional dependency {exc.name!r}: "
                           "pip install 'actionstate[flink]' (in an environment without the "
@@ -42,7 +43,7 @@ def flink_run_command(args: argparse.Namespace) -> int:
         start_bound = {str(p): o for p, o in store.end_offsets().items()}
     finally:
         store.close()
-    job = flink.FlinkJob(
+    job = FlinkJob(
         agent=agent, input=args.input, key=args.key, output=args.output, store=args.store,
         job=args.job or default_job(args.agent), store_options=options,
         durability=args.durability, divergence=args.divergence,
@@ -50,13 +51,13 @@ def flink_run_command(args: argparse.Namespace) -> int:
         parallelism=args.parallelism, checkpoint_interval=_duration(args.checkpoint_interval),
         concurrency=args.concurrency, until_end=args.until_end, jobmanager=args.jobmanager,
         dead_letter=args.dead_letter,
-        connector_jar=args.connector_jar or flink.default_connector_jar(),
+        connector_jar=args.connector_jar or default_connector_jar(),
         environment=named_values(args.env, "--env"), start_bound=start_bound,
         submitted=int(time.time() * 1000),
         event_log=str(Path(args.event_log).resolve()) if args.event_log else None,
         event_log_level=args.event_log_level, redact=list(args.redact),
         savepoint=_restore_point(args.from_savepoint))
-    job_id = flink.submit(job, detach=args.detach)
+    job_id = submit(job, detach=args.detach)
     print(job_id)
     return 0
 
