@@ -75,7 +75,9 @@ def test_reads_every_partition_and_a_subset(kafka_servers: str, topics: Topics) 
     source = KafkaSource.from_url(f"kafka://{kafka_servers}/{topic}", "k", until_end=True)
     assert isinstance(source, Source)
     source.restore(None)
+    assert source.fraction() == 0.0, "nothing read yet"
     items = collect(source)
+    assert source.fraction() == 1.0, "read to the end offsets: the progress's 100%"
     source.close()
     assert all(isinstance(i, InputRecord) for i in items)
     got = {(i.mark[0], i.where): (i.key, i.record["n"]) for i in items
@@ -86,6 +88,10 @@ def test_reads_every_partition_and_a_subset(kafka_servers: str, topics: Topics) 
     subset = KafkaSource.from_url(f"kafka://{kafka_servers}/{topic}?partitions=0,2", "k",
                                   until_end=True)
     subset.restore(None)
+    unbounded = KafkaSource.from_url(f"kafka://{kafka_servers}/{topic}", "k")
+    unbounded.restore(None)
+    assert unbounded.fraction() is None, "a topic without an end has no share to show"
+    unbounded.close()
     assert sorted((i.key, i.where) for i in collect(subset)) == [
         (f"u{p}", i) for p in (0, 2) for i in range(4)]
     assert subset.state()["offsets"] == {"0": 5, "2": 5}  # past the commit markers

@@ -83,6 +83,7 @@ class KafkaSource:
         self._yielded: dict[int, int] = {}  # partition -> next offset after the last item
         self._eof: dict[int, tuple[int, int | None]] = {}  # partition -> (end, _yielded then)
         self._ends: dict[int, int] = {}
+        self._starts: dict[int, int] = {}  # partition -> its first offset at the restore
         self._restored = False
 
     @classmethod
@@ -131,7 +132,7 @@ class KafkaSource:
                         f"{name!r}: {offset!r}: it was written by another version or "
                         "edited; use a new --state")
             saved_offsets = dict(state["offsets"])
-        assignment, reads, ends = [], {}, {}
+        assignment, reads, ends, starts = [], {}, {}, {}
         for p in self.partitions:
             low, high = self._watermarks(p)
             saved = saved_offsets.get(str(p))
@@ -147,10 +148,10 @@ class KafkaSource:
                     f"{where}: the checkpoint's position is offset {saved}, but the partition "
                     f"ends at {high}: the topic was deleted and created again since; start "
                     "a new --state")
-            reads[p], ends[p] = (low if saved is None else saved), high
+            reads[p], ends[p], starts[p] = (low if saved is None else saved), high, low
             assignment.append(TP(endpoint.topic, p, OFFSET_BEGINNING if saved is None else saved))
         self._consumer.assign(assignment)
-        self._saved, self._read, self._ends = saved_offsets, reads, ends
+        self._saved, self._read, self._ends, self._starts = saved_offsets, reads, ends, starts
         self._admitted, self._yielded, self._eof = {}, {}, {}
         self._restored = True
 
@@ -212,6 +213,15 @@ class KafkaSource:
                 f"cannot read the offsets of Kafka input topic {endpoint.topic}[{partition}] "
                 f"from {endpoint.servers} ({reason(exc)}): check this client's ACLs (Describe "
                 "on the topic)") from None
+
+    def fraction(self) -> float | None:
+        """With ``until_end``, the share of the records up to the end offsets read so far
+        (for progress); None for a topic without an end."""
+        if not self.until_end:
+            return None
+        total = sum(end - self._starts[p] for p, end in self._ends.items())
+        done = sum(min(self._read[p], end) - self._starts[p] for p, end in self._ends.items())
+        return min(1.0, done / total) if total > 0 else 1.0
 
     def _at_end(self) -> bool:
         return all(self._read[p] >= end for p, end in self._ends.items())
