@@ -1,9 +1,8 @@
 """A job's totals across its runs in the checkpoint, a failed run's summary, slow rates.
 
-The parts of these that live outside ``cli.py`` and ``runners/local.py``: the
-checkpoint keeps every run's counters (``job_stats``) and ``inspect`` shows them
-beside the last run's; a summary says when the run failed; a rate under 0.05
-inputs/s is shown per minute or hour instead of as 0.0.
+The checkpoint keeps every run's counters added up (``job_stats``) and ``inspect``
+shows them beside the last run's; a summary says when the run failed; a rate under
+0.05 inputs/s is shown per minute or hour instead of as 0.0.
 """
 
 from __future__ import annotations
