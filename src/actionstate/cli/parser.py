@@ -60,21 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="write the event log here (JSONL; each input's events once across "
                      "crashes: docs/eventlog.md)")
     run.add_argument("--event-log-level", choices=LEVELS, default="standard",
-                     help="off, standard (events) or verbose (plus each action run with its "
-                     "calls) (default: %(default)s)")
+                     help=_LEVEL_HELP)
     run.add_argument("--redact", action="append", default=[], metavar="TYPE:FIELD[,FIELD]",
                      help="keep fields out of the event log, first runs and replays alike: an "
                      "event type (as the log names it, or *) and dotted field paths, e.g. "
                      "InputEvent:input.email,input.card (repeatable)")
-    run.add_argument("--divergence", choices=POLICIES, default="reexecute",
-                     help="what to do when replay finds a different call than recorded "
-                     "(default: %(default)s)")
-    run.add_argument("--max-retries", type=int, default=3, metavar="N",
-                     help="retries of a durable call that fails transiently (timeouts, "
-                     "connection errors, HTTP 429/5xx), with exponential backoff (default 3)")
-    run.add_argument("--retry-wait-interval", type=float, default=1.0, metavar="SECONDS",
-                     help="wait before the first retry; doubles each time, up to 30 s, "
-                     "or what the server's Retry-After asks (default 1)")
+    _add_call_options(run)
     run.add_argument("--job", help="job name for idempotency keys (default: the agent spec)")
     run.add_argument("--overwrite", action="store_true",
                      help="on a first run (no checkpoint in --state), replace an --output or "
@@ -114,13 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
                            help="Flink checkpoint interval: 2s, 500ms, 1m (default 2s)")
     flink_run.add_argument("--durability", choices=DURABILITIES, default="sync",
                            help="store durability (default sync)")
-    flink_run.add_argument("--divergence", choices=POLICIES, default="reexecute",
-                           help="what to do when replay finds a different call than recorded "
-                           "(default: %(default)s)")
-    flink_run.add_argument("--max-retries", type=int, default=3, metavar="N",
-                           help="retries of a durable call that fails transiently (default 3)")
-    flink_run.add_argument("--retry-wait-interval", type=float, default=1.0, metavar="SECONDS",
-                           help="wait before the first retry (default 1)")
+    _add_call_options(flink_run)
     flink_run.add_argument("--job", help="job name: the store namespace and idempotency keys "
                            "derive from it (default: the agent spec)")
     flink_run.add_argument("--until-end", action="store_true",
@@ -136,8 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
                            help="a directory on each TaskManager: every worker appends its "
                            "event log (JSONL) to a file of its own there")
     flink_run.add_argument("--event-log-level", choices=LEVELS, default="standard",
-                           help="off, standard (events) or verbose (plus each action run "
-                           "with its calls) (default: %(default)s)")
+                           help=_LEVEL_HELP)
     flink_run.add_argument("--redact", action="append", default=[],
                            metavar="TYPE:FIELD[,FIELD]", help="as in actionstate run")
     flink_run.add_argument("--from-savepoint", metavar="PATH",
@@ -187,3 +171,21 @@ def _version() -> str:
         return importlib.metadata.version("actionstate")
     except importlib.metadata.PackageNotFoundError:  # run from a source tree
         return "(not installed)"
+
+
+_LEVEL_HELP = ("off, standard (events) or verbose (plus each action run with its calls) "
+               "(default: %(default)s)")
+
+
+def _add_call_options(parser: argparse.ArgumentParser) -> None:
+    """How durable calls diverge and retry: the same for ``run`` and ``flink run``."""
+    parser.add_argument("--divergence", choices=POLICIES, default="reexecute",
+                        help="what to do when replay finds a different call than recorded "
+                        "(default: %(default)s)")
+    parser.add_argument("--max-retries", type=int, default=3, metavar="N",
+                        help="retries of a durable call that fails transiently (timeouts, "
+                        "connection errors, HTTP 408/429/5xx), with exponential backoff "
+                        "(default 3)")
+    parser.add_argument("--retry-wait-interval", type=float, default=1.0, metavar="SECONDS",
+                        help="wait before the first retry; doubles each time, up to 30 s, "
+                        "or what the server's Retry-After asks (default 1)")
