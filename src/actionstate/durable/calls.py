@@ -9,6 +9,7 @@ import functools
 import hashlib
 import inspect
 from collections.abc import Callable
+from types import FunctionType
 from typing import Any
 
 from actionstate.records.digests import canonical_bytes
@@ -36,31 +37,45 @@ def _describe(fn: Callable[..., Any]) -> tuple[str, bool, bool]:
     return function_id(fn), wants_key, inspect.iscoroutinefunction(fn)
 
 
+_FUNCTIONS: dict[Any, tuple[str, bool, bool]] = {}
+"""Plain functions already described (the hot path: one dict lookup)."""
+
+
 def function_info(fn: Callable[..., Any]) -> tuple[str, bool, bool]:
     """(function id, takes ``idempotency_key``, is a coroutine function), cached per function."""
+    info = _FUNCTIONS.get(fn) if type(fn) is FunctionType else None
+    if info is not None:
+        return info
     target = getattr(fn, "__func__", fn)  # a bound method: describe its function
     try:
-        return _describe(target)
+        info = _describe(target)
     except TypeError:  # unhashable callable
         return _describe.__wrapped__(target)
+    if target is fn and type(fn) is FunctionType:
+        if len(_FUNCTIONS) >= 4096:  # a bound, as _describe's (lambdas made per call)
+            _FUNCTIONS.clear()
+        _FUNCTIONS[fn] = info
+    return info
 
 
 class Step:
-    """One durable call being made; its idempotency key is computed on first use."""
+    """One durable call being made; its idempotency key is computed on first use, from
+    ``id_head`` (job, store namespace, key, seq, action, event id) and the position."""
 
-    __slots__ = ("_call_id", "_id_parts", "digest", "fid", "is_coroutine", "position",
+    __slots__ = ("_call_id", "_id_head", "digest", "fid", "is_coroutine", "position",
                  "recorded", "replayed", "wants_key")
 
     def __init__(self, position: int, info: tuple[str, bool, bool], digest: str,
-                 recorded: CallResult | None, id_parts: list[Any]) -> None:
+                 recorded: CallResult | None, id_head: Callable[[], list[Any]]) -> None:
         self.fid, self.wants_key, self.is_coroutine = info
         self.position, self.digest, self.recorded = position, digest, recorded
-        self._id_parts = id_parts
+        self._id_head = id_head
         self._call_id: str | None = None
         self.replayed: Any = None
 
     @property
     def call_id(self) -> str:
         if self._call_id is None:
-            self._call_id = hashlib.sha256(canonical_bytes(self._id_parts)).hexdigest()
+            parts = [*self._id_head(), self.position]
+            self._call_id = hashlib.sha256(canonical_bytes(parts)).hexdigest()
         return self._call_id

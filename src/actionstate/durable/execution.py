@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import itertools
 import logging
 import threading
 import time
@@ -94,32 +93,6 @@ class CallFailure:
                 "over with a new --state")
 
 
-class _Attempt:
-    """One attempt of a durable call: the call is current while it runs; a failure
-    the retry policy takes is swallowed and ``wait`` says how long to back off,
-    any other failure is recorded (by ``_after_failure``) and propagates."""
-
-    __slots__ = ("ctx", "number", "policy", "step", "token", "wait")
-
-    def __init__(self, ctx: ActionContext, step: Step, policy: RetryPolicy,
-                 number: int) -> None:
-        self.ctx, self.step, self.policy, self.number = ctx, step, policy, number
-        self.wait: float | None = None
-
-    def __enter__(self) -> _Attempt:
-        self.token = CURRENT_CALL.set(self.step)
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
-                 tb: object) -> bool:
-        CURRENT_CALL.reset(self.token)
-        if not isinstance(exc, Exception):
-            return False  # success, or the run's own control flow (a crash, a cancel)
-        self.wait = self.ctx._engine(self.ctx._after_failure, self.step, self.policy,
-                                     self.number, exc)
-        return self.wait is not None
-
-
 class ActionContext(RunnerContext):
     """The engine's :class:`RunnerContext` for one action run."""
 
@@ -148,6 +121,7 @@ class ActionContext(RunnerContext):
         self._job = job
         self._policy = policy
         self.stats = stats if stats is not None else RunStats()
+        self._put_us = self.stats.histograms["store_put_us"]
         self._retry = retry
         self._on_retry = on_retry
         self.sent: list[Event] = []
@@ -200,18 +174,30 @@ class ActionContext(RunnerContext):
         self, fn: Callable[..., T], *args: Any, reconciler: Callable[[], T] | None = None,
         retry: RetryPolicy | None = None, **kwargs: Any,
     ) -> T:
-        step, target, args, kwargs = self._engine(self._start, fn, args, kwargs, reconciler,
-                                                  False)
+        with self._lock:
+            step, target, args, kwargs = self._start(fn, args, kwargs, reconciler, False)
         if target is None:
             return cast(T, step.replayed)
         policy = retry or self._retry
-        for attempt in itertools.count(1):
-            with _Attempt(self, step, policy, attempt) as tried:
+        attempt = 1
+        while True:
+            # The call is current while it runs; a failure the policy takes is retried
+            # after a wait, any other is recorded (by _after_failure) and propagates.
+            token = CURRENT_CALL.set(step)
+            try:
                 result = target(*args, **kwargs)
-            if tried.wait is None:
                 break
-            time.sleep(tried.wait)  # a sync action holds its thread anyway
-        ticket = self._engine(self._succeeded, step, result)
+            except Exception as exc:
+                with self._lock:
+                    wait = self._after_failure(step, policy, attempt, exc)
+                if wait is None:
+                    raise
+            finally:
+                CURRENT_CALL.reset(token)
+            time.sleep(wait)  # a sync action holds its thread anyway
+            attempt += 1
+        with self._lock:
+            ticket = self._succeeded(step, result)
         if ticket is not None:
             self._durable(ticket)
         return cast(T, result)
@@ -220,34 +206,39 @@ class ActionContext(RunnerContext):
         self, fn: Callable[..., Any], *args: Any, reconciler: Callable[[], Any] | None = None,
         retry: RetryPolicy | None = None, **kwargs: Any,
     ) -> Any:
-        step, target, args, kwargs = self._engine(self._start, fn, args, kwargs, reconciler,
-                                                  True)
+        with self._lock:
+            step, target, args, kwargs = self._start(fn, args, kwargs, reconciler, True)
         if target is None:
             return step.replayed
         policy = retry or self._retry
-        for attempt in itertools.count(1):
-            with _Attempt(self, step, policy, attempt) as tried:
-                if inspect.iscoroutinefunction(target):
+        coroutine = step.is_coroutine if target is fn else inspect.iscoroutinefunction(target)
+        attempt = 1
+        while True:
+            token = CURRENT_CALL.set(step)
+            try:
+                if coroutine:
                     result = await target(*args, **kwargs)
                 else:  # blocking: on a pool thread, with this call's context
                     result = await in_thread(self._threads, target, *args, **kwargs)
                     if inspect.isawaitable(result):
                         result = await result
-            if tried.wait is None:
                 break
-            await asyncio.sleep(tried.wait)  # a timer: the backoff before the next attempt
-        ticket = self._engine(self._succeeded, step, result)
+            except Exception as exc:
+                with self._lock:
+                    wait = self._after_failure(step, policy, attempt, exc)
+                if wait is None:
+                    raise
+            finally:
+                CURRENT_CALL.reset(token)
+            await asyncio.sleep(wait)  # a timer: the backoff before the next attempt
+            attempt += 1
+        with self._lock:
+            ticket = self._succeeded(step, result)
         if ticket is not None:
             await self._durable_async(ticket)
         return result
 
     # -- the engine --------------------------------------------------------
-
-    def _engine(self, step: Callable[..., T], *args: Any) -> T:
-        """Run one engine step (take a position, record an outcome, decide a retry)
-        under the engine's lock: the caller may be a pool thread (a ``def`` action)."""
-        with self._lock:
-            return step(*args)
 
     def _start(
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
@@ -270,7 +261,8 @@ class ActionContext(RunnerContext):
     def _succeeded(self, step: Step, result: Any) -> int | None:
         """Record the call's result; with a committer, the ticket to wait for (outside
         the engine's lock) before the call returns."""
-        self.stats.add_tokens(result, replayed=False)
+        if isinstance(result, dict):  # a model's reply with usage
+            self.stats.add_tokens(result, replayed=False)
         return self._record(step, CallResult(step.fid, step.digest, CallStatus.SUCCEEDED,
                                              result), shared=self._committer is not None)
 
@@ -297,7 +289,6 @@ class ActionContext(RunnerContext):
         info = function_info(fn)
         fid = info[0]
         digest = args_digest(args, kwargs)
-        sk = self._sk
         recorded = self._state.calls.get(position) if self._state is not None else None
         if recorded is not None and not recorded.matches(fid, digest):
             self._diverge(position, recorded, fid, digest)
@@ -305,9 +296,12 @@ class ActionContext(RunnerContext):
         elif (recorded is not None and recorded.status is CallStatus.FAILED
               and recorded.retryable):
             recorded = None  # the attempts ran out on an outage: try it again
-        id_parts = [self._job, self._store.namespace, sk.key, sk.seq, sk.action, sk.event_id,
-                    position]
-        return Step(position, info, digest, recorded, id_parts)
+        return Step(position, info, digest, recorded, self._id_head)
+
+    def _id_head(self) -> list[Any]:
+        """What every call id of this action run starts with (see :class:`Step`)."""
+        sk = self._sk
+        return [self._job, self._store.namespace, sk.key, sk.seq, sk.action, sk.event_id]
 
     def _diverge(self, position: int, recorded: CallResult, fid: str, args_digest: str) -> None:
         sk = self._sk
@@ -380,7 +374,11 @@ class ActionContext(RunnerContext):
         try:
             started = perf_counter_ns()
             self._store.put(record, sync=sync)
-            self.stats.observe("store_put_us", (perf_counter_ns() - started) // 1000)
+            elapsed = (perf_counter_ns() - started) // 1000
+            stats = self.stats
+            self._put_us.add(elapsed)  # stats.observe("store_put_us", elapsed), inlined
+            if stats.on_observe is not None:
+                stats.on_observe("store_put_us", elapsed)
         except ActionStateError as exc:  # reported as the store's, even if the action catches it
             self.store_failure = exc
             raise

@@ -29,7 +29,8 @@ class Histogram:
         self.total = 0
 
     def add(self, value: int) -> None:
-        self.buckets[min(max(value, 0).bit_length(), 63)] += 1
+        bucket = value.bit_length() if value > 0 else 0
+        self.buckets[bucket if bucket < 63 else 63] += 1
         self.count += 1
         self.total += value
 

@@ -85,11 +85,13 @@ def _encode_call(record: CallRecord, epoch: int, keyring: Keyring | None = None)
     The bytes equal those of the generic path below (tests/test_golden.py checks it).
     """
     call = record.call
+    # The status's letter without the enum's ``.value`` (a property: slow on this path).
+    succeeded = call.status is CallStatus.SUCCEEDED
     key_text = _key_json(record.key)
     text = (f'{{"v":1,"t":"call","k":{key_text},"e":{int(epoch)},'
             f'"p":{int(record.position)},"f":{_fid_json(call.function_id)},'
-            f'"d":{_json(call.args_digest)},"s":"{call.status.value}"')
-    if call.status is not CallStatus.SUCCEEDED:
+            f'"d":{_json(call.args_digest)},"s":"{"S" if succeeded else "P"}"')
+    if not succeeded:
         return (text + "}").encode()
     result = call.result
     if type(result) is str:

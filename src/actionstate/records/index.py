@@ -38,6 +38,9 @@ class StateIndex:
         self._first: dict[StateKey, Position] = {}
         self._fence: dict[int, int] = {}
         self._fence_log: dict[int, list[tuple[int, int]]] = {}
+        self._last: tuple[StateKey | None, ActionState | None] = (None, None)
+        """The state a call was last recorded into, by its key object: an action run's
+        calls share one key, found again without hashing it."""
 
     def start_at(self, offsets: dict[int, int], fences: dict[int, int]) -> None:
         """Begin a rebuild at ``offsets`` with ``fences`` in force there (from a marker)."""
@@ -56,7 +59,12 @@ class StateIndex:
         if type(record) is CallRecord:  # the common case first
             if epoch < self._fence.get(partition, 0):
                 return False
-            self._state(record.key, position).calls[record.position] = record.call
+            key, state = self._last
+            if key is not record.key or state is None:
+                key = record.key
+                state = self._state(key, position)
+                self._last = (key, state)
+            state.calls[record.position] = record.call
             return True
         if isinstance(record, FenceRecord):
             fence = record.epoch or position[1] + 1
@@ -129,6 +137,7 @@ class StateIndex:
         self._drop(key, lambda s: s <= seq)
 
     def _drop(self, key: str, doomed: Callable[[int], bool]) -> None:
+        self._last = (None, None)
         seqs = self._seqs.get(key)
         if not seqs:
             return

@@ -52,7 +52,7 @@ class Outputs:
         """:meth:`commit_group` with the commit on a worker thread: the keys go on while
         it waits for the disk. The outputs held now wait for it; later ones, for the next."""
         self._committing, self._held = self._held, []
-        finish = self.flush_begin()  # SQLite's statements here, its COMMIT off the loop
+        finish = self.flush_begin(write_now=False)  # SQLite writes and commits off the loop
         if finish is not None:  # it must run: the store waits for it
             try:
                 waiting = asyncio.get_running_loop().run_in_executor(None, finish)
@@ -79,10 +79,10 @@ class Outputs:
         self._store.flush()
         self._stats.observe("store_flush_us", (time.perf_counter_ns() - started) // 1000)
 
-    def flush_begin(self) -> Callable[[], None] | None:
+    def flush_begin(self, *, write_now: bool = True) -> Callable[[], None] | None:
         """The store's flush in two parts (a commit's writes, then its wait), timed."""
         started = time.perf_counter_ns()
-        finish = self._store.flush_begin()
+        finish = self._store.flush_begin(write_now=write_now)
         if finish is None:
             self._stats.observe("store_flush_us", (time.perf_counter_ns() - started) // 1000)
             return None

@@ -123,14 +123,17 @@ class ActionStateStore(ABC):
         Only one thread puts; flushes may come from any thread (they take turns).
         """
 
-    def flush_begin(self) -> Callable[[], None] | None:
+    def flush_begin(self, *, write_now: bool = True) -> Callable[[], None] | None:
         """A flush in two parts: the part that keeps the caller busy runs now, and the
         part that only waits for the medium (an fsync, a broker's acks) is returned,
         to be called once on any thread, or None when nothing is left to wait for.
         Until it has been called, other uses of the store wait for it. A committer
         runs the first part on the event loop and waits for the second on a thread of
-        its own, so the loop keeps working while the disk does. The default flushes
-        at once."""
+        its own, so the loop keeps working while the disk does.
+
+        ``write_now=False`` (a group commit, whose throughput matters more than its
+        latency): the backend may also leave its writes to the returned part, and
+        only take the buffered records now. The default flushes at once."""
         self.flush()
         return None
 

@@ -12,7 +12,10 @@ transaction on the event loop's thread, in a few multi-row INSERTs, and only
 the COMMIT (the fsync) runs on another thread, holding the connection until
 it ends. A statement on another thread lets go of the GIL while SQLite works
 and waits (up to the interpreter's switch interval, 5 ms) to get it back from
-a busy event loop: the COMMIT alone pays that once per commit.
+a busy event loop: the COMMIT alone pays that once per commit. A large group
+commit (``write_now=False``, 512 rows or more) writes its rows on that thread
+too: the loop then only hands the buffer over, and keeps recording calls while
+SQLite works.
 
 Fencing is done by SQLite: a claim and the ``fences`` row of its namespace are
 written in one transaction, and every write is conditional on that row still
@@ -63,6 +66,11 @@ _REMAINDER_UNITS = (128, 16, 1)
 """The rest of a batch goes in at most three INSERTs, of a multiple of each unit: their
 prepared statements stay few and small in sqlite3's cache (one of every size up to 1,023
 rows would hold ~25 MB: ~0.4 KB per row)."""
+_ROWS_OFF_THREAD = 512
+"""A group commit of at least this many rows (over a millisecond of the event loop's
+time) writes them on the committing thread, beside the loop. Each statement there waits
+for the interpreter lock (up to 5 ms from a busy loop): the commit ends later, which a
+group commit can afford and a small one (a ``sync`` call waiting) cannot."""
 _FENCE = ("INSERT INTO fences VALUES (?,?) ON CONFLICT (namespace) "
           "DO UPDATE SET epoch=max(epoch, excluded.epoch)")
 _CURRENT = "SELECT coalesce((SELECT epoch FROM fences WHERE namespace=?), 0)"
@@ -130,7 +138,7 @@ class SqliteActionStateStore(ActionStateStore):
         agent_key = record.key if isinstance(record, DropRecord) else record.key.key
         if not sync:
             with self._pending_lock:
-                self._pending += (self.namespace, agent_key, data)
+                self._pending += (self._namespace, agent_key, data)
                 position = (0, self._next_id)
                 self._next_id += 1
             return position
@@ -144,20 +152,25 @@ class SqliteActionStateStore(ActionStateStore):
         with self._lock:
             self._write()
 
-    def flush_begin(self) -> Callable[[], None] | None:
+    def flush_begin(self, *, write_now: bool = True) -> Callable[[], None] | None:
         """Write the buffered rows into a transaction now; the COMMIT that makes them
-        durable (the fsync) is returned, to run on another thread. The connection is
-        held until it has run."""
+        durable (the fsync) is returned, to run on another thread. ``write_now=False``
+        (a group commit): when there are many rows, only take them now, and write them
+        on that thread too. The connection is held until the returned part has run."""
         self._lock.acquire()
         try:
+            if not write_now and len(self._pending) >= 3 * _ROWS_OFF_THREAD:
+                with self._pending_lock:
+                    rows, self._pending = self._pending, []
+                return functools.partial(self._write_taken, rows)
             last = self._write(commit=False)
+            if last:
+                return functools.partial(self._commit_open, last)
         except BaseException:
             self._lock.release()
             raise
-        if not last:
-            self._lock.release()
-            return None
-        return functools.partial(self._commit_open, last)
+        self._lock.release()
+        return None
 
     def _commit_open(self, last: int) -> None:
         """COMMIT what :meth:`flush_begin` wrote, then let the connection go."""
@@ -168,12 +181,21 @@ class SqliteActionStateStore(ActionStateStore):
         finally:
             self._lock.release()
 
-    def _write(self, commit: bool = True) -> int:
-        """Commit the buffered rows (the caller holds ``_lock``) if this writer still holds
-        the namespace's epoch; returns the id of the last one (0: none). Without
-        ``commit`` the transaction is left open (for :meth:`flush_begin`)."""
-        with self._pending_lock:
-            rows, self._pending = self._pending, []
+    def _write_taken(self, rows: list[Any]) -> None:
+        """Commit the ``rows`` :meth:`flush_begin` took, then let the connection go."""
+        try:
+            self._write(rows=rows)
+        finally:
+            self._lock.release()
+
+    def _write(self, commit: bool = True, rows: list[Any] | None = None) -> int:
+        """Commit the buffered rows (the caller holds ``_lock``), or ``rows`` taken from
+        the buffer earlier, if this writer still holds the namespace's epoch; returns the
+        id of the last one (0: none). Without ``commit`` the transaction is left open
+        (for :meth:`flush_begin`)."""
+        if rows is None:
+            with self._pending_lock:
+                rows, self._pending = self._pending, []
         if not rows:
             return 0
         db = self._db

@@ -22,6 +22,7 @@ restarted runner. A store whose :meth:`~ActionStateStore.release` and
 from __future__ import annotations
 
 import json
+import threading
 
 import pytest
 
@@ -42,7 +43,7 @@ from actionstate.records.state import (
 )
 from actionstate.stores import ActionStateStore
 from actionstate.testing.contract_recovery import RecoveryContract
-from actionstate.testing.samples import ContractEvent, complete, key, ok
+from actionstate.testing.samples import ContractEvent, complete, key, ok, results
 
 __all__ = ["ContractEvent", "EncryptedStoreContract", "StoreContract"]
 
@@ -204,6 +205,31 @@ class StoreContract(RecoveryContract):
         store.flush()
         other = self.reopen(store_url, marker, read_only=True)
         assert all(other.get(key(f"g{seq % 7}", seq)) is not None for seq in range(50))
+
+    def test_a_group_commit_finished_on_another_thread_covers_what_was_put_before_it(
+            self, store_url: str) -> None:
+        """As a runner commits a group: ``flush_begin(write_now=False)`` on the putting
+        thread, its returned part on another while puts go on (1,200 records: SQLite
+        writes a batch that large on the committing thread)."""
+        store = self.open_store(store_url, durability="group")
+        store.rebuild(None)
+        marker = self.start_marker(store)
+        for seq in range(1200):
+            ok(store, key(f"t{seq % 7}", seq), 0, seq)
+        finish = store.flush_begin(write_now=False)
+        committer = threading.Thread(target=finish) if finish is not None else None
+        if committer is not None:
+            committer.start()
+        for seq in range(1200, 1300):  # meanwhile: for the next commit
+            ok(store, key(f"t{seq % 7}", seq), 0, seq)
+        if committer is not None:
+            committer.join()
+        first = self.reopen(store_url, marker, read_only=True)
+        assert all(first.get(key(f"t{seq % 7}", seq)) is not None for seq in range(1200))
+        store.flush()
+        every = self.reopen(store_url, marker, read_only=True)
+        assert [results(every, key(f"t{seq % 7}", seq)) for seq in range(1300)] == [
+            {0: seq} for seq in range(1300)]
 
     def test_sync_put_is_visible_to_a_new_instance_at_once(
             self, store: ActionStateStore, store_url: str) -> None:
