@@ -256,6 +256,9 @@ def test_bad_arguments_are_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="durability 'fast'"):
         actionstate.run(Counter, source=RECORDS, key="k", sink=[], state=tmp_path,
                         durability="fast")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="stop grace -1 must be 0 or more seconds"):
+        actionstate.run(Counter, source=RECORDS, key="k", sink=[], state=tmp_path,
+                        stop_grace=-1)
     with pytest.raises(ConfigError, match="not callable|is not a path"):
         actionstate.run(Counter, source=RECORDS, key="k", sink=42,  # type: ignore[arg-type]
                         state=tmp_path)

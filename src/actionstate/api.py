@@ -35,6 +35,7 @@ async def run_async(
     key: str | Callable[[Any], str] | None = None, state: str | Path = ".actionstate",
     store: str | None = None, store_options: Mapping[str, str] | None = None,
     durability: Durability = "sync", checkpoint_interval: float = 1.0, concurrency: int = 64,
+    stop_grace: float = 10.0,
     event_log: str | Path | None = None, event_log_level: EventLogLevel = "standard",
     event_log_redact: Redactor | Mapping[str, Iterable[str]] | None = None,
     divergence: DivergencePolicy = "reexecute", retry: RetryPolicy | None = None,
@@ -76,6 +77,9 @@ async def run_async(
     * ``stats``: the counters to count into (default: new ones); a caller that passes
       its own keeps what a run that raises had done (``failed`` names the error), e.g.
       for a summary.
+    * ``stop_grace``: after SIGTERM or Ctrl-C, the seconds the inputs in flight get to
+      finish before the run abandons them (checkpointed as pending, taken up again by
+      the next run); a second signal abandons them at once.
     * ``job``: the name idempotency keys are made of (default ``module:Class`` of the
       agent, which is what the command derives from ``file.py:Class``).
 
@@ -86,6 +90,8 @@ async def run_async(
     """
     if durability not in DURABILITIES:
         raise ConfigError(f"durability {durability!r} is not one of {', '.join(DURABILITIES)}")
+    if not stop_grace >= 0:
+        raise ConfigError(f"stop grace {stop_grace!r} must be 0 or more seconds")
     if divergence not in POLICIES:
         raise ConfigError(f"divergence {divergence!r} is not one of {', '.join(POLICIES)}")
     if isinstance(agent, type) and issubclass(agent, Agent):
@@ -120,7 +126,8 @@ async def run_async(
         runner = LocalRunner(
             agent, source=the_source, sink=the_sink, store=the_store, state_dir=state_dir,
             settings=settings, concurrency=concurrency,
-            checkpoint_interval=checkpoint_interval, progress=progress, dead_letter=letters)
+            checkpoint_interval=checkpoint_interval, progress=progress, dead_letter=letters,
+            stop_grace=stop_grace)
         try:
             return await runner.run()
         except Exception as exc:

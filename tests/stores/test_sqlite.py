@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from actionstate.errors import FencedError
+from actionstate.errors import FencedError, StoreError
 from actionstate.stores import open_store
 from actionstate.testing.contract import EncryptedStoreContract, StoreContract
 from actionstate.testing.samples import key, ok
@@ -52,3 +52,21 @@ def test_a_zombies_group_commit_on_another_thread_is_refused_and_writes_nothing(
     assert [state_key.seq for state_key, _ in latest.states()] == [0]
     for store in (zombie, successor, latest):
         store.close()
+
+
+def test_after_a_failed_write_every_later_one_fails_at_once_with_its_reason(
+        tmp_path: Path) -> None:
+    """The failed commit's records are lost: a later one would leave a gap (and, for a
+    lock another process holds, wait out SQLite's busy timeout again, 5 s each)."""
+    store = open_store(f"sqlite://{tmp_path}/state.db", durability="group")
+    store.rebuild(None)
+    store._db.execute("PRAGMA query_only=1")  # type: ignore[attr-defined]  # writes fail
+    ok(store, key("a", 0), 0, "lost")
+    with pytest.raises(StoreError, match="readonly") as first:
+        store.flush()
+    store._db.execute("PRAGMA query_only=0")  # type: ignore[attr-defined]  # it could write
+    ok(store, key("a", 1), 0, "after the failure")
+    with pytest.raises(StoreError) as later:
+        store.flush()
+    assert str(later.value) == str(first.value)
+    store.close()  # no write, no error

@@ -56,6 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
                      "state) (default: %(default)s)")
     run.add_argument("--concurrency", type=int, default=64, metavar="N",
                      help="inputs in flight, each of another key (default: %(default)s)")
+    run.add_argument("--stop-grace", type=float, default=10.0, metavar="SECONDS",
+                     help="after SIGTERM or Ctrl-C, seconds the inputs in flight get to "
+                     "finish; then (or at a second signal) they are left for the next run "
+                     "(default: %(default)s)")
     run.add_argument("--event-log", metavar="PATH",
                      help="write the event log here (JSONL; each input's events once across "
                      "crashes: docs/eventlog.md)")

@@ -38,7 +38,7 @@ def run_command(args: argparse.Namespace) -> int:
             agent_cls, source=args.input, sink=args.output, key=args.key, state=args.state,
             store=args.store, store_options=named_values(args.option),
             durability=args.durability, checkpoint_interval=args.checkpoint_interval,
-            concurrency=args.concurrency, event_log=args.event_log,
+            concurrency=args.concurrency, stop_grace=args.stop_grace, event_log=args.event_log,
             event_log_level=args.event_log_level,
             event_log_redact=FieldRedaction.parse(args.redact) if args.redact else None,
             divergence=args.divergence, retry=retry,

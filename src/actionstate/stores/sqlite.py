@@ -95,6 +95,8 @@ class SqliteActionStateStore(ActionStateStore):
         re-entrant: :meth:`flush_begin` takes it on one thread and the COMMIT it
         returns lets it go on another."""
         self._closed = False
+        self._failure: str | None = None
+        """Why a write failed; every later write fails with it."""
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             if str(self.path) != ":memory:":
@@ -264,15 +266,20 @@ class SqliteActionStateStore(ActionStateStore):
 
     @contextlib.contextmanager
     def _errors(self) -> Iterator[None]:
-        """SQLite's errors as a StoreError naming the file and the fix (nothing half-done)."""
+        """SQLite's errors as a StoreError naming the file and the fix (nothing half-done).
+        A failed write fails every later one at once: the records it held are lost, so
+        later ones would leave a gap (and each would wait out a lock again)."""
+        if self._failure is not None:
+            raise StoreError(self._failure)
         try:
             yield
         except sqlite3.Error as exc:
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
-            raise StoreError(f"cannot write to SQLite store {self.path}: {exc}; "
+            self._failure = (f"cannot write to SQLite store {self.path}: {exc}; "
                              f"{_fix(exc)}, then run the same command again (it resumes from "
-                             "the last checkpoint)") from None
+                             "the last checkpoint)")
+            raise StoreError(self._failure) from None
 
     def _fenced(self) -> None:
         current = self._db.execute(_CURRENT, (self.namespace,)).fetchone()[0]
@@ -319,7 +326,8 @@ class SqliteActionStateStore(ActionStateStore):
             if self._closed:
                 return
             try:
-                self._write()
+                if self._failure is None:  # else the buffer has nothing it can keep
+                    self._write()
             finally:
                 self._closed = True
                 self._db.close()

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,7 +90,8 @@ class Kill:
 
 class Job:
     """One ``actionstate run`` command (agent spec ``path.py:Class``, inputs, state
-    dir, store), started again and again, as a user restarts a run after a crash.
+    dir, store; ``extra``: more options), started again and again, as a user restarts a
+    run after a crash.
 
     Inputs are keyed by their ``key`` field; each run ``n`` tags its model requests
     with the model name ``run-<n>`` (see :func:`run_of`).
@@ -98,7 +99,7 @@ class Job:
 
     def __init__(self, tmp: Path, agent: str, server: FakeLLMServer, items: list[Item],
                  store: str | None = None, *, durability: str = "sync", concurrency: int = 4,
-                 checkpoint_interval: float = 0.2) -> None:
+                 checkpoint_interval: float = 0.2, extra: Sequence[str] = ()) -> None:
         self.tmp, self.server = tmp, server
         inputs, self.output, state = tmp / "inputs.jsonl", tmp / "outputs.jsonl", tmp / "state"
         inputs.write_text("".join(json.dumps(item) + "\n" for item in items))
@@ -108,7 +109,7 @@ class Job:
             "--input", str(inputs), "--key", "key", "--state", str(state),
             "--output", str(self.output), "--quiet", "--durability", durability,
             "--concurrency", str(concurrency), "--checkpoint-interval", str(checkpoint_interval),
-        ] + (["--store", store] if store else [])
+        ] + (["--store", store] if store else []) + list(extra)
         self.runs = 0
         self.kills: list[Kill] = []
 
