@@ -17,7 +17,9 @@ returned.
 Two call variants: ``ctx.durable_execute(fn)`` with a plain function, and
 ``await ctx.durable_execute_async(coro_fn)`` with a coroutine no-op.
 Baseline in the same run (interleaved rounds): the same loop on the memory://
-store (no I/O, flush is a no-op): the upper bound of the engine.
+store (no I/O, flush is a no-op): the upper bound of the engine. A third SQLite
+run, sync variant, commits with ``flush_begin(write_now=True)`` (the rows written
+on the loop, only the COMMIT on the thread: how group commits worked before).
 
 Usage: .venv/bin/python benchmarks/core_group_calls.py [--quick]
 """
@@ -75,7 +77,8 @@ class Outcome:
     flush_seconds: list[float] = field(default_factory=list)
 
 
-async def drive(store: ActionStateStore, variant: str, actions: int) -> Outcome:
+async def drive(store: ActionStateStore, variant: str, actions: int,
+                write_now: bool = False) -> Outcome:
     store.rebuild(None)
     store.flush()
     stats = RunStats()
@@ -107,7 +110,7 @@ async def drive(store: ActionStateStore, variant: str, actions: int) -> Outcome:
         calls, records = recorded[0], pending_records[0]  # put before the flush starts
         pending_records[0] = 0
         t0 = time.perf_counter()
-        finish = store.flush_begin(write_now=False)  # as the runner commits a group
+        finish = store.flush_begin(write_now=write_now)  # as the runner commits a group
         if finish is not None:
             await asyncio.to_thread(finish)
         if records:  # a group commit that wrote something
@@ -138,16 +141,16 @@ async def drive(store: ActionStateStore, variant: str, actions: int) -> Outcome:
 
 
 def run_one(tmp: Path, store_kind: str, variant: str, actions: int, index: int) -> Outcome:
-    if store_kind == "sqlite":
+    if store_kind.startswith("sqlite"):
         path = tmp / f"group-{index}.db"
         store: ActionStateStore = SqliteActionStateStore(path, "group")
     else:
         store = MemoryActionStateStore(durability="group")
     try:
-        return asyncio.run(drive(store, variant, actions))
+        return asyncio.run(drive(store, variant, actions, write_now=store_kind == "sqlite-loop"))
     finally:
         store.close()
-        if store_kind == "sqlite":
+        if store_kind.startswith("sqlite"):
             for suffix in ("", "-wal", "-shm"):
                 Path(f"{path}{suffix}").unlink(missing_ok=True)
 
@@ -155,8 +158,8 @@ def run_one(tmp: Path, store_kind: str, variant: str, actions: int, index: int) 
 def main() -> None:
     args = parse_args(__doc__.splitlines()[0])
     rounds, actions = (3, 5) if args.quick else (5, 200)
-    configs = [("memory", "sync"), ("sqlite", "sync"), ("memory", "async"),
-               ("sqlite", "async")]
+    configs = [("memory", "sync"), ("sqlite", "sync"), ("sqlite-loop", "sync"),
+               ("memory", "async"), ("sqlite", "async")]
     rates: dict[tuple[str, str], list[float]] = {c: [] for c in configs}
     cpu_rates: dict[tuple[str, str], list[float]] = {c: [] for c in configs}
     ratios: dict[tuple[str, str], list[float]] = {c: [] for c in configs}
@@ -193,6 +196,7 @@ def main() -> None:
     names = {
         ("memory", "sync"): "memory:// (baseline), ctx.durable_execute(fn)",
         ("sqlite", "sync"): "sqlite:// group, ctx.durable_execute(fn)",
+        ("sqlite-loop", "sync"): "sqlite:// group, rows written on the loop (write_now=True)",
         ("memory", "async"): "memory:// (baseline), await ctx.durable_execute_async(coro)",
         ("sqlite", "async"): "sqlite:// group, await ctx.durable_execute_async(coro)",
     }
