@@ -7,7 +7,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Self
 
 from confluent_kafka import KafkaError, KafkaException, Producer
@@ -166,13 +166,14 @@ class KafkaActionStateStore(ActionStateStore):
                    connect_timeout=settings.connect_timeout,
                    client_config=settings.client_config, url=url)
 
-    def rebuild(self, marker: Marker | None, *, read_only: bool = False) -> int:
+    def rebuild(self, marker: Marker | None, *, read_only: bool = False,
+                done: Callable[[str], int] | None = None) -> int:
         # The claim and fences are written before the read, which tracks them for
         # release in log order with the records before them: deliveries are not
         # tracked meanwhile (release needs each partition's runs in offset order).
         self._rebuilding = True
         try:
-            return super().rebuild(marker, read_only=read_only)
+            return super().rebuild(marker, read_only=read_only, done=done)
         finally:
             self._rebuilding = False
 
