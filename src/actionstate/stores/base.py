@@ -270,6 +270,7 @@ class ActionStateStore(ABC):
             self.use_namespace(marker.namespace)
             start = marker.offsets
             self.index.start_at(marker.offsets, marker.fences)
+        self._read_ahead(start)
         if not read_only:
             self._claim()
         stop = self.end_offsets()  # after the claim: whatever precedes it is read now
@@ -296,6 +297,11 @@ class ActionStateStore(ABC):
             if collecting:
                 gc.enable()
         return count
+
+    def _read_ahead(self, start: dict[int, int]) -> None:  # noqa: B027 - optional hook
+        """A rebuild will read this namespace from ``start``: a backend may begin (open
+        its reader, fetch) while the claim is written; :meth:`read` then goes on from
+        there, up to the stop it is given."""
 
     def _claim(self) -> None:
         """Take the next epoch: a claim in partition 0 (epoch = its offset + 1), with a
