@@ -19,9 +19,13 @@ dropped at the end. The record is a ``CallRecord`` whose result is a 1 KB string
    same run. Target: >= 20,000 calls/s.
 3. Rebuild: ``rebuild`` of N records (64 keys, 10 calls per state) in a fresh
    process; peak RSS (ru_maxrss) minus the RSS before the rebuild (it includes the
-   rebuilt index: every state and its 1 KB results, all unpruned).
+   rebuilt index: every state and its 1 KB results, all unpruned with the default
+   ``--held all``). ``--held last``:
+   each key's inputs but its last completed before the checkpoint, as a runner's
+   restore holds them (see ``kafka_store.py``).
 
-Usage: .venv/bin/python benchmarks/fluss_store.py [--quick] [--big]
+Usage: .venv/bin/python benchmarks/fluss_store.py [--quick] [--big] [--rebuild-only] [--sizes N,M]
+    [--rounds R] [--held all|last] [--baseline OTHER/src]
 (``--big`` adds the 10^6-record rebuild: about 1.2 GB through Fluss.)
 """
 

@@ -12,10 +12,14 @@ per measurement, deleted at the end. The record is a ``CallRecord`` whose result
    end (the time includes it). Target: >= 20,000 calls/s.
 3. Rebuild: ``rebuild`` of N records (64 keys, 10 calls per state) in a fresh
    process; peak RSS (ru_maxrss) minus the RSS before the rebuild, which includes
-   the rebuilt index (every state and its 1 KB results, all unpruned) and the
-   consumer's prefetch buffer.
+   the rebuilt index (every state and its 1 KB results, all unpruned with the default
+   ``--held all``) and the
+   consumer's prefetch buffer. ``--held last``: each key's inputs but its last
+   completed before the checkpoint, as a runner's restore holds them (skipped while
+   reading by code whose ``rebuild`` takes ``done``, else pruned after it).
 
-Usage: .venv/bin/python benchmarks/kafka_store.py [--quick] [--big]
+Usage: .venv/bin/python benchmarks/kafka_store.py [--quick] [--big] [--rebuild-only] [--sizes N,M]
+    [--rounds R] [--held all|last] [--baseline OTHER/src]
 (``--big`` adds the 10^6-record rebuild: about 1.2 GB through the broker, minutes.)
 """
 
