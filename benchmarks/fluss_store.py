@@ -18,7 +18,7 @@ dropped at the end. The record is a ``CallRecord`` whose result is a 1 KB string
    ticker that flushes every 5 ms as ``LocalRunner`` does), against memory:// in the
    same run. Target: >= 20,000 calls/s.
 3. Rebuild: ``rebuild`` of N records (64 keys, 10 calls per state) in a fresh
-   process; peak RSS (ru_maxrss) minus the RSS before the rebuild (it includes the
+   process; peak RSS (VmHWM) minus the RSS before the rebuild (it includes the
    rebuilt index: every state and its 1 KB results, all unpruned with the default
    ``--held all``). ``--held last``:
    each key's inputs but its last completed before the checkpoint, as a runner's

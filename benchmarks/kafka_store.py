@@ -11,7 +11,7 @@ per measurement, deleted at the end. The record is a ``CallRecord`` whose result
 2. ``group`` throughput: 64 keys round robin, ``flush`` every 1,000 puts and at the
    end (the time includes it). Target: >= 20,000 calls/s.
 3. Rebuild: ``rebuild`` of N records (64 keys, 10 calls per state) in a fresh
-   process; peak RSS (ru_maxrss) minus the RSS before the rebuild, which includes
+   process; peak RSS (VmHWM) minus the RSS before the rebuild, which includes
    the rebuilt index (every state and its 1 KB results, all unpruned with the default
    ``--held all``) and the
    consumer's prefetch buffer. ``--held last``: each key's inputs but its last

@@ -7,7 +7,6 @@ import inspect
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -132,7 +131,10 @@ def rebuild_child(url: str, marker: str, done: str) -> None:
         count = store.rebuild(Marker.from_json(json.loads(marker)),
                               done=lambda name: through)
     seconds = time.perf_counter() - begin
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # peak RSS, KiB
+    # Peak RSS of this process's own memory, KiB: VmHWM, not ru_maxrss, which on Linux
+    # also counts the parent's RSS at the fork (the writer's, growing with the records).
+    after = int(next(line for line in Path("/proc/self/status").read_text().splitlines()
+                     if line.startswith("VmHWM:")).split()[1])
     print(seconds, count, after - before, len(store.index))
     store.close()
 
