@@ -18,10 +18,14 @@ dropped at the end. The record is a ``CallRecord`` whose result is a 1 KB string
    ticker that flushes every 5 ms as ``LocalRunner`` does), against memory:// in the
    same run. Target: >= 20,000 calls/s.
 3. Rebuild: ``rebuild`` of N records (64 keys, 10 calls per state) in a fresh
-   process; peak RSS (ru_maxrss) minus the RSS before the rebuild (it includes the
-   rebuilt index: every state and its 1 KB results, all unpruned).
+   process; peak RSS (VmHWM) minus the RSS before the rebuild (it includes the
+   rebuilt index: every state and its 1 KB results, all unpruned with the default
+   ``--held all``). ``--held last``:
+   each key's inputs but its last completed before the checkpoint, as a runner's
+   restore holds them (see ``kafka_store.py``).
 
-Usage: .venv/bin/python benchmarks/fluss_store.py [--quick] [--big]
+Usage: .venv/bin/python benchmarks/fluss_store.py [--quick] [--big] [--rebuild-only] [--sizes N,M]
+    [--rounds R] [--held all|last] [--baseline OTHER/src]
 (``--big`` adds the 10^6-record rebuild: about 1.2 GB through Fluss.)
 """
 
@@ -194,14 +198,15 @@ def group_throughput(tables: Tables, count: int, actions: int) -> list[list[str]
 
 
 def rebuild(tables: Tables, sizes: list[int], rounds: int = 1,
-            baseline: str | None = None) -> list[list[str]]:
+            baseline: str | None = None, held: str = "all") -> list[list[str]]:
     """Per size: write once, then ``rounds`` rebuilds in fresh processes (with
     ``baseline``, a source tree's, interleaved with this code's); medians."""
     rows = []
     for size in sizes:
         url = tables.url("")
         write_seconds, _, marker = write(url, size, flush_every=5000)
-        args = [url, json.dumps(marker.to_json())]
+        args = [url, json.dumps(marker.to_json()),
+                str(store_common.done_through(size, held))]
         rows += store_common.rebuild_rows(
             size, write_seconds, rounds, baseline,
             functools.partial(store_common.rebuild_child_run, __file__, args))
@@ -221,7 +226,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes (a smoke test)")
     parser.add_argument("--big", action="store_true", help="add the 10^6-record rebuild")
     store_common.add_rebuild_arguments(parser)
-    parser.add_argument("--rebuild-child", nargs=2, metavar=("URL", "MARKER"),
+    parser.add_argument("--rebuild-child", nargs=3, metavar=("URL", "MARKER", "DONE"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.rebuild_child:
@@ -243,7 +248,8 @@ def main() -> None:
                         group_throughput(tables, count, actions)))
         print(f"\n### rebuild (fresh process, {args.rounds} round(s), medians)\n")
         print(table(store_common.REBUILD_HEADERS,
-                    rebuild(tables, store_common.sizes(args), args.rounds, args.baseline)))
+                    rebuild(tables, store_common.sizes(args), args.rounds, args.baseline,
+                            args.held)))
         print(f"\nload average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     finally:
         tables.drop()

@@ -11,11 +11,15 @@ per measurement, deleted at the end. The record is a ``CallRecord`` whose result
 2. ``group`` throughput: 64 keys round robin, ``flush`` every 1,000 puts and at the
    end (the time includes it). Target: >= 20,000 calls/s.
 3. Rebuild: ``rebuild`` of N records (64 keys, 10 calls per state) in a fresh
-   process; peak RSS (ru_maxrss) minus the RSS before the rebuild, which includes
-   the rebuilt index (every state and its 1 KB results, all unpruned) and the
-   consumer's prefetch buffer.
+   process; peak RSS (VmHWM) minus the RSS before the rebuild, which includes
+   the rebuilt index (every state and its 1 KB results, all unpruned with the default
+   ``--held all``) and the
+   consumer's prefetch buffer. ``--held last``: each key's inputs but its last
+   completed before the checkpoint, as a runner's restore holds them (skipped while
+   reading by code whose ``rebuild`` takes ``done``, else pruned after it).
 
-Usage: .venv/bin/python benchmarks/kafka_store.py [--quick] [--big]
+Usage: .venv/bin/python benchmarks/kafka_store.py [--quick] [--big] [--rebuild-only] [--sizes N,M]
+    [--rounds R] [--held all|last] [--baseline OTHER/src]
 (``--big`` adds the 10^6-record rebuild: about 1.2 GB through the broker, minutes.)
 """
 
@@ -128,14 +132,15 @@ def group_throughput(servers: str, count: int) -> list[list[str]]:
 
 
 def rebuild(servers: str, sizes: list[int], rounds: int = 1,
-            baseline: str | None = None) -> list[list[str]]:
+            baseline: str | None = None, held: str = "all") -> list[list[str]]:
     """Per size: write once, then ``rounds`` rebuilds in fresh processes (with
     ``baseline``, a source tree's, interleaved with this code's); medians."""
     rows = []
     for size in sizes:
         topic = f"bench-rebuild-{uuid.uuid4().hex[:8]}"
         write_seconds, _, marker = write(servers, topic, size)
-        args = [f"kafka://{servers}/{topic}", json.dumps(marker.to_json())]
+        args = [f"kafka://{servers}/{topic}", json.dumps(marker.to_json()),
+                str(store_common.done_through(size, held))]
         rows += store_common.rebuild_rows(
             size, write_seconds, rounds, baseline,
             functools.partial(store_common.rebuild_child_run, __file__, args))
@@ -159,7 +164,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes (a smoke test)")
     parser.add_argument("--big", action="store_true", help="add the 10^6-record rebuild")
     store_common.add_rebuild_arguments(parser)
-    parser.add_argument("--rebuild-child", nargs=2, metavar=("URL", "MARKER"),
+    parser.add_argument("--rebuild-child", nargs=3, metavar=("URL", "MARKER", "DONE"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.rebuild_child:
@@ -177,7 +182,8 @@ def main() -> None:
                     group_throughput(servers, 20_000 if args.quick else 200_000)))
     print(f"\n### rebuild ({args.rounds} round(s), medians)\n")
     print(table(store_common.REBUILD_HEADERS,
-                rebuild(servers, store_common.sizes(args), args.rounds, args.baseline)))
+                rebuild(servers, store_common.sizes(args), args.rounds, args.baseline,
+                            args.held)))
     print(f"\nload average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 if __name__ == "__main__":

@@ -3,10 +3,10 @@ the rebuild in a fresh process and its table, the machine lines."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -96,21 +96,45 @@ def add_rebuild_arguments(parser: Any) -> None:
     parser.add_argument("--rebuild-only", action="store_true", help="only the rebuild part")
     parser.add_argument("--sizes", help="rebuild sizes, comma-separated (default 10^4,10^5)")
     parser.add_argument("--rounds", type=int, default=1, help="rebuilds per size (medians)")
+    parser.add_argument("--held", choices=("all", "last"), default="all",
+                        help="states still held after the rebuild: all (nothing completed) "
+                        "or last (each key's inputs but its last completed before the "
+                        "checkpoint, as a runner restores them: skipped while reading by "
+                        "code whose rebuild takes done=, else pruned after it)")
     parser.add_argument("--baseline", metavar="SRC",
                         help="also rebuild with the actionstate under SRC (e.g. another "
                         "worktree's src), interleaved, and give the ratio")
 
 
-def rebuild_child(url: str, marker: str) -> None:
-    """Run in a fresh process: rebuild ``url``'s store from ``marker`` (its JSON) and print
+def done_through(size: int, held: str) -> int:
+    """The seq up to which every key's inputs completed before the checkpoint: -1 (none)
+    for ``held`` "all", else each key's last seq of the ``size`` records, less one."""
+    return -1 if held == "all" else (size - 1) // (KEYS * 10) - 1
+
+
+def rebuild_child(url: str, marker: str, done: str) -> None:
+    """Run in a fresh process: rebuild ``url``'s store from ``marker`` (its JSON), the
+    states of seq <= ``done`` completed (a runner's restore: skipped while reading if
+    the code's rebuild takes ``done``, else pruned after, as its runner did), and print
     seconds, records, RSS growth (KiB) and states held."""
     store = open_store(url)
+    through = int(done)
+    skips = "done" in inspect.signature(store.rebuild).parameters
     page_kib = os.sysconf("SC_PAGE_SIZE") // 1024
     before = int(Path("/proc/self/statm").read_text().split()[1]) * page_kib  # RSS now
     begin = time.perf_counter()
-    count = store.rebuild(Marker.from_json(json.loads(marker)))
+    if through < 0 or not skips:
+        count = store.rebuild(Marker.from_json(json.loads(marker)))
+        for name in {sk.key for sk, _ in store.states()} if through >= 0 else ():
+            store.prune(name, through)
+    else:
+        count = store.rebuild(Marker.from_json(json.loads(marker)),
+                              done=lambda name: through)
     seconds = time.perf_counter() - begin
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # peak RSS, KiB
+    # Peak RSS of this process's own memory, KiB: VmHWM, not ru_maxrss, which on Linux
+    # also counts the parent's RSS at the fork (the writer's, growing with the records).
+    after = int(next(line for line in Path("/proc/self/status").read_text().splitlines()
+                     if line.startswith("VmHWM:")).split()[1])
     print(seconds, count, after - before, len(store.index))
     store.close()
 

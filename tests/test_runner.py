@@ -14,6 +14,7 @@ from actionstate.checkpoint import Checkpoint
 from actionstate.connectors.files import JsonlSink, JsonlSource
 from actionstate.durable.chain import ChainSettings
 from actionstate.durable.stats import RunStats
+from actionstate.runners.keys import KeyStates
 from actionstate.runners.local import LocalRunner
 from actionstate.runners.statedir import StateDir
 from actionstate.stores import Durability, open_store
@@ -105,12 +106,19 @@ def test_checkpoint_keeps_inputs_in_flight_and_prunes_only_completed_seqs(
             store = open_store(checkpoint.store)
             store.rebuild(checkpoint.marker, read_only=True)  # a claim would fence the run
             seen.append((checkpoint, {(sk.key, sk.seq) for sk, _ in store.states()}))
+            # What a restore holds: the rebuild skips the inputs done before the checkpoint.
+            keys = KeyStates(StateDir(tmp_path / "state"), store)
+            keys.restore(checkpoint)
+            store.rebuild(checkpoint.marker, read_only=True, done=keys.done_through)
+            restored.update((sk.key, sk.seq) for sk, _ in store.states())
             store.close()
             agent.checkpointed.set()
 
+    restored: set[tuple[str, int]] = set()
     run(tmp_path, agent, interval=0.01, progress=on_checkpoint)
     checkpoint, held = seen[0]
     pending = {(p.key, p.seq) for p in checkpoint.pending}
+    assert restored == held & pending, "a restore holds the states of inputs in flight only"
     assert ("a", 1) in pending and ("a", 2) in pending, "in flight and queued behind it"
     assert ("b", 0) not in pending and ("a", 0) not in pending
     assert ("a", 1) in held, "the in-flight input's recorded call survives the checkpoint"

@@ -10,7 +10,7 @@ import json
 import re
 from collections.abc import Callable
 from json.encoder import encode_basestring
-from typing import Any, cast
+from typing import Any, cast, overload
 
 from actionstate.errors import CorruptRecordError
 from actionstate.events import event_type_name
@@ -299,12 +299,19 @@ _DECODED_FIDS: dict[str, str] = {}
 """Function ids decoded lately: the records of one function share one string."""
 
 
-def decode_call(data: bytes) -> tuple[StateKey, int, CallResult, int] | None:
+@overload
+def decode_call(data: bytes) -> tuple[StateKey, int, CallResult, int] | None: ...
+@overload
+def decode_call(data: bytes, skip: Callable[[StateKey], bool] | None
+                ) -> tuple[StateKey, int, CallResult, int] | tuple[()] | None: ...
+def decode_call(data: bytes, skip: Callable[[StateKey], bool] | None = None
+                ) -> tuple[StateKey, int, CallResult, int] | tuple[()] | None:
     """A SUCCEEDED or PENDING call record's (key, position, call, epoch), read without
     decoding its head as JSON (a rebuild's common case); None for any other record:
     :func:`decode_record` decodes it (and names what is wrong with it). The values equal
     :func:`decode_record`'s: the head matches only when each field is a plain string or
-    integer, and the result is read as JSON at its offset."""
+    integer, and the result is read as JSON at its offset. An empty tuple when
+    ``skip(key)`` is true (the result is not read)."""
     if type(data) is not bytes or not data.startswith(_CALL_START):
         return None
     try:
@@ -315,6 +322,14 @@ def decode_call(data: bytes) -> tuple[StateKey, int, CallResult, int] | None:
     if m is None:
         return None
     key_text, k0, k1, k2, k3, epoch, position, function_id, digest, succeeded = m.groups()
+    key = _KEY_TEXTS.get(key_text)
+    if key is None:
+        key = StateKey(k0, int(k1), k2, k3)
+        if len(_KEY_TEXTS) >= _CACHED:
+            _KEY_TEXTS.clear()
+        _KEY_TEXTS[key_text] = key
+    if skip is not None and skip(key):
+        return ()
     if succeeded is None:  # PENDING: the head ends the record
         result = None
         status = CallStatus.PENDING
@@ -332,12 +347,6 @@ def decode_call(data: bytes) -> tuple[StateKey, int, CallResult, int] | None:
             if end != len(text) - 1 or text[end] != "}":
                 return None
         status = CallStatus.SUCCEEDED
-    key = _KEY_TEXTS.get(key_text)
-    if key is None:
-        key = StateKey(k0, int(k1), k2, k3)
-        if len(_KEY_TEXTS) >= _CACHED:
-            _KEY_TEXTS.clear()
-        _KEY_TEXTS[key_text] = key
     fid = _DECODED_FIDS.get(function_id)
     if fid is None:
         if len(_DECODED_FIDS) >= _CACHED:

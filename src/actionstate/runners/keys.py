@@ -35,6 +35,7 @@ class KeyStates:
         self._committed: dict[str, dict[str, Any]] = {}
         self._changed: set[str] = set()
         self._done_seq: dict[str, int] = {}  # keys whose inputs completed since the last prune
+        self._first_pending: dict[str, int] = {}  # per key, its first input in flight restored
         # The live short-term memory actions write into, per key with a worker.
         self._working: dict[str, dict[str, Any]] = {}
         self.reading: set[str] = set()  # keys of the lines being admitted (loaded ahead)
@@ -113,7 +114,7 @@ class KeyStates:
 
     def restore(self, checkpoint: Checkpoint) -> None:
         """Take up the inputs in flight of ``checkpoint`` (and every key of a format 1
-        one), after the store's rebuild."""
+        one), before the store's rebuild, which skips what :meth:`done_through` says."""
         # A format 1 state dir holds every key in the checkpoint: all move over.
         for key, next_seq in checkpoint.next_seq.items():
             self._next_seq[key] = next_seq
@@ -121,12 +122,12 @@ class KeyStates:
             self._changed.add(key)
         for pending in checkpoint.pending:
             self.pending[(pending.key, pending.seq)] = (pending.record, pending.line)
-        # The rebuild may bring back states of inputs that completed before the
-        # checkpoint (recorded after the oldest in-flight input began): prune them.
-        first_pending: dict[str, int] = {}
+        self._first_pending.clear()
         for key, seq in self.pending:
-            first_pending[key] = min(seq, first_pending.get(key, seq))
-        for key in {state_key.key for state_key, _ in self._store.states()}:
-            done = first_pending.get(key, self.load(key)) - 1
-            if done >= 0:
-                self._store.prune(key, done)
+            self._first_pending[key] = min(seq, self._first_pending.get(key, seq))
+
+    def done_through(self, key: str) -> int:
+        """The last seq of ``key`` whose input completed before the checkpoint restored
+        (-1: none): the rebuild may bring back states of such inputs (recorded after the
+        oldest in-flight input began) and skips them, as a prune would."""
+        return self._first_pending.get(key, self.load(key)) - 1

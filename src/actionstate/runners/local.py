@@ -328,12 +328,13 @@ class LocalRunner:
         self._earlier = checkpoint.job_totals()  # this run's counters add to them
         self.source.restore(checkpoint.source)
         self.stats.resumed_at = _resume_point(checkpoint.source, len(checkpoint.pending))
-        self.store.rebuild(checkpoint.marker)
+        self._keys.restore(checkpoint)
+        # States of inputs completed before the checkpoint are skipped, never held.
+        self.store.rebuild(checkpoint.marker, done=self._keys.done_through)
         self.sink.restore(checkpoint.sink)
         if self.dead_letter is not None:
             self.dead_letter.restore(checkpoint.dead_letter)
         self.settings.event_log.restore(checkpoint.event_log)
-        self._keys.restore(checkpoint)
 
 
 def _resume_point(source: dict[str, Any], in_flight: int) -> str:

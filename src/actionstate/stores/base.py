@@ -23,6 +23,7 @@ from actionstate.records.crypto import Keyring
 from actionstate.records.index import Position, StateIndex
 from actionstate.records.state import ActionState, DropRecord, FenceRecord, Record, StateKey
 from actionstate.stores.options import redact_url
+from actionstate.stores.rebuilding import OF_A_STATE, skipper
 
 __all__ = ["ActionStateStore", "Durability", "Marker"]
 
@@ -248,12 +249,17 @@ class ActionStateStore(ABC):
         for position, data, where in self.read(self.namespace, start, stop):
             yield position, decode_record(data, where, self.keyring, self.sealed_ok)
 
-    def rebuild(self, marker: Marker | None, *, read_only: bool = False) -> int:
+    def rebuild(self, marker: Marker | None, *, read_only: bool = False,
+                done: Callable[[str], int] | None = None) -> int:
         """Claim a new epoch and restore the states after ``marker``.
 
         ``None`` is a fresh start in a new namespace. ``read_only`` reads without
         claiming (to look at a run another process may still own; puts are refused
-        afterwards). Returns the records read.
+        afterwards). ``done(key)``, if given, is the highest seq of input ``key`` whose
+        states are no longer needed (-1: none), asked once per key read: the states at
+        or below it are skipped while reading, and the index ends as if every record
+        was applied and then ``prune(key, done(key))`` ran, without ever holding them.
+        Returns the records read.
         """
         self.index = StateIndex()
         self._read_only = read_only
@@ -264,29 +270,38 @@ class ActionStateStore(ABC):
             self.use_namespace(marker.namespace)
             start = marker.offsets
             self.index.start_at(marker.offsets, marker.fences)
+        self._read_ahead(start)
         if not read_only:
             self._claim()
         stop = self.end_offsets()  # after the claim: whatever precedes it is read now
         count = 0
         index, keyring, sealed_ok = self.index, self.keyring, self.sealed_ok
         apply, apply_call = index.apply, index.apply_call
+        skipped = None if done is None else skipper(done)
         # The index only grows while it is read in, and its objects hold no cycles: the
         # cyclic collector would traverse every state held so far, again and again.
         collecting = gc.isenabled()
         gc.disable()
         try:
             for position, data, where in self.read(self.namespace, start, stop):
-                call = decode_call(data)
+                count += 1
+                call = decode_call(data, skipped)
                 if call is None:
                     record = decode_record(data, where, keyring, sealed_ok)
-                    apply(record, position, record.epoch)
-                else:
+                    if skipped is None or not isinstance(record, OF_A_STATE) or not skipped(
+                            record.key):
+                        apply(record, position, record.epoch)
+                elif call:  # empty: a done state's, skipped
                     apply_call(*call, position)
-                count += 1
         finally:
             if collecting:
                 gc.enable()
         return count
+
+    def _read_ahead(self, start: dict[int, int]) -> None:  # noqa: B027 - optional hook
+        """A rebuild will read this namespace from ``start``: a backend may begin (open
+        its reader, fetch) while the claim is written; :meth:`read` then goes on from
+        there, up to the stop it is given."""
 
     def _claim(self) -> None:
         """Take the next epoch: a claim in partition 0 (epoch = its offset + 1), with a

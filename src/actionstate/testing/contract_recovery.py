@@ -251,3 +251,40 @@ class RecoveryContract(StoreHarness):
         if self.deletes(store) is not None:
             assert (earlier is None) is self.deletes(store), (
                 "the other run is gone" if earlier is None else "the other run is kept")
+
+    def test_a_rebuild_skipping_done_states_ends_as_a_rebuild_then_prune(
+            self, store: ActionStateStore, store_url: str) -> None:
+        marker = self.start_marker(store)
+        for seq in range(4):  # inputs 0 - 2 of "d" completed before the checkpoint
+            ok(store, key("d", seq), 0, f"d{seq}")
+        for seq in range(3):
+            complete(store, key("d", seq))
+        store.put(TruncateRecord(key("d", 1), 0))
+        ok(store, key("e", 0), 0, "e0, done")
+        ok(store, key("e", 1), 0, "e1, in flight")
+        ok(store, key("e", 3), 0, "e3, a history that did not happen")
+        store.drop_after("e", 2)
+        successor = self.reopen(store_url, marker)  # a claim and its fences in between
+        self.zombie_put(store, call(key("d", 3), 1, "zombie"))
+        ok(successor, key("d", 3), 1, "d3, in flight")
+        ok(successor, key("f", 0), 0, "f0, no input done")
+        successor.flush()
+        asked: list[str] = []
+
+        def done_through(name: str) -> int:
+            asked.append(name)
+            return {"d": 2, "e": 0}.get(name, -1)
+
+        pruned = self.reopen(store_url, marker, read_only=True)
+        pruned.prune("d", 2)
+        pruned.prune("e", 0)
+        skipping = self.open_store(store_url)
+        skipping.rebuild(marker, read_only=True, done=done_through)
+        assert sorted(asked) == ["d", "e", "f"], "asked once per input key"
+        held = {(sk.key, sk.seq) for sk, _ in skipping.states()}
+        assert held == {("d", 3), ("e", 1), ("f", 0)}
+        assert {sk: (state.calls, state.completed) for sk, state in skipping.states()} == {
+            sk: (state.calls, state.completed) for sk, state in pruned.states()}
+        assert results(skipping, key("d", 3)) == {0: "d3", 1: "d3, in flight"}
+        assert skipping.index.first_positions() == pruned.index.first_positions()
+        assert skipping.has_later("d", 2) and not skipping.has_later("e", 1)

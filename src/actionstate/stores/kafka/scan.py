@@ -15,21 +15,30 @@ from actionstate.stores.kafka.config import client
 from actionstate.stores.kafka.failures import passes, settle_error
 from actionstate.stores.kafka.topic import KafkaTopic
 
-__all__ = ["scan"]
+__all__ = ["close_reader", "reader", "scan"]
 
 _READ_STALL = 60.0
 """Seconds a read may go without any message or end-of-partition event before it fails."""
 
 
+def reader(config: Mapping[str, Any], topic: str, start: Mapping[int, int]) -> Any:
+    """A consumer with ``config`` assigned to ``topic``'s partitions at ``start``: it
+    connects and fetches in the background from now on."""
+    consumer = client(Consumer, config)
+    consumer.assign([TopicPartition(topic, p, first) for p, first in start.items()])
+    return consumer
+
+
 def scan(
     topic: KafkaTopic, config: Mapping[str, Any], servers: str, namespace: str,
     start: dict[int, int], stop: dict[int, int],
-    track: Callable[[int, int, bytes, bytes], None] | None,
+    track: Callable[[int, int, bytes, bytes], None] | None, consumer: Any = None,
 ) -> Iterator[tuple[Position, bytes, str]]:
     """The records of ``namespace`` from ``start`` up to (excluding) ``stop``, per partition
     in log order: (position, value, where), ``where`` naming the record in errors; a
-    consumer with ``config`` reads them from ``servers`` (named in errors). ``track``, if
-    given, is told of each (partition, offset, key head, key counter).
+    consumer with ``config`` reads them from ``servers`` (named in errors), or
+    ``consumer``, a :func:`reader` at ``start`` (closed here). ``track``, if given, is
+    told of each (partition, offset, key head, key counter).
 
     Raises:
         StoreError: the records are gone (retention or delete-records), the read stalled,
@@ -38,10 +47,19 @@ def scan(
     name = topic.name
     ranges = {p: (start.get(p, 0), end) for p, end in stop.items() if start.get(p, 0) < end}
     if not ranges:
+        if consumer is not None:
+            close_reader(consumer)
         return
-    log_starts = topic.start_offsets(ranges)
+    try:
+        log_starts = topic.start_offsets(ranges)
+    except BaseException:
+        if consumer is not None:
+            close_reader(consumer)
+        raise
     for p, (first, _) in sorted(ranges.items()):
         if first < log_starts[p]:
+            if consumer is not None:
+                close_reader(consumer)
             raise StoreError(
                 f"Kafka topic {name} partition {p} starts at offset {log_starts[p]}, "
                 f"but the recovery marker needs its records from offset {first}: they were "
@@ -50,10 +68,11 @@ def scan(
             )
     ns = namespace.encode()
     where = f"kafka topic {name} partition "
-    consumer = client(Consumer, config)
     try:
-        consumer.assign([TopicPartition(name, p, first)
-                         for p, (first, _) in ranges.items()])
+        if consumer is None:
+            consumer = reader(config, name, {p: first for p, (first, _) in ranges.items()})
+        else:  # assigned at every partition's start: those with nothing to read wait
+            consumer.pause([tp for tp in consumer.assignment() if tp.partition not in ranges])
         last_event = time.monotonic()
         settling: float | None = None  # since when only passing errors came
         while ranges:
@@ -113,10 +132,16 @@ def scan(
                 if offset >= bounds[1]:
                     _finish(consumer, name, ranges, p)
     finally:
-        try:
-            consumer.close()
-        except (KafkaException, RuntimeError):  # closing is best effort
-            pass
+        if consumer is not None:
+            close_reader(consumer)
+
+
+def close_reader(consumer: Any) -> None:
+    """Close a consumer, best effort."""
+    try:
+        consumer.close()
+    except (KafkaException, RuntimeError):  # closing is best effort
+        pass
 
 
 def _finish(consumer: Any, topic: str, ranges: dict[int, tuple[int, int]],
