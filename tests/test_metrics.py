@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections import Counter
@@ -20,10 +21,11 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 import actionstate
 from actionstate import ActionFailedError
-from actionstate.testing.crash import Streams, command, killed_run, make_tickets
+from actionstate.testing.crash import make_tickets
 from actionstate.testing.fake_llm import FakeLLMServer
 from actionstate.testing.fake_otlp import FakeOtlpCollector
 from tests.agents.orders import FAIL_ON, Orders
+from tests.agents.recovery import REPLIES
 
 
 def _points(reader: InMemoryMetricReader) -> dict[str, list[Any]]:
@@ -105,32 +107,40 @@ def collector() -> Iterator[FakeOtlpCollector]:
 
 def test_actionstate_run_exports_over_otlp_what_its_summary_says_after_a_kill(
         tmp_path: Path, collector: FakeOtlpCollector) -> None:
-    make_tickets(tmp_path / "tickets.jsonl", 40, 4)
-    summary = tmp_path / "summary.json"
-    streams = Streams(str(tmp_path / "tickets.jsonl"), str(tmp_path / "labels.jsonl"),
-                      extra=("--summary", str(summary)))
-    env = dict(os.environ, OTEL_METRICS_EXPORTER="otlp",
-               OTEL_EXPORTER_OTLP_ENDPOINT=collector.endpoint,
-               OTEL_METRIC_EXPORT_INTERVAL="600000", OTEL_SERVICE_NAME="triage-test")
+    """Inputs of one key, two model replies each, one at a time: killed when the
+    server gets the 4th request (the second input's second call), the run has that
+    input's first reply recorded and its action open, so the resume replays it."""
+    inputs, summary = tmp_path / "inputs.jsonl", tmp_path / "summary.json"
+    inputs.write_text("".join(json.dumps({"id": f"r{i}", "key": "k"}) + "\n"
+                              for i in range(6)))
+    cmd = [sys.executable, "-m", "actionstate", "run", REPLIES, "--input", str(inputs),
+           "--key", "key", "--state", str(tmp_path / "state"), "--output",
+           str(tmp_path / "out.jsonl"), "--quiet", "--concurrency", "1", "--summary",
+           str(summary)]
     with FakeLLMServer(latency=0.01) as server:
-        killed_run(tmp_path, server, 15, streams, env)
-        env.update(ACTIONSTATE_MODEL_BASE_URL=server.base_url,
-                   ACTIONSTATE_REFUND_LEDGER=str(tmp_path / "refunds.jsonl"))
+        env = dict(os.environ, OTEL_METRICS_EXPORTER="otlp",
+                   OTEL_EXPORTER_OTLP_ENDPOINT=collector.endpoint,
+                   OTEL_METRIC_EXPORT_INTERVAL="600000", OTEL_SERVICE_NAME="metrics-test",
+                   ACTIONSTATE_MODEL_BASE_URL=server.base_url)
+        killed = subprocess.Popen(cmd, env=env)
+        server.on_call = lambda total: killed.kill() if total >= 4 else None
+        assert killed.wait(timeout=120) == -signal.SIGKILL, "the run ended before its kill"
+        server.on_call = None
         collector.requests.clear()  # a killed run exports nothing at exit
-        done = subprocess.run(command(tmp_path, None, "sync", streams), env=env,
-                              capture_output=True, text=True, timeout=120, check=False)
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120,
+                              check=False)
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
     assert collector.requests, "the run's exit exported its metrics"
     resource = collector.requests[-1].resource_metrics[0].resource
     assert {a.key: a.value.string_value for a in resource.attributes}["service.name"] == (
-        "triage-test")
+        "metrics-test")
     sums = collector.last_sums()
     found = json.loads(summary.read_text())
     calls = sums["actionstate.calls"]
     for outcome in ("executed", "replayed"):
         assert sum(n for attrs, n in calls.items()
                    if dict(attrs)["outcome"] == outcome) == found["calls"][outcome]
-    assert found["calls"]["replayed"] > 0, "the resumed run replayed recorded calls"
+    assert found["calls"]["replayed"] >= 1, "the resumed run replayed r1's recorded reply"
     tokens = sums["actionstate.tokens"]
     assert tokens[(("outcome", "replayed"), ("type", "prompt"))] == (
         found["tokens"]["replayed"]["prompt"]) > 0

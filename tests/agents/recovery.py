@@ -20,7 +20,9 @@ FAIL_ON = "RECOVERY_FAIL_ON"
 """Environment variable: the id of an input whose action raises after its calls."""
 STEPS = f"{Path(__file__).resolve()}:Steps"
 TALLY = f"{Path(__file__).resolve()}:Tally"
-"""The agent specs of :class:`Steps` and :class:`Tally` for ``actionstate run``."""
+REPLIES = f"{Path(__file__).resolve()}:Replies"
+"""The agent specs of :class:`Steps`, :class:`Tally` and :class:`Replies` for
+``actionstate run``."""
 
 
 async def ask(ctx: RunnerContext, item: dict[str, Any], tag: str) -> list[str]:
@@ -58,3 +60,17 @@ class Tally(Agent):
         replies = await ask(ctx, item, f"count {count} ")
         ctx.send_event(OutputEvent(output={"id": item["id"], "key": ctx.key, "seq": ctx.seq,
                                            "count": count, "replies": replies}))
+
+
+class Replies(Agent):
+    """Two model replies (text and token usage) per input, in one ``def`` action: a kill
+    at an input's second request finds its first reply recorded and its action open."""
+
+    @action(InputEvent)
+    def answer(self, event: InputEvent, ctx: RunnerContext) -> None:
+        item = event.input
+        texts = []
+        for i in (1, 2):
+            messages = [{"role": "user", "content": f"{item['id']} reply {i}"}]
+            texts.append(ctx.durable_execute(MODEL.reply, messages)["text"])
+        ctx.send_event(OutputEvent(output={"id": item["id"], "texts": texts}))
