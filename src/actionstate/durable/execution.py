@@ -174,8 +174,7 @@ class ActionContext(RunnerContext):
         self, fn: Callable[..., T], *args: Any, reconciler: Callable[[], T] | None = None,
         retry: RetryPolicy | None = None, **kwargs: Any,
     ) -> T:
-        with self._lock:
-            step, target, args, kwargs = self._start(fn, args, kwargs, reconciler, False)
+        step, target, args, kwargs = self._start(fn, args, kwargs, reconciler, False)
         if target is None:
             return cast(T, step.replayed)
         policy = retry or self._retry
@@ -188,16 +187,14 @@ class ActionContext(RunnerContext):
                 result = target(*args, **kwargs)
                 break
             except Exception as exc:
-                with self._lock:
-                    wait = self._after_failure(step, policy, attempt, exc)
+                wait = self._after_failure(step, policy, attempt, exc)
                 if wait is None:
                     raise
             finally:
                 CURRENT_CALL.reset(token)
             time.sleep(wait)  # a sync action holds its thread anyway
             attempt += 1
-        with self._lock:
-            ticket = self._succeeded(step, result)
+        ticket = self._succeeded(step, result)
         if ticket is not None:
             self._durable(ticket)
         return cast(T, result)
@@ -206,8 +203,7 @@ class ActionContext(RunnerContext):
         self, fn: Callable[..., Any], *args: Any, reconciler: Callable[[], Any] | None = None,
         retry: RetryPolicy | None = None, **kwargs: Any,
     ) -> Any:
-        with self._lock:
-            step, target, args, kwargs = self._start(fn, args, kwargs, reconciler, True)
+        step, target, args, kwargs = self._start(fn, args, kwargs, reconciler, True)
         if target is None:
             return step.replayed
         policy = retry or self._retry
@@ -224,16 +220,14 @@ class ActionContext(RunnerContext):
                         result = await result
                 break
             except Exception as exc:
-                with self._lock:
-                    wait = self._after_failure(step, policy, attempt, exc)
+                wait = self._after_failure(step, policy, attempt, exc)
                 if wait is None:
                     raise
             finally:
                 CURRENT_CALL.reset(token)
             await asyncio.sleep(wait)  # a timer: the backoff before the next attempt
             attempt += 1
-        with self._lock:
-            ticket = self._succeeded(step, result)
+        ticket = self._succeeded(step, result)
         if ticket is not None:
             await self._durable_async(ticket)
         return result
@@ -245,26 +239,31 @@ class ActionContext(RunnerContext):
         reconciler: Callable[[], Any] | None, in_async: bool,
     ) -> tuple[Step, Callable[..., Any] | None, tuple[Any, ...], dict[str, Any]]:
         """Take the call's position. A recorded outcome is served (``step.replayed``, or
-        its exception raised) and no target is returned; else what to call."""
-        step = self._begin(fn, args, kwargs)
-        if step.recorded is not None and step.recorded.status is not CallStatus.PENDING:
-            step.replayed = self._replay(step.recorded)
-            return step, None, args, kwargs
-        if step.is_coroutine and not in_async:
-            raise TypeError(
-                f"{function_id(fn)} is a coroutine function: use "
-                "`await ctx.durable_execute_async(...)` for it"
-            )
-        target, args, kwargs = self._target(step, fn, args, kwargs, reconciler)
-        return step, target, args, kwargs
+        its exception raised) and no target is returned; else what to call.
+
+        This and the other engine steps (:meth:`_succeeded`, :meth:`_after_failure`) hold
+        the engine's lock: the caller may be a pool thread (a ``def`` action)."""
+        with self._lock:
+            step = self._begin(fn, args, kwargs)
+            if step.recorded is not None and step.recorded.status is not CallStatus.PENDING:
+                step.replayed = self._replay(step.recorded)
+                return step, None, args, kwargs
+            if step.is_coroutine and not in_async:
+                raise TypeError(
+                    f"{function_id(fn)} is a coroutine function: use "
+                    "`await ctx.durable_execute_async(...)` for it"
+                )
+            target, args, kwargs = self._target(step, fn, args, kwargs, reconciler)
+            return step, target, args, kwargs
 
     def _succeeded(self, step: Step, result: Any) -> int | None:
         """Record the call's result; with a committer, the ticket to wait for (outside
         the engine's lock) before the call returns."""
-        if isinstance(result, dict):  # a model's reply with usage
-            self.stats.add_tokens(result, replayed=False)
-        return self._record(step, CallResult(step.fid, step.digest, CallStatus.SUCCEEDED,
-                                             result), shared=self._committer is not None)
+        with self._lock:
+            if isinstance(result, dict):  # a model's reply with usage
+                self.stats.add_tokens(result, replayed=False)
+            return self._record(step, CallResult(step.fid, step.digest, CallStatus.SUCCEEDED,
+                                                 result), shared=self._committer is not None)
 
     def _durable(self, ticket: int) -> None:
         assert self._committer is not None
@@ -387,20 +386,21 @@ class ActionContext(RunnerContext):
                        exc: Exception) -> float | None:
         """Seconds to wait before another attempt, or None: the failure is the outcome
         (recorded, as retryable when the attempts ran out on a transient failure)."""
-        if isinstance(exc, MemoryInCallError):
-            return None  # a bug in the action, not the call's outcome: fixed, the call runs
-        transient = policy.retryable(exc)
-        if transient and attempt < policy.max_attempts:
-            wait = policy.delay(attempt, exc)
-            self.stats.call(step.fid, "retried")
-            # the type only: an exception's text can carry the call's arguments (prompts,
-            # customer data); the event log's call_retry record has it, redactable
-            log.info("%s failed (%s), attempt %d of %d; again in %.2f s", step.fid,
-                     type(exc).__name__, attempt, policy.max_attempts, wait)
-            if self._on_retry is not None:
-                self._on_retry(self._sk, step.position, step.fid, attempt, exc, wait)
-            return wait
-        self._record(step, CallResult(step.fid, step.digest, CallStatus.FAILED,
-                                      exception=encode_exception(exc), retryable=transient))
-        self.call_failure = CallFailure(step.fid, exc, transient, attempt)
-        return None
+        with self._lock:
+            if isinstance(exc, MemoryInCallError):
+                return None  # a bug in the action, not the call's outcome: fixed, the call runs
+            transient = policy.retryable(exc)
+            if transient and attempt < policy.max_attempts:
+                wait = policy.delay(attempt, exc)
+                self.stats.call(step.fid, "retried")
+                # the type only: an exception's text can carry the call's arguments (prompts,
+                # customer data); the event log's call_retry record has it, redactable
+                log.info("%s failed (%s), attempt %d of %d; again in %.2f s", step.fid,
+                         type(exc).__name__, attempt, policy.max_attempts, wait)
+                if self._on_retry is not None:
+                    self._on_retry(self._sk, step.position, step.fid, attempt, exc, wait)
+                return wait
+            self._record(step, CallResult(step.fid, step.digest, CallStatus.FAILED,
+                                          exception=encode_exception(exc), retryable=transient))
+            self.call_failure = CallFailure(step.fid, exc, transient, attempt)
+            return None

@@ -46,29 +46,20 @@ def scan(
     """
     name = topic.name
     ranges = {p: (start.get(p, 0), end) for p, end in stop.items() if start.get(p, 0) < end}
-    if not ranges:
-        if consumer is not None:
-            close_reader(consumer)
-        return
-    try:
+    try:  # a consumer given is closed whatever happens
+        if not ranges:
+            return
         log_starts = topic.start_offsets(ranges)
-    except BaseException:
-        if consumer is not None:
-            close_reader(consumer)
-        raise
-    for p, (first, _) in sorted(ranges.items()):
-        if first < log_starts[p]:
-            if consumer is not None:
-                close_reader(consumer)
-            raise StoreError(
-                f"Kafka topic {name} partition {p} starts at offset {log_starts[p]}, "
-                f"but the recovery marker needs its records from offset {first}: they were "
-                "deleted (retention or delete-records), so the states they held are lost; "
-                "restore from a newer checkpoint or start fresh without one"
-            )
-    ns = namespace.encode()
-    where = f"kafka topic {name} partition "
-    try:
+        for p, (first, _) in sorted(ranges.items()):
+            if first < log_starts[p]:
+                raise StoreError(
+                    f"Kafka topic {name} partition {p} starts at offset {log_starts[p]}, "
+                    f"but the recovery marker needs its records from offset {first}: they "
+                    "were deleted (retention or delete-records), so the states they held are "
+                    "lost; restore from a newer checkpoint or start fresh without one"
+                )
+        ns = namespace.encode()
+        where = f"kafka topic {name} partition "
         if consumer is None:
             consumer = reader(config, name, {p: first for p, (first, _) in ranges.items()})
         else:  # assigned at every partition's start: those with nothing to read wait
