@@ -88,9 +88,11 @@ def _encode_call(record: CallRecord, epoch: int, keyring: Keyring | None = None)
     # The status's letter without the enum's ``.value`` (a property: slow on this path).
     succeeded = call.status is CallStatus.SUCCEEDED
     key_text = _key_json(record.key)
+    digest = call.args_digest  # a str: what _json does, inline
+    digest_text = encode_basestring(digest) if type(digest) is str else _json(digest)
     text = (f'{{"v":1,"t":"call","k":{key_text},"e":{int(epoch)},'
             f'"p":{int(record.position)},"f":{_fid_json(call.function_id)},'
-            f'"d":{_json(call.args_digest)},"s":"{"S" if succeeded else "P"}"')
+            f'"d":{digest_text},"s":"{"S" if succeeded else "P"}"')
     if not succeeded:
         return (text + "}").encode()
     result = call.result

@@ -105,9 +105,9 @@ class ActionState:
     memory_updates: list[MemoryUpdate] = field(default_factory=list)
 
 
-@dataclass(frozen=True, slots=True)
-class CallRecord:
-    """A call result at ``position`` of the action run ``key``."""
+@dataclass(slots=True)  # not frozen: one is built per durable call, and a frozen
+class CallRecord:       # dataclass sets each field through object.__setattr__ (3x the cost)
+    """A call result at ``position`` of the action run ``key`` (treated as immutable)."""
 
     key: StateKey
     position: int
