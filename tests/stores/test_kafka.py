@@ -493,6 +493,46 @@ def test_one_partition_takes_a_claim_and_no_fence(kafka_servers: str, topic: str
         s.close()
 
 
+def test_a_claim_that_fails_closes_the_consumer_opened_ahead_and_a_rebuild_resumes(
+        url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rebuild's consumer is opened before the claim (to fetch meanwhile). When the
+    claim fails, the rebuild closes it: no consumer is left fetching, and a later rebuild
+    of the same store reads everything with a consumer of its own."""
+    first = open_store(url)
+    first.rebuild(None)
+    keys = [_put(first, f"k{i}", 0) for i in range(8)]
+    first.flush()
+    marker = _from_start(first.recovery_marker())
+    first.close()
+    store = open_store(url)
+    assert isinstance(store, KafkaActionStateStore)
+    opened: list[Any] = []
+    real_read_ahead, real_claim = store._read_ahead, store._claim
+
+    def read_ahead(start: dict[int, int]) -> None:
+        real_read_ahead(start)
+        assert store._ahead is not None
+        opened.append(store._ahead[2])
+
+    def claim() -> None:  # fault injection: the broker refuses the claim
+        raise StoreError("injected: the claim's produce failed")
+
+    monkeypatch.setattr(store, "_read_ahead", read_ahead)
+    monkeypatch.setattr(store, "_claim", claim)
+    with pytest.raises(StoreError, match="injected"):
+        store.rebuild(marker)
+    assert len(opened) == 1 and store._ahead is None
+    with pytest.raises(RuntimeError, match="closed"):  # closed, not left fetching
+        opened[0].assignment()
+    monkeypatch.setattr(store, "_claim", real_claim)
+    assert store.rebuild(marker) >= len(keys)
+    assert len(opened) == 2 and opened[1] is not opened[0]
+    assert all(store.get(key) is not None for key in keys)
+    with pytest.raises(RuntimeError, match="closed"):  # the read closed its consumer too
+        opened[1].assignment()
+    store.close()
+
+
 def _failed(error: int) -> Future[Any]:
     future: Future[Any] = Future()
     future.set_exception(KafkaException(KafkaError(error)))
