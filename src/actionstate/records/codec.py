@@ -293,8 +293,8 @@ _CALL_HEAD = re.compile(
     rf'"e":({_INT}),"p":({_INT}),"f":"({_STR})","d":"({_STR})","s":"(?:(S)","r":|P"\}}\Z)')
 """The head of a SUCCEEDED or PENDING call record as ``_encode_call`` writes it: only
 strings without escapes and plain integers, whose JSON values are their characters."""
-_NOT_PLAIN = bytes(range(32)) + b"\\"
-"""The bytes JSON strings hold only escaped (control characters) or as an escape."""
+_SCAN_STRING: Callable[[str, int, bool], tuple[str, int]] = cast(Any, json.decoder).scanstring
+"""``json``'s string reader (strict: control characters refused), as its scanner reads."""
 _KEY_TEXTS: dict[str, StateKey] = {}
 """The StateKeys decoded lately by the fast path, by their ``"k"`` text."""
 _DECODED_FIDS: dict[str, str] = {}
@@ -337,17 +337,15 @@ def decode_call(data: bytes, skip: Callable[[StateKey], bool] | None = None
         status = CallStatus.PENDING
     else:
         start = m.end()
-        last = len(text) - 2  # a plain string result ends there, before the final "}"
-        if (text[start] == '"' and text.find('"', start + 1) == last and text[-1] == "}"
-                and len(data.translate(None, _NOT_PLAIN)) == len(data)):
-            result = text[start + 1:last]  # a string without escapes or control characters
-        else:
-            try:
+        try:
+            if text[start] == '"':  # a string: read in one pass (the scanner's own reader)
+                result, end = _SCAN_STRING(text, start + 1, True)
+            else:
                 result, end = (_TAGGED_SCAN if _TAG_BYTES in data else _PLAIN_SCAN)(text, start)
-            except Exception:  # the general path names what is wrong
-                return None
-            if end != len(text) - 1 or text[end] != "}":
-                return None
+        except Exception:  # the general path names what is wrong
+            return None
+        if end != len(text) - 1 or text[end] != "}":
+            return None
         status = CallStatus.SUCCEEDED
     fid = _DECODED_FIDS.get(function_id)
     if fid is None:

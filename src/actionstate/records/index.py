@@ -94,9 +94,12 @@ class StateIndex:
         rebuild's common case, without building the record)."""
         if epoch < self._fence.get(position[0], 0):
             return False
-        state = self._states.get(key)
-        if state is None:
-            state = self._state(key, position)
+        last, state = self._last  # a state's calls are read one after another, mostly
+        if key is not last or state is None:
+            state = self._states.get(key)
+            if state is None:
+                state = self._state(key, position)
+            self._last = (key, state)
         state.calls[at] = call
         return True
 

@@ -55,12 +55,20 @@ class Retention:
 
     def track_read(self, partition: int, offset: int, head: bytes, counter: bytes) -> None:
         """:meth:`track` of the record ``head + b"/" + counter`` read at ``offset`` (a
-        rebuild's: the prefix is built only when a run of another writer begins)."""
+        rebuild's, once per record read: the prefix is built only when a run of another
+        writer begins)."""
+        if offset <= self._tracked.get(partition, -1):
+            return
+        self._tracked[partition] = offset
         runs = self._runs.get(partition)
-        prefix = runs[-1].prefix if runs else b""
-        if len(prefix) != len(head) + 1 or not prefix.startswith(head):
-            prefix = head + b"/"
-        self.track(partition, offset, prefix, counter)
+        if runs is None:
+            runs = self._runs[partition] = deque()
+        run = runs[-1] if runs else None
+        if run is None or len(run.prefix) != len(head) + 1 or not run.prefix.startswith(head):
+            run = _Run(head + b"/")
+            runs.append(run)
+        run.offsets.append(offset)
+        run.counters.append(int(counter, 16))
 
     def checkpoint(self, offsets: Mapping[int, int]) -> Iterator[tuple[int, bytes]]:
         """Retain a checkpoint's marker ``offsets`` (now); the iterator yields (partition,
