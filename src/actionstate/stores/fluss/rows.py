@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+from array import array
 from collections.abc import Callable
+from itertools import accumulate
 from typing import Any
 
 import pyarrow as pa  # type: ignore[import-untyped]
 
+from actionstate.errors import StoreError
 from actionstate.records.state import (
     CallRecord,
     CompleteRecord,
@@ -61,7 +64,26 @@ def state_key(head: str, sequence: int, record: Record) -> str:
 
 
 def arrow_batch(keys: list[str], payloads: list[bytes], agent_keys: list[str]) -> Any:
-    """The rows as one Arrow record batch of the table's schema."""
-    return pa.RecordBatch.from_arrays(
-        [pa.array(keys, pa.string()), pa.array(payloads, pa.binary()),
-         pa.array(agent_keys, pa.string())], schema=SCHEMA)
+    """The rows as one Arrow record batch of the table's schema.
+
+    Built from buffers, not with ``pa.array``: its first call imports pandas (installed
+    with pyfluss), ~0.2 s that a store's first write, its claim, paid.
+    """
+    try:
+        return pa.RecordBatch.from_arrays(
+            [_column(pa.string(), [k.encode() for k in keys]),
+             _column(pa.binary(), payloads),
+             _column(pa.string(), [k.encode() for k in agent_keys])], schema=SCHEMA)
+    except OverflowError:  # an offset past int32: over 2 GiB in one column
+        raise StoreError(
+            f"a batch of {len(keys)} records holds {sum(map(len, payloads)):,} bytes, over "
+            "the 2 GiB an Arrow column holds: commit more often (a shorter group interval)"
+        ) from None
+
+
+def _column(kind: Any, values: list[bytes]) -> Any:
+    """A string or binary Arrow array of ``values`` (UTF-8 for strings)."""
+    offsets = array("i", (0,))
+    offsets.extend(accumulate(map(len, values)))
+    return pa.Array.from_buffers(kind, len(values),
+                                 [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(values))])
