@@ -244,9 +244,21 @@ class ActionContext(RunnerContext):
         This and the other engine steps (:meth:`_succeeded`, :meth:`_after_failure`) hold
         the engine's lock: the caller may be a pool thread (a ``def`` action)."""
         with self._lock:
-            step = self._begin(fn, args, kwargs)
-            if step.recorded is not None and step.recorded.status is not CallStatus.PENDING:
-                step.replayed = self._replay(step.recorded)
+            position = self._next_position
+            self._next_position = position + 1
+            info = function_info(fn)
+            fid = info[0]
+            digest = args_digest(args, kwargs)
+            recorded = self._state.calls.get(position) if self._state is not None else None
+            if recorded is not None:
+                if recorded.function_id != fid or recorded.args_digest != digest:  # .matches
+                    self._diverge(position, recorded, fid, digest)
+                    recorded = None
+                elif recorded.status is CallStatus.FAILED and recorded.retryable:
+                    recorded = None  # the attempts ran out on an outage: try it again
+            step = Step(position, info, digest, recorded, self._id_head)
+            if recorded is not None and recorded.status is not CallStatus.PENDING:
+                step.replayed = self._replay(recorded)
                 return step, None, args, kwargs
             if step.is_coroutine and not in_async:
                 raise TypeError(
@@ -280,22 +292,6 @@ class ActionContext(RunnerContext):
         except ActionStateError as exc:
             self.store_failure = exc
             raise
-
-    def _begin(self, fn: Callable[..., Any], args: tuple[Any, ...],
-               kwargs: dict[str, Any]) -> Step:
-        position = self._next_position
-        self._next_position += 1
-        info = function_info(fn)
-        fid = info[0]
-        digest = args_digest(args, kwargs)
-        recorded = self._state.calls.get(position) if self._state is not None else None
-        if recorded is not None and not recorded.matches(fid, digest):
-            self._diverge(position, recorded, fid, digest)
-            recorded = None
-        elif (recorded is not None and recorded.status is CallStatus.FAILED
-              and recorded.retryable):
-            recorded = None  # the attempts ran out on an outage: try it again
-        return Step(position, info, digest, recorded, self._id_head)
 
     def _id_head(self) -> list[Any]:
         """What every call id of this action run starts with (see :class:`Step`)."""

@@ -114,7 +114,9 @@ class RunStats:
         if not isinstance(usage, dict):
             return
         prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-        if not (is_count(prompt) and is_count(completion)):
+        if not (type(prompt) is int and type(completion) is int  # the common case, inline
+                and prompt >= 0 and completion >= 0) and not (
+                is_count(prompt) and is_count(completion)):
             return
         if replayed:
             self.prompt_tokens_replayed += prompt
