@@ -251,7 +251,7 @@ class ActionContext(RunnerContext):
             digest = args_digest(args, kwargs)
             recorded = self._state.calls.get(position) if self._state is not None else None
             if recorded is not None:
-                if recorded.function_id != fid or recorded.args_digest != digest:  # .matches
+                if recorded.function_id != fid or recorded.args_digest != digest:
                     self._diverge(position, recorded, fid, digest)
                     recorded = None
                 elif recorded.status is CallStatus.FAILED and recorded.retryable:

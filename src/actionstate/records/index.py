@@ -55,17 +55,9 @@ class StateIndex:
         A claim (a fence of epoch 0) takes the epoch ``offset + 1``. Fences act per
         partition: a log store writes a fence to every partition.
         """
-        partition = position[0]
         if type(record) is CallRecord:  # the common case first
-            if epoch < self._fence.get(partition, 0):
-                return False
-            key, state = self._last
-            if key is not record.key or state is None:
-                key = record.key
-                state = self._state(key, position)
-                self._last = (key, state)
-            state.calls[record.position] = record.call
-            return True
+            return self.apply_call(record.key, record.position, record.call, epoch, position)
+        partition = position[0]
         if isinstance(record, FenceRecord):
             fence = record.epoch or position[1] + 1
             if fence > self._fence.get(partition, 0):
@@ -96,9 +88,7 @@ class StateIndex:
             return False
         last, state = self._last  # a state's calls are read one after another, mostly
         if key is not last or state is None:
-            state = self._states.get(key)
-            if state is None:
-                state = self._state(key, position)
+            state = self._state(key, position)
             self._last = (key, state)
         state.calls[at] = call
         return True

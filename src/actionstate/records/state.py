@@ -69,10 +69,6 @@ class CallResult:
     exception: dict[str, Any] | None = None
     retryable: bool = False
 
-    def matches(self, function_id: str, args_digest: str) -> bool:
-        """True when this record is for the same function and arguments."""
-        return self.function_id == function_id and self.args_digest == args_digest
-
 
 class MemoryScope(enum.StrEnum):
     """Which memory a write went to (stored as its value)."""

@@ -42,21 +42,14 @@ class Retention:
         self._markers.clear()
 
     def track(self, partition: int, offset: int, prefix: bytes, counter: bytes) -> None:
-        """Remember the record ``prefix + counter`` (hex) at ``offset``; offsets of a
-        partition come in order, and one already tracked is ignored."""
-        if offset <= self._tracked.get(partition, -1):
-            return
-        self._tracked[partition] = offset
-        runs = self._runs.setdefault(partition, deque())
-        if not runs or runs[-1].prefix != prefix:
-            runs.append(_Run(prefix))
-        runs[-1].offsets.append(offset)
-        runs[-1].counters.append(int(counter, 16))
+        """Remember the record ``prefix + counter`` (hex) at ``offset``; ``prefix`` ends with
+        ``b"/"``. Offsets of a partition come in order, and one already tracked is ignored."""
+        self.track_read(partition, offset, prefix[:-1], counter)
 
     def track_read(self, partition: int, offset: int, head: bytes, counter: bytes) -> None:
-        """:meth:`track` of the record ``head + b"/" + counter`` read at ``offset`` (a
-        rebuild's, once per record read: the prefix is built only when a run of another
-        writer begins)."""
+        """Remember the record ``head + b"/" + counter`` (hex) at ``offset`` (what
+        :meth:`track` does, and a rebuild once per record read: the prefix is built only
+        when a run of another writer begins)."""
         if offset <= self._tracked.get(partition, -1):
             return
         self._tracked[partition] = offset
