@@ -159,7 +159,7 @@ def test_a_claim_behind_a_stale_lower_bound_is_found_and_fenced_everywhere(
     assert isinstance(successor, FlussActionStateStore)
     for position in range(1, 6):
         call(store, sk, position, "still before the claim")
-    monkeypatch.setattr(successor, "_resync_positions", lambda: None)
+    monkeypatch.setattr(successor, "_resync_positions", lambda ends=None: None)
     successor.rebuild(marker)
     monkeypatch.undo()
     fences = fences_of(successor)

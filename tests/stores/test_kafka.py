@@ -514,7 +514,7 @@ def test_a_claim_that_fails_closes_the_consumer_opened_ahead_and_a_rebuild_resum
         assert store._ahead is not None
         opened.append(store._ahead[2])
 
-    def claim() -> None:  # fault injection: the broker refuses the claim
+    def claim(ends: Any = None) -> None:  # fault injection: the broker refuses the claim
         raise StoreError("injected: the claim's produce failed")
 
     monkeypatch.setattr(store, "_read_ahead", read_ahead)

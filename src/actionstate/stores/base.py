@@ -11,9 +11,10 @@ so every backend behaves the same.
 from __future__ import annotations
 
 import gc
+import itertools
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import Any, ClassVar, Literal, get_args
 
 from actionstate.checkpoint import Marker
@@ -29,6 +30,9 @@ __all__ = ["ActionStateStore", "Durability", "Marker"]
 
 Durability = Literal["sync", "group"]
 DURABILITIES: tuple[Durability, ...] = get_args(Durability)
+
+_PIECE = 256
+"""Records a rebuild applies per call of ``_meanwhile`` (about 1 - 2 ms)."""
 
 
 class ActionStateStore(ABC):
@@ -47,9 +51,10 @@ class ActionStateStore(ABC):
       those states (reading up to the end captured when the rebuild starts);
       ``rebuild(None)`` is a fresh start in a new namespace, so records of
       earlier runs are never reused.
-    * Every rebuild first *claims* a new epoch through the log (see
-      :class:`~actionstate.records.state.FenceRecord`), then reads up to the end
-      it captures after the claim. A writer with an older epoch (a zombie) is
+    * Every rebuild *claims* a new epoch through the log (see
+      :class:`~actionstate.records.state.FenceRecord`) and reads up to the end
+      it captures after the claim (what came before the claim may be read
+      while the claim waits on the medium). A writer with an older epoch (a zombie) is
       either refused by the medium (SQLite, memory: a conditional write) or its
       records after the claim (in another partition: after the claim's
       pre-fence there) are ignored by every later rebuild (Kafka, Fluss), and
@@ -83,6 +88,8 @@ class ActionStateStore(ABC):
         self.index = StateIndex()
         self.epoch = 0
         self._read_only = False
+        self._reading: Generator[None, None, None] | None = None  # read during a claim
+        self._applied = 0  # records a rebuild applied so far
         self._namespace = uuid.uuid4().hex
         self.keyring: Keyring | None = Keyring.from_env()
         """Seals every payload put and opens sealed ones read (``ACTIONSTATE_KEYS`` or
@@ -271,19 +278,50 @@ class ActionStateStore(ABC):
             start = marker.offsets
             self.index.start_at(marker.offsets, marker.fences)
         self._read_ahead(start)
-        if not read_only:
-            self._claim()
-        stop = self.end_offsets()  # after the claim: whatever precedes it is read now
-        count = 0
-        index, keyring, sealed_ok = self.index, self.keyring, self.sealed_ok
-        apply, apply_call = index.apply, index.apply_call
         skipped = None if done is None else skipper(done)
+        self._applied = 0
         # The index only grows while it is read in, and its objects hold no cycles: the
         # cyclic collector would traverse every state held so far, again and again.
         collecting = gc.isenabled()
         gc.disable()
         try:
-            for position, data, where in self.read(self.namespace, start, stop):
+            if read_only:
+                for _ in self._apply(self.read(self.namespace, start, self.end_offsets()),
+                                     skipped):
+                    pass
+                return self._applied
+            # What precedes ``ends`` is read in pieces while the claim waits on the
+            # medium (see _meanwhile), the rest (the claim's fences, and whatever a
+            # writer of the old epoch put meanwhile) after it.
+            ends = start if marker is None else self.end_offsets()
+            self._reading = reading = self._apply(self.read(self.namespace, start, ends),
+                                                  skipped, _PIECE)
+            try:
+                self._claim(ends)
+                self._reading = None
+                for _ in reading:
+                    pass
+            finally:
+                self._reading = None
+                reading.close()
+            stop = self.end_offsets()  # after the claim: whatever precedes it is read now
+            for _ in self._apply(self.read(self.namespace, ends, stop), skipped):
+                pass
+            return self._applied
+        finally:
+            if collecting:
+                gc.enable()
+
+    def _apply(self, records: Iterator[tuple[Position, bytes, str]],
+               skipped: Callable[[StateKey], bool] | None, piece: int = 1 << 62
+               ) -> Generator[None, None, None]:
+        """Apply ``records`` to the index, counting them in ``_applied``; a step of the
+        generator applies ``piece`` records (by default all)."""
+        index, keyring, sealed_ok = self.index, self.keyring, self.sealed_ok
+        apply, apply_call = index.apply, index.apply_call
+        while True:
+            count = 0
+            for position, data, where in itertools.islice(records, piece):
                 count += 1
                 call = decode_call(data, skipped)
                 if call is None:
@@ -293,17 +331,31 @@ class ActionStateStore(ABC):
                         apply(record, position, record.epoch)
                 elif call:  # empty: a done state's, skipped
                     apply_call(*call, position)
-        finally:
-            if collecting:
-                gc.enable()
-        return count
+            self._applied += count
+            if count < piece:
+                return
+            yield
+
+    def _meanwhile(self) -> bool:
+        """Apply one more piece of the records a rebuild reads during its claim; False
+        once none is left (or outside a claim). A backend calls it while the claim
+        waits on its medium (then serves what it waits for, and calls again), so that
+        the claim's round trips and the reading overlap."""
+        reading = self._reading
+        if reading is None:
+            return False
+        self._reading = None  # not again while it runs (its read may wait, and call this)
+        if next(reading, False) is None:
+            self._reading = reading
+            return True
+        return False  # the last piece is applied: the rest is read after the claim
 
     def _read_ahead(self, start: dict[int, int]) -> None:  # noqa: B027 - optional hook
         """A rebuild will read this namespace from ``start``: a backend may begin (open
         its reader, fetch) while the claim is written; :meth:`read` then goes on from
         there, up to the stop it is given."""
 
-    def _claim(self) -> None:
+    def _claim(self, ends: dict[int, int] | None = None) -> None:
         """Take the next epoch: a claim in partition 0 (epoch = its offset + 1), with a
         fence in every other partition before it and after it, each durable.
 
@@ -312,12 +364,13 @@ class ActionStateStore(ABC):
         writers in every partition by the time the claim is acknowledged; the fence
         after carries the exact epoch, and is skipped when it equals the pre-fence.
         A backend whose claim append writes the pre-fences itself sets
-        ``claim_prefences`` (and may skip a fence copy that repeats them).
+        ``claim_prefences`` (and may skip a fence copy that repeats them). ``ends``:
+        the end offsets read just before, if the caller has them.
         """
         partitioned = self.partition_count > 1
         prefence = 0
         if partitioned and not self.claim_prefences:
-            prefence = self.end_offsets().get(0, 0) + 1
+            prefence = (self.end_offsets() if ends is None else ends).get(0, 0) + 1
             self._fence_others(prefence)
         token = uuid.uuid4().hex
         claim = FenceRecord(0, token)

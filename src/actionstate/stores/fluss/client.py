@@ -109,7 +109,8 @@ class FlussClient:
         return result
 
     def acknowledge(self, start: Callable[[], Awaitable[None]], what: str,
-                    probe: Callable[[], Awaitable[object]]) -> None:
+                    probe: Callable[[], Awaitable[object]],
+                    meanwhile: Callable[[], bool] | None = None) -> None:
         """Run ``start()`` (a write, or a write's acknowledgement) on the client's loop and
         block until it is acknowledged; Fluss errors become StoreError.
 
@@ -117,7 +118,8 @@ class FlussClient:
         ``run_coroutine_threadsafe`` (no Task for a bare future, no Condition), which
         matters for sync puts. While the acknowledgement stalls, ``probe()`` refreshes
         the client's metadata: pyfluss 1.0.0's writer can otherwise wait forever for a
-        bucket whose leader came back (a restarted tablet server).
+        bucket whose leader came back (a restarted tablet server). ``meanwhile()``, if
+        given, is called while the acknowledgement is not in, until it returns False.
         """
         loop = self._loop
         done = threading.Lock()
@@ -150,7 +152,11 @@ class FlussClient:
             future.add_done_callback(finish)
 
         loop.call_soon_threadsafe(begin)
-        if not done.acquire(timeout=self.timeout):
+        acknowledged = False
+        if meanwhile is not None:
+            while not (acknowledged := done.acquire(blocking=False)) and meanwhile():
+                pass
+        if not acknowledged and not done.acquire(timeout=self.timeout):
             loop.call_soon_threadsafe(lambda: [f.cancel() for f in futures])
             raise StoreError(
                 f"Fluss at {self.servers} did not acknowledge in "

@@ -105,6 +105,7 @@ class FlussActionStateStore(ActionStateStore):
         self._key_head = key_head(self.namespace, self._writer_id)  # state_key up to "n"
         self._sequence = 0  # this writer's records, numbered in state_key
         self._prefence = 0  # the epoch of the pre-fences written with the last claim
+        self._claim_ends: dict[int, int] | None = None  # end offsets read before a claim
         self._lock = threading.RLock()
         self._closed = False
         self._failure: str | None = None  # why the store is unusable (a failed group commit)
@@ -183,7 +184,8 @@ class FlussActionStateStore(ActionStateStore):
         keys = self._fence_keys
         rows: list[tuple[Record, bytes, str]] = []
         if record.claim:
-            self._resync_positions()  # bucket 0's end now: a tight bound of the claim's offset
+            # Bucket 0's end just before: a tight bound of the claim's offset.
+            self._resync_positions(self._claim_ends)
             lower = self._base[0] + self._acked[0] + self._buffered[0]
             self._prefence = lower + 1
             prefence = FenceRecord(self._prefence)
@@ -241,11 +243,20 @@ class FlussActionStateStore(ActionStateStore):
 
     # -- bookkeeping ---------------------------------------------------------
 
-    def _resync_positions(self) -> None:
+    def _claim(self, ends: dict[int, int] | None = None) -> None:
+        self._claim_ends = ends
+        try:
+            super()._claim(ends)
+        finally:
+            self._claim_ends = None
+
+    def _resync_positions(self, ends: dict[int, int] | None = None) -> None:
         """Bound the positions of the records sent from now on by the buckets' end
-        offsets read now (other writers may have pushed them up since the last read)."""
+        offsets read now, or ``ends`` if just read (other writers may have pushed them
+        up since the last read)."""
         with self._lock:
-            ends = self._table.end_offsets()
+            if ends is None:
+                ends = self._table.end_offsets()
             self._base = [ends[b] for b in range(self.num_buckets)]
             self._acked = [0] * self.num_buckets
 
@@ -277,7 +288,8 @@ class FlussActionStateStore(ActionStateStore):
             await handle.wait()
 
         try:
-            self._client.acknowledge(commit, f"append {len(keys)} records", self._table.probe)
+            self._client.acknowledge(commit, f"append {len(keys)} records", self._table.probe,
+                                     self._meanwhile)
         except StoreError as exc:
             if self.durability == "group":
                 self._failure = (f"{exc}; a group commit failed, so records put since the "

@@ -158,7 +158,7 @@ def split_config(servers: str, config: Mapping[str, str]) -> ClientConfigs:
         # Prefetch at most 8 MB queued and 8 MB per fetch: a rebuild's memory beyond the
         # states it holds (32 MB and the default 50 MB cost 30 - 40 MB more peak RSS,
         # and were no faster: the rebuild decodes slower than the broker sends).
-        "fetch.wait.max.ms": 100, "queued.max.messages.kbytes": 8192,
+        "fetch.wait.max.ms": 10, "queued.max.messages.kbytes": 8192,
         "fetch.max.bytes": 8 << 20,
         # A partition whose prefetch queue is full (the rebuild decodes slower than the
         # broker sends) is fetched again this soon: librdkafka's default, 1 s, halved
