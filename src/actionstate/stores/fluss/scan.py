@@ -21,6 +21,11 @@ __all__ = ["scan"]
 
 _POLL_MS = 500
 
+_ROWS_SHIFT = 8
+"""Payloads become bytes 256 rows at a time, as they are read: a whole poll's (about
+1.2 MB) at once are out of the CPU cache by the time they are decoded (12% slower)."""
+_ROWS_MASK = (1 << _ROWS_SHIFT) - 1
+
 
 def scan(table: FlussTable, namespace: str, start: dict[int, int],
          stop: dict[int, int]) -> Iterator[tuple[Position, bytes, str]]:
@@ -46,6 +51,7 @@ def scan(table: FlussTable, namespace: str, start: dict[int, int],
     try:
         while pending:
             spans, ours, payloads = poll()
+            piece_at, piece = -1, []
             idle_polls = 0 if spans else idle_polls + 1
             if idle_polls * _POLL_MS / 1000 > client.timeout:
                 raise StoreError(
@@ -72,7 +78,12 @@ def scan(table: FlussTable, namespace: str, start: dict[int, int],
                 for i in range(first, last):
                     if ours is None or ours[at + i]:
                         offset = base + i
-                        yield (bucket, offset), payloads[at + i], f"{where_at}{offset}"
+                        row = at + i
+                        if row >> _ROWS_SHIFT != piece_at:  # the next piece of payloads
+                            piece_at = row >> _ROWS_SHIFT
+                            piece = payloads.slice(piece_at << _ROWS_SHIFT,
+                                                   1 << _ROWS_SHIFT).to_pylist()
+                        yield (bucket, offset), piece[row & _ROWS_MASK], f"{where_at}{offset}"
     finally:  # left early (the caller found what it looked for): stop fetching for it
         if pending:
             client.start(functools.partial(_stop, scanner, list(pending)), "stop a log scan")
@@ -126,11 +137,12 @@ async def _stop(scanner: Any, buckets: list[int]) -> None:
 
 async def _poll(scanner: Any, finished: list[int], prefix: str
                 ) -> tuple[list[tuple[int, int, int, int, str | None]], list[bool] | None,
-                           list[bytes]]:
+                           Any]:
     """One poll: per Arrow batch (bucket, base offset, rows, index of its first row in
     the poll's, first agent key); which of the poll's rows are of the namespace (None:
-    all); the poll's payloads. The poll's batches (a few rows each, when a group commit
-    spreads over many buckets) are read as one table: per batch, these calls cost ~20 us."""
+    all); the poll's payloads (an Arrow column). The poll's batches (a few rows each,
+    when a group commit spreads over many buckets) are read as one table: per batch,
+    these calls cost ~20 us."""
     for bucket in finished:
         scanner.unsubscribe(bucket)
     polled = await scanner.poll_record_batch(_POLL_MS)
@@ -145,4 +157,4 @@ async def _poll(scanner: Any, finished: list[int], prefix: str
              for rb, n, at in zip(polled, counts, firsts, strict=False)]
     mask = pc.starts_with(rows.column(0), pattern=prefix)
     ours = None if pc.all(mask, skip_nulls=False).as_py() else mask.to_pylist()
-    return spans, ours, rows.column(1).to_pylist()
+    return spans, ours, rows.column(1)

@@ -17,8 +17,9 @@ from actionstate.stores.kafka.topic import KafkaTopic
 
 __all__ = ["close_reader", "reader", "scan"]
 
-_BATCH = 1000
-"""Messages taken from the consumer at a time (about 2 ms of work each way)."""
+_BATCH = 256
+"""Messages taken from the consumer at a time: about 0.3 MB, decoded while in the CPU
+cache (1,000 at a time: 6% slower; 10,000: also a 20 ms wait before the first)."""
 
 _READ_STALL = 60.0
 """Seconds a read may go without any message or end-of-partition event before it fails."""
