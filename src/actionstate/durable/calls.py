@@ -63,7 +63,7 @@ class Step:
     ``id_head`` (job, store namespace, key, seq, action, event id) and the position."""
 
     __slots__ = ("_call_id", "_id_head", "digest", "fid", "is_coroutine", "position",
-                 "recorded", "replayed", "wants_key")
+                 "recorded", "wants_key")
 
     def __init__(self, position: int, info: tuple[str, bool, bool], digest: str,
                  recorded: CallResult | None, id_head: Callable[[], list[Any]]) -> None:
@@ -71,7 +71,6 @@ class Step:
         self.position, self.digest, self.recorded = position, digest, recorded
         self._id_head = id_head
         self._call_id: str | None = None
-        self.replayed: Any = None
 
     @property
     def call_id(self) -> str:

@@ -175,8 +175,8 @@ class ActionContext(RunnerContext):
         retry: RetryPolicy | None = None, **kwargs: Any,
     ) -> T:
         step, target, args, kwargs = self._start(fn, args, kwargs, reconciler, False)
-        if target is None:
-            return cast(T, step.replayed)
+        if step is None:  # replayed: args is the recorded result
+            return cast(T, args)
         policy = retry or self._retry
         attempt = 1
         while True:
@@ -204,8 +204,8 @@ class ActionContext(RunnerContext):
         retry: RetryPolicy | None = None, **kwargs: Any,
     ) -> Any:
         step, target, args, kwargs = self._start(fn, args, kwargs, reconciler, True)
-        if target is None:
-            return step.replayed
+        if step is None:  # replayed: args is the recorded result
+            return args
         policy = retry or self._retry
         coroutine = step.is_coroutine if target is fn else inspect.iscoroutinefunction(target)
         attempt = 1
@@ -237,9 +237,10 @@ class ActionContext(RunnerContext):
     def _start(
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
         reconciler: Callable[[], Any] | None, in_async: bool,
-    ) -> tuple[Step, Callable[..., Any] | None, tuple[Any, ...], dict[str, Any]]:
-        """Take the call's position. A recorded outcome is served (``step.replayed``, or
-        its exception raised) and no target is returned; else what to call.
+    ) -> tuple[Step | None, Callable[..., Any], Any, dict[str, Any]]:
+        """Take the call's position: the step and what to call (target, args, kwargs). A
+        recorded outcome is served without a step: (None, ``fn``, the recorded result,
+        ``kwargs``), or its exception raised.
 
         This and the other engine steps (:meth:`_succeeded`, :meth:`_after_failure`) hold
         the engine's lock: the caller may be a pool thread (a ``def`` action)."""
@@ -256,10 +257,9 @@ class ActionContext(RunnerContext):
                     recorded = None
                 elif recorded.status is CallStatus.FAILED and recorded.retryable:
                     recorded = None  # the attempts ran out on an outage: try it again
+                elif recorded.status is not CallStatus.PENDING:
+                    return None, fn, self._replay(recorded), kwargs
             step = Step(position, info, digest, recorded, self._id_head)
-            if recorded is not None and recorded.status is not CallStatus.PENDING:
-                step.replayed = self._replay(recorded)
-                return step, None, args, kwargs
             if step.is_coroutine and not in_async:
                 raise TypeError(
                     f"{function_id(fn)} is a coroutine function: use "
@@ -334,14 +334,15 @@ class ActionContext(RunnerContext):
         return fn, args, kwargs
 
     def _replay(self, recorded: CallResult) -> Any:
-        self.stats.call(recorded.function_id, "replayed")
         if recorded.status is CallStatus.FAILED:
+            self.stats.replayed(recorded.function_id, None)
             assert recorded.exception is not None
             error = decode_exception(recorded.exception)
             self.call_failure = CallFailure(recorded.function_id, error, recorded.retryable)
             raise error
-        self.stats.add_tokens(recorded.result, replayed=True)
-        return recorded.result
+        result = recorded.result
+        self.stats.replayed(recorded.function_id, result)
+        return result
 
     def _record(self, step: Step, result: CallResult, shared: bool = False) -> int | None:
         """Record the call's outcome. A result that cannot be stored is recorded as the

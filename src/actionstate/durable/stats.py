@@ -102,6 +102,14 @@ class RunStats:
         else:
             self.calls_retried += 1
 
+    def replayed(self, function_id: str, result: Any) -> None:
+        """Count one replayed call of ``function_id``, and the tokens of its ``result``
+        (a replay's :meth:`call` and :meth:`add_tokens` in one)."""
+        self.by_function[(function_id, "replayed")] += 1
+        self.calls_replayed += 1
+        if isinstance(result, dict):
+            self.add_tokens(result, replayed=True)
+
     def observe(self, name: str, value: int) -> None:
         """Add ``value`` to histogram ``name``."""
         self.histograms[name].add(value)
