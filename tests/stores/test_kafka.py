@@ -356,6 +356,24 @@ def test_marker_below_the_log_start_is_a_clear_error(
         open_store(url).rebuild(marker)
 
 
+def test_a_marker_past_the_topic_end_is_a_clear_error(
+        store: ActionStateStore, url: str, kafka_servers: str, topic: str) -> None:
+    """The topic was deleted and created again since the checkpoint: its records are
+    gone, and a rebuild says so (it does not read nothing and carry on)."""
+    for position in range(4):
+        _put(store, "gone", 0, position)
+    marker = store.recovery_marker()
+    store.close()
+    delete_topics(kafka_servers, [topic])
+    again = open_store(url)  # creates the topic again, empty
+    p = partition_of("gone", 4)
+    with pytest.raises(StoreError, match=r"partition \d+ ends at offset \d+, but the "
+                       r"recovery marker starts at offset \d+: the topic was deleted"):
+        again.rebuild(marker)
+    assert marker.offsets[p] > 0
+    again.close()
+
+
 def test_unreachable_broker_is_a_clear_error_in_bounded_time() -> None:
     with pytest.raises(StoreError, match=r"127\.0\.0\.1:1 within 1s.*scripts/services/kafka st"):
         open_store("kafka://127.0.0.1:1/x", kafkaConnectTimeoutMs=1000)
@@ -509,8 +527,8 @@ def test_a_claim_that_fails_closes_the_consumer_opened_ahead_and_a_rebuild_resum
     opened: list[Any] = []
     real_read_ahead, real_claim = store._read_ahead, store._claim
 
-    def read_ahead(start: dict[int, int]) -> None:
-        real_read_ahead(start)
+    def read_ahead(start: dict[int, int], ends: dict[int, int]) -> None:
+        real_read_ahead(start, ends)
         assert store._ahead is not None
         opened.append(store._ahead[2])
 

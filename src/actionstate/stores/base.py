@@ -272,12 +272,13 @@ class ActionStateStore(ABC):
         self._read_only = read_only
         if marker is None:
             self.use_namespace(uuid.uuid4().hex)  # a fresh start never writes into an old run
-            start = self.end_offsets()
+            start = ends = self.end_offsets()
         else:
             self.use_namespace(marker.namespace)
             start = marker.offsets
             self.index.start_at(marker.offsets, marker.fences)
-        self._read_ahead(start)
+            ends = self.end_offsets()
+        self._read_ahead(start, ends)
         skipped = None if done is None else skipper(done)
         self._applied = 0
         # The index only grows while it is read in, and its objects hold no cycles: the
@@ -286,14 +287,12 @@ class ActionStateStore(ABC):
         gc.disable()
         try:
             if read_only:
-                for _ in self._apply(self.read(self.namespace, start, self.end_offsets()),
-                                     skipped):
+                for _ in self._apply(self.read(self.namespace, start, ends), skipped):
                     pass
                 return self._applied
             # What precedes ``ends`` is read in pieces while the claim waits on the
             # medium (see _meanwhile), the rest (the claim's fences, and whatever a
             # writer of the old epoch put meanwhile) after it.
-            ends = start if marker is None else self.end_offsets()
             self._reading = reading = self._apply(self.read(self.namespace, start, ends),
                                                   skipped, _PIECE)
             try:
@@ -302,7 +301,7 @@ class ActionStateStore(ABC):
                 for _ in reading:
                     pass
             finally:
-                self._reading = None
+                self._reading = None  # (also when the claim failed)
                 reading.close()
             stop = self.end_offsets()  # after the claim: whatever precedes it is read now
             for _ in self._apply(self.read(self.namespace, ends, stop), skipped):
@@ -350,10 +349,12 @@ class ActionStateStore(ABC):
             return True
         return False  # the last piece is applied: the rest is read after the claim
 
-    def _read_ahead(self, start: dict[int, int]) -> None:  # noqa: B027 - optional hook
-        """A rebuild will read this namespace from ``start``: a backend may begin (open
-        its reader, fetch) while the claim is written; :meth:`read` then goes on from
-        there, up to the stop it is given."""
+    def _read_ahead(self, start: dict[int, int],  # noqa: B027 - optional hook
+                    ends: dict[int, int]) -> None:
+        """A rebuild will read this namespace from ``start`` up to ``ends`` (the end
+        offsets now), then on: a backend may begin (open its reader, fetch) while the
+        claim is written; :meth:`read` then goes on from there, up to the stop it is
+        given."""
 
     def _claim(self, ends: dict[int, int] | None = None) -> None:
         """Take the next epoch: a claim in partition 0 (epoch = its offset + 1), with a

@@ -15,7 +15,7 @@ from actionstate.stores.kafka.config import client
 from actionstate.stores.kafka.failures import passes, settle_error
 from actionstate.stores.kafka.topic import KafkaTopic
 
-__all__ = ["close_reader", "reader", "scan"]
+__all__ = ["check_range", "close_reader", "reader", "scan"]
 
 _BATCH = 256
 """Messages taken from the consumer at a time: about 0.3 MB, decoded while in the CPU
@@ -43,8 +43,9 @@ def scan(
     in log order: (position, value, where), ``where`` naming the record in errors.
 
     A consumer with ``config`` reads them from ``servers`` (named in errors) and is
-    closed here; or ``consumer``, which the caller closes: a :func:`reader` at ``start``,
-    or (``continued``) the consumer of the read before, which ended at ``start``.
+    closed here; or ``consumer``, which the caller closes (and whose range it checked
+    with :func:`check_range`): a :func:`reader` at ``start``, or (``continued``) the
+    consumer of the read before, which ended at ``start``.
     ``carry``, if given, gets the messages the read took past its stop (the consumer
     fetches on), and a continued read takes them first. ``track``, if given, is told of
     each (partition, offset, key head, key counter).
@@ -65,7 +66,7 @@ def scan(
             if carry is not None:
                 carry += messages
             return
-        if not continued:
+        if owned:
             _check_log_starts(topic, ranges)
         ns = namespace.encode()
         where = f"kafka topic {name} partition "
@@ -144,7 +145,24 @@ def scan(
             close_reader(consumer)
 
 
+def check_range(topic: KafkaTopic, start: Mapping[int, int], ends: Mapping[int, int]) -> None:
+    """StoreError unless the records from ``start`` (per partition) up to ``ends`` (the
+    end offsets now) are all still in ``topic``."""
+    past = {p: (first, ends.get(p, 0)) for p, first in start.items() if first > ends.get(p, 0)}
+    if past:
+        p, (first, end) = min(past.items())
+        raise StoreError(
+            f"Kafka topic {topic.name} partition {p} ends at offset {end}, but the recovery "
+            f"marker starts at offset {first}: the topic was deleted and created again (or "
+            "emptied) since the checkpoint, so the states it held are lost; start fresh "
+            "without a checkpoint, or restore the topic")
+    _check_log_starts(topic, {p: (first, ends[p]) for p, first in start.items()
+                              if first < ends.get(p, 0)})
+
+
 def _check_log_starts(topic: KafkaTopic, ranges: dict[int, tuple[int, int]]) -> None:
+    if not ranges:
+        return
     log_starts = topic.start_offsets(ranges)
     for p, (first, _) in sorted(ranges.items()):
         if first < log_starts[p]:

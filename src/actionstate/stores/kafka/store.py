@@ -37,7 +37,7 @@ from actionstate.stores.kafka.failures import (
 )
 from actionstate.stores.kafka.partition import partition_of
 from actionstate.stores.kafka.retention import Retention
-from actionstate.stores.kafka.scan import close_reader, reader, scan
+from actionstate.stores.kafka.scan import check_range, close_reader, reader, scan
 from actionstate.stores.kafka.topic import KafkaTopic
 
 __all__ = ["WAIT_STEP", "KafkaActionStateStore"]
@@ -117,7 +117,8 @@ class KafkaActionStateStore(ActionStateStore):
         self._common, self._reader_conf = configs.common, {**configs.common,
                                                            **configs.consumer}
         self._ahead: tuple[str, dict[int, int], Any, list[Any] | None] | None = None
-        """The namespace, start and consumer of a read begun before a claim."""
+        """A rebuild's reader: namespace, start, consumer, and the messages it took past
+        its last read's stop (None: opened before the claim, not read yet)."""
         self._producer_conf: dict[str, Any] = {
             "linger.ms": 0 if durability == "sync" else 5,
             "batch.num.messages": 10000,
@@ -183,10 +184,14 @@ class KafkaActionStateStore(ActionStateStore):
                 close_reader(self._ahead[2])
                 self._ahead = None
 
-    def _read_ahead(self, start: dict[int, int]) -> None:
+    def _read_ahead(self, start: dict[int, int], ends: dict[int, int]) -> None:
         # The consumer connects and fetches while the claim is written (~20 ms before
-        # its first record, ~30 ms for the fences of 64 partitions).
+        # its first record, ~30 ms for the fences of 64 partitions). The range is
+        # checked first: a consumer closed while it handles an offset out of range can
+        # hang for good in librdkafka (confluentinc/librdkafka#4514, open), and the
+        # rebuild would close it at once.
         start = {p: start.get(p, 0) for p in range(self.partitions)}
+        check_range(self._topic, start, ends)
         self._ahead = (self.namespace, start, reader(self._reader_conf, self.topic, start),
                        None)
 
