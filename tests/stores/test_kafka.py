@@ -530,7 +530,7 @@ def test_a_claim_that_fails_closes_the_consumer_opened_ahead_and_a_rebuild_resum
     def read_ahead(start: dict[int, int], ends: dict[int, int]) -> None:
         real_read_ahead(start, ends)
         assert store._ahead is not None
-        opened.append(store._ahead[2])
+        opened.append(store._ahead.consumer)
 
     def claim(ends: Any = None) -> None:  # fault injection: the broker refuses the claim
         raise StoreError("injected: the claim's produce failed")

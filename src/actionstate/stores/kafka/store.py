@@ -37,7 +37,7 @@ from actionstate.stores.kafka.failures import (
 )
 from actionstate.stores.kafka.partition import partition_of
 from actionstate.stores.kafka.retention import Retention
-from actionstate.stores.kafka.scan import check_range, close_reader, reader, scan
+from actionstate.stores.kafka.scan import RebuildReader, scan
 from actionstate.stores.kafka.topic import KafkaTopic
 
 __all__ = ["WAIT_STEP", "KafkaActionStateStore"]
@@ -116,9 +116,8 @@ class KafkaActionStateStore(ActionStateStore):
         configs = split_config(bootstrap_servers, client_config or {})
         self._common, self._reader_conf = configs.common, {**configs.common,
                                                            **configs.consumer}
-        self._ahead: tuple[str, dict[int, int], Any, list[Any] | None] | None = None
-        """A rebuild's reader: namespace, start, consumer, and the messages it took past
-        its last read's stop (None: opened before the claim, not read yet)."""
+        self._ahead: RebuildReader | None = None
+        """A rebuild's reader, opened before its claim."""
         self._producer_conf: dict[str, Any] = {
             "linger.ms": 0 if durability == "sync" else 5,
             "batch.num.messages": 10000,
@@ -181,19 +180,12 @@ class KafkaActionStateStore(ActionStateStore):
         finally:
             self._rebuilding = False
             if self._ahead is not None:  # not read through, or kept after the last read
-                close_reader(self._ahead[2])
+                self._ahead.close()
                 self._ahead = None
 
     def _read_ahead(self, start: dict[int, int], ends: dict[int, int]) -> None:
-        # The consumer connects and fetches while the claim is written (~20 ms before
-        # its first record, ~30 ms for the fences of 64 partitions). The range is
-        # checked first: a consumer closed while it handles an offset out of range can
-        # hang for good in librdkafka (confluentinc/librdkafka#4514, open), and the
-        # rebuild would close it at once.
-        start = {p: start.get(p, 0) for p in range(self.partitions)}
-        check_range(self._topic, start, ends)
-        self._ahead = (self.namespace, start, reader(self._reader_conf, self.topic, start),
-                       None)
+        self._ahead = RebuildReader(self._topic, self._reader_conf, self.servers,
+                                    self.namespace, start, ends, self.partitions)
 
     def attach(self, namespace: str) -> None:
         super().attach(namespace)
@@ -267,36 +259,10 @@ class KafkaActionStateStore(ActionStateStore):
     ) -> Iterator[tuple[Position, bytes, str]]:
         track = (self._retention.track_read if self._releasing and namespace == self.namespace
                  else None)
-        if self._ahead is not None and self._ahead[0] == namespace and all(
-                self._ahead[1][p] == start.get(p, 0) for p in self._ahead[1]):
-            return self._read_on(namespace, start, stop, track)
+        if self._ahead is not None and self._ahead.serves(namespace, start):
+            return self._ahead.read(namespace, start, stop, track, lambda: self._rebuilding)
         return scan(self._topic, self._reader_conf, self.servers, namespace, start, stop,
                     track)
-
-    def _read_on(self, namespace: str, start: dict[int, int], stop: dict[int, int],
-                 track: Callable[[int, int, bytes, bytes], None] | None
-                 ) -> Iterator[tuple[Position, bytes, str]]:
-        """A rebuild's read with the consumer of ``_read_ahead``, or of the read before,
-        which ended at ``start``. It is taken once the read begins (a read never begun
-        leaves it to the rebuild to close); read through, it is kept, with what it took
-        past ``stop``, for the read from ``stop`` on (the claim's fences, after the
-        records before it)."""
-        assert self._ahead is not None
-        _, _, consumer, carry = self._ahead  # carry None: the read-ahead's, not read yet
-        self._ahead = None
-        continued = carry is not None
-        carry = carry if carry is not None else []
-        kept = False
-        try:
-            yield from scan(self._topic, self._reader_conf, self.servers, namespace, start,
-                            stop, track, consumer, carry, continued)
-            if self._rebuilding:
-                self._ahead = (namespace, {p: stop.get(p, 0) for p in range(self.partitions)},
-                               consumer, carry)
-                kept = True
-        finally:
-            if not kept:
-                close_reader(consumer)
 
     def release(self, marker: Marker) -> None:
         """Tombstone own records below the oldest retained checkpoint's marker, unless a
