@@ -151,9 +151,8 @@ def _skip(state: ActionState, short_term: dict[str, Any], sensory: dict[str, Any
     """Re-apply a completed action's memory writes; return the events it sent."""
     settings.stats.actions_skipped += 1
     for call in state.calls.values():
-        settings.stats.call(call.function_id, "replayed")
-        if call.status is CallStatus.SUCCEEDED:
-            settings.stats.add_tokens(call.result, replayed=True)
+        settings.stats.replayed(call.function_id,
+                                call.result if call.status is CallStatus.SUCCEEDED else None)
     for update in state.memory_updates:
         apply_update(short_term if update.scope is MemoryScope.SHORT_TERM else sensory,
                      update.path, update.value)
