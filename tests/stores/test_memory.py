@@ -6,6 +6,8 @@ from actionstate.testing.contract import EncryptedStoreContract, StoreContract
 
 
 class TestMemoryStore(StoreContract):
+    keeps_records = False
+
     @pytest.fixture
     def store_url(self) -> str:
         return f"memory://{uuid.uuid4().hex}"

@@ -24,7 +24,7 @@ from actionstate.records.crypto import Keyring
 from actionstate.records.index import Position, StateIndex
 from actionstate.records.state import ActionState, DropRecord, FenceRecord, Record, StateKey
 from actionstate.stores.options import redact_url
-from actionstate.stores.rebuilding import OF_A_STATE, skipper
+from actionstate.stores.rebuilding import OF_A_STATE, check_not_past, skipper
 
 __all__ = ["ActionStateStore", "Durability", "Marker"]
 
@@ -278,6 +278,7 @@ class ActionStateStore(ABC):
             start = marker.offsets
             self.index.start_at(marker.offsets, marker.fences)
             ends = self.end_offsets()
+            check_not_past(start, ends, self._past_end)
         self._read_ahead(start, ends)
         skipped = None if done is None else skipper(done)
         self._applied = 0
@@ -334,6 +335,16 @@ class ActionStateStore(ABC):
             if count < piece:
                 return
             yield
+
+    def _past_end(self, part: int, first: int, end: int) -> str | None:
+        """Why a rebuild refuses a marker that starts at ``first`` in partition ``part``,
+        past the medium's end there (``end``): a backend names its medium. None: the
+        medium keeps nothing across processes, and the rebuild reads nothing there."""
+        return (f"store {self.url} partition {part} ends at offset {end}, but the recovery "
+                f"marker starts at offset {first}: its records were deleted since the "
+                "checkpoint (the store recreated, emptied or replaced by an older copy), "
+                "so the states they held are lost; restore the store the checkpoint was "
+                "taken on, or start fresh without a checkpoint")
 
     def _meanwhile(self) -> bool:
         """Apply one more piece of the records a rebuild reads during its claim; False

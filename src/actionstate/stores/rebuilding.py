@@ -1,13 +1,15 @@
-"""Which records a rebuild (:meth:`~actionstate.stores.base.ActionStateStore.rebuild`)
-skips: those of the states its caller says are done."""
+"""What a rebuild (:meth:`~actionstate.stores.base.ActionStateStore.rebuild`) checks
+before it reads (that the marker's records can still be there) and which records it
+skips (those of the states its caller says are done)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
+from actionstate.errors import StoreError
 from actionstate.records.state import CallRecord, CompleteRecord, StateKey, TruncateRecord
 
-__all__ = ["OF_A_STATE", "skipper"]
+__all__ = ["OF_A_STATE", "check_not_past", "skipper"]
 
 
 OF_A_STATE = (CallRecord, CompleteRecord, TruncateRecord)
@@ -27,3 +29,20 @@ def skipper(done: Callable[[str], int]) -> Callable[[StateKey], bool]:
 
     return skipped
 
+
+
+def check_not_past(start: Mapping[int, int], ends: Mapping[int, int],
+                   why: Callable[[int, int, int], str | None]) -> None:
+    """StoreError unless every partition of a marker (``start``) begins at or below the
+    medium's end there (``ends``; a partition missing ends at 0). Its message is
+    ``why(partition, marker offset, end)`` for the lowest partition past its end; None
+    lets the rebuild go on (a medium that keeps nothing across processes).
+
+    A marker past the end names records the medium no longer has (it was recreated or
+    emptied, or replaced by an older copy, since the checkpoint): a rebuild that read
+    nothing there would carry on as if the recorded calls had never run.
+    """
+    past = sorted(p for p, first in start.items() if first > ends.get(p, 0))
+    why_not = past and why(past[0], start[past[0]], ends.get(past[0], 0))
+    if why_not:
+        raise StoreError(why_not)

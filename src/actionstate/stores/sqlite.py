@@ -295,6 +295,15 @@ class SqliteActionStateStore(ActionStateStore):
                 "SELECT seq FROM sqlite_sequence WHERE name='records'").fetchone()
         return {0: (row[0] if row else 0) + 1}
 
+    def _past_end(self, part: int, first: int, end: int) -> str | None:
+        if str(self.path) == ":memory:":
+            return None  # the database lives in this process only
+        return (f"SQLite store {self.path} has records up to id {end - 1}, but the "
+                f"recovery marker starts at id {first}: the file was replaced (by an older "
+                "copy or a new database) since the checkpoint, so the states recorded "
+                "after that copy are lost; put back the file the checkpoint was taken "
+                "on, or start fresh without a checkpoint")
+
     def read(
         self, namespace: str, start: dict[int, int], stop: dict[int, int]
     ) -> Iterator[tuple[Position, bytes, str]]:

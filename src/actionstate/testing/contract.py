@@ -21,13 +21,14 @@ restarted runner. A store whose :meth:`~ActionStateStore.release` and
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 
 import pytest
 
 from actionstate.checkpoint import Marker
-from actionstate.errors import CorruptRecordError, EncryptionKeyError
+from actionstate.errors import CorruptRecordError, EncryptionKeyError, StoreError
 from actionstate.events import InputEvent, OutputEvent
 from actionstate.records.codec import decode_record
 from actionstate.records.crypto import KEY_FILE_ENV, KEYS_ENV, Sealed
@@ -111,6 +112,24 @@ class StoreContract(RecoveryContract):
         assert held == {("b", 0), ("a", 1)}, "the completed, pruned state is not read back"
         state = restored.get(in_flight)
         assert state is not None and state.calls[0].result == "in flight at the checkpoint"
+
+    def test_a_marker_past_the_end_is_a_clear_error(
+            self, store: ActionStateStore, store_url: str) -> None:
+        """A marker beyond the medium's end (the store was recreated, emptied or put
+        back from an older copy since the checkpoint) names records that are gone: a
+        rebuild that read nothing there would pay again for every recorded call."""
+        sk = key("past", 0)
+        ok(store, sk, 0, "recorded")
+        store.flush()
+        beyond = dataclasses.replace(store.recovery_marker(), offsets={
+            p: end + 100 for p, end in store.end_offsets().items()})
+        if not self.keeps_records:  # the control: nothing is kept, nothing is refused
+            assert len(self.reopen(store_url, beyond).index) == 0
+            return
+        with pytest.raises(StoreError, match=r"recovery marker starts at (offset|id) \d+: "):
+            self.reopen(store_url, beyond)
+        state = self.reopen(store_url, self.start_marker(store)).get(sk)
+        assert state is not None and state.calls[0].result == "recorded", "nothing is lost"
 
     def test_no_marker_means_no_rebuild(self, store: ActionStateStore, store_url: str) -> None:
         sk = key("fresh", 0)

@@ -28,6 +28,10 @@ class StoreHarness:
     only when compaction runs; Fluss). None checks only that either holds: all of
     the records concerned come back, or none."""
 
+    keeps_records: ClassVar[bool] = True
+    """Whether records outlive the process (``memory://``: False; a rebuild from a
+    marker past its end then reads nothing, as a restart with a checkpoint does)."""
+
     @pytest.fixture
     def store_url(self) -> str:
         raise NotImplementedError("define a store_url fixture in the subclass")

@@ -17,7 +17,7 @@ from actionstate.stores.fluss.bucketing import bucket_of
 from actionstate.stores.fluss.rows import namespace_prefix
 from actionstate.stores.fluss.table import FlussTable
 
-__all__ = ["scan"]
+__all__ = ["past_end", "scan"]
 
 _POLL_MS = 500
 
@@ -27,14 +27,23 @@ _ROWS_SHIFT = 8
 _ROWS_MASK = (1 << _ROWS_SHIFT) - 1
 
 
+def past_end(table: str, bucket: int, first: int, end: int) -> str:
+    """Why a marker past a bucket's end is refused (see ``ActionStateStore._past_end``)."""
+    return (f"Fluss table {table} bucket {bucket} ends at offset {end}, but the recovery "
+            f"marker starts at offset {first}: the table was dropped or truncated since "
+            "the checkpoint, so its records are lost; start fresh (no marker) or restore "
+            "the table")
+
+
 def scan(table: FlussTable, namespace: str, start: dict[int, int],
          stop: dict[int, int]) -> Iterator[tuple[Position, bytes, str]]:
     """The records of ``namespace`` from ``start`` up to (excluding) ``stop``, per bucket in
     log order: (position, payload, where), ``where`` naming the record in errors.
 
     Raises:
-        StoreError: the records are gone (the table was recreated or truncated, or log
-            retention deleted them), the table was written with another bucketing, or a
+        StoreError: the records are gone (the table was recreated with other buckets,
+            or log retention deleted them), the table was written with another
+            bucketing, or a
             bucket returned nothing for the client's timeout.
     """
     pending = _read_ranges(table, start, stop)
@@ -99,14 +108,7 @@ def _read_ranges(table: FlussTable, start: dict[int, int],
             f"{where} has {table.num_buckets} buckets, but the recovery marker names "
             f"buckets {unknown}: the table was recreated since the checkpoint, so its "
             "records are lost; start fresh (no marker) or restore the table")
-    ranges = {b: (start.get(b, 0), hi) for b, hi in stop.items()}
-    ahead = {b: lo for b, (lo, hi) in ranges.items() if lo > hi}
-    if ahead:
-        raise StoreError(
-            f"{where} ends at offsets {stop} but the recovery marker starts at {ahead}: the "
-            "table was dropped or truncated since the checkpoint, so its records are "
-            "lost; start fresh (no marker) or restore the table")
-    ranges = {b: r for b, r in ranges.items() if r[0] < r[1]}
+    ranges = {b: (lo, hi) for b, hi in stop.items() if (lo := start.get(b, 0)) < hi}
     if ranges:
         earliest = table.list_offsets(fluss.OffsetSpec.earliest(),
                                       "read the earliest offsets", buckets=sorted(ranges))

@@ -47,7 +47,7 @@ from actionstate.stores.fluss.rows import (
     key_head,
     state_key,
 )
-from actionstate.stores.fluss.scan import scan
+from actionstate.stores.fluss.scan import past_end, scan
 from actionstate.stores.fluss.table import open_table
 
 __all__ = ["FlussActionStateStore"]
@@ -242,6 +242,9 @@ class FlussActionStateStore(ActionStateStore):
                 self._client.close()
 
     # -- bookkeeping ---------------------------------------------------------
+
+    def _past_end(self, part: int, first: int, end: int) -> str:
+        return past_end(self._table.name, part, first, end)
 
     def _claim(self, ends: dict[int, int] | None = None) -> None:
         self._claim_ends = ends

@@ -15,7 +15,7 @@ from actionstate.stores.kafka.config import client
 from actionstate.stores.kafka.failures import passes, settle_error
 from actionstate.stores.kafka.topic import KafkaTopic
 
-__all__ = ["RebuildReader", "check_range", "close_reader", "reader", "scan"]
+__all__ = ["RebuildReader", "check_range", "close_reader", "past_end", "reader", "scan"]
 
 _BATCH = 256
 """Messages taken from the consumer at a time: about 0.3 MB, decoded while in the CPU
@@ -199,17 +199,18 @@ class RebuildReader:
 
 def check_range(topic: KafkaTopic, start: Mapping[int, int], ends: Mapping[int, int]) -> None:
     """StoreError unless the records from ``start`` (per partition) up to ``ends`` (the
-    end offsets now) are all still in ``topic``."""
-    past = {p: (first, ends.get(p, 0)) for p, first in start.items() if first > ends.get(p, 0)}
-    if past:
-        p, (first, end) = min(past.items())
-        raise StoreError(
-            f"Kafka topic {topic.name} partition {p} ends at offset {end}, but the recovery "
+    end offsets now, none below ``start``: the rebuild checked) are all still in
+    ``topic``."""
+    _check_log_starts(topic, {p: (first, ends[p]) for p, first in start.items()
+                              if first < ends.get(p, 0)})
+
+
+def past_end(topic: str, part: int, first: int, end: int) -> str:
+    """Why a marker past a partition's end is refused (see ``ActionStateStore._past_end``)."""
+    return (f"Kafka topic {topic} partition {part} ends at offset {end}, but the recovery "
             f"marker starts at offset {first}: the topic was deleted and created again (or "
             "emptied) since the checkpoint, so the states it held are lost; start fresh "
             "without a checkpoint, or restore the topic")
-    _check_log_starts(topic, {p: (first, ends[p]) for p, first in start.items()
-                              if first < ends.get(p, 0)})
 
 
 def _check_log_starts(topic: KafkaTopic, ranges: dict[int, tuple[int, int]]) -> None:

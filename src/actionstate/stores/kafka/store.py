@@ -37,7 +37,7 @@ from actionstate.stores.kafka.failures import (
 )
 from actionstate.stores.kafka.partition import partition_of
 from actionstate.stores.kafka.retention import Retention
-from actionstate.stores.kafka.scan import RebuildReader, scan
+from actionstate.stores.kafka.scan import RebuildReader, past_end, scan
 from actionstate.stores.kafka.topic import KafkaTopic
 
 __all__ = ["WAIT_STEP", "KafkaActionStateStore"]
@@ -182,6 +182,9 @@ class KafkaActionStateStore(ActionStateStore):
             if self._ahead is not None:  # not read through, or kept after the last read
                 self._ahead.close()
                 self._ahead = None
+
+    def _past_end(self, part: int, first: int, end: int) -> str:
+        return past_end(self._topic.name, part, first, end)
 
     def _read_ahead(self, start: dict[int, int], ends: dict[int, int]) -> None:
         self._ahead = RebuildReader(self._topic, self._reader_conf, self.servers,
