@@ -30,7 +30,6 @@ def skipper(done: Callable[[str], int]) -> Callable[[StateKey], bool]:
     return skipped
 
 
-
 def check_not_past(start: Mapping[int, int], ends: Mapping[int, int],
                    why: Callable[[int, int, int], str | None]) -> None:
     """StoreError unless every partition of a marker (``start``) begins at or below the
@@ -42,7 +41,6 @@ def check_not_past(start: Mapping[int, int], ends: Mapping[int, int],
     emptied, or replaced by an older copy, since the checkpoint): a rebuild that read
     nothing there would carry on as if the recorded calls had never run.
     """
-    past = sorted(p for p, first in start.items() if first > ends.get(p, 0))
-    why_not = past and why(past[0], start[past[0]], ends.get(past[0], 0))
-    if why_not:
-        raise StoreError(why_not)
+    part = min((p for p, first in start.items() if first > ends.get(p, 0)), default=None)
+    if part is not None and (message := why(part, start[part], ends.get(part, 0))):
+        raise StoreError(message)

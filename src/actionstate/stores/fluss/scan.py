@@ -43,8 +43,7 @@ def scan(table: FlussTable, namespace: str, start: dict[int, int],
     Raises:
         StoreError: the records are gone (the table was recreated with other buckets,
             or log retention deleted them), the table was written with another
-            bucketing, or a
-            bucket returned nothing for the client's timeout.
+            bucketing, or a bucket returned nothing for the client's timeout.
     """
     pending = _read_ranges(table, start, stop)
     if not pending:

@@ -15,7 +15,7 @@ from actionstate.stores.kafka.config import client
 from actionstate.stores.kafka.failures import passes, settle_error
 from actionstate.stores.kafka.topic import KafkaTopic
 
-__all__ = ["RebuildReader", "check_range", "close_reader", "past_end", "reader", "scan"]
+__all__ = ["RebuildReader", "check_log_starts", "close_reader", "past_end", "reader", "scan"]
 
 _BATCH = 256
 """Messages taken from the consumer at a time: about 0.3 MB, decoded while in the CPU
@@ -44,7 +44,7 @@ def scan(
 
     A consumer with ``config`` reads them from ``servers`` (named in errors) and is
     closed here; or ``consumer``, which the caller closes (and whose range it checked
-    with :func:`check_range`): a :func:`reader` at ``start``, or (``continued``) the
+    with :func:`check_log_starts`): a :func:`reader` at ``start``, or (``continued``) the
     consumer of the read before, which ended at ``start``.
     ``carry``, if given, gets the messages the read took past its stop (the consumer
     fetches on), and a continued read takes them first. ``track``, if given, is told of
@@ -67,7 +67,7 @@ def scan(
                 carry += messages
             return
         if owned:
-            _check_log_starts(topic, ranges)
+            check_log_starts(topic, ranges)
         ns = namespace.encode()
         where = f"kafka topic {name} partition "
         if consumer is None:
@@ -160,7 +160,8 @@ class RebuildReader:
                  namespace: str, start: Mapping[int, int], ends: Mapping[int, int],
                  partitions: int) -> None:
         self.start = {p: start.get(p, 0) for p in range(partitions)}
-        check_range(topic, self.start, ends)
+        check_log_starts(topic, {p: (first, end) for p, first in self.start.items()
+                                 if first < (end := ends.get(p, 0))})
         self.topic, self.config, self.servers, self.namespace = topic, config, servers, namespace
         self.consumer = reader(config, topic.name, self.start)
         self.carry: list[Any] | None = None  # None: not read yet
@@ -197,14 +198,6 @@ class RebuildReader:
         close_reader(self.consumer)
 
 
-def check_range(topic: KafkaTopic, start: Mapping[int, int], ends: Mapping[int, int]) -> None:
-    """StoreError unless the records from ``start`` (per partition) up to ``ends`` (the
-    end offsets now, none below ``start``: the rebuild checked) are all still in
-    ``topic``."""
-    _check_log_starts(topic, {p: (first, ends[p]) for p, first in start.items()
-                              if first < ends.get(p, 0)})
-
-
 def past_end(topic: str, part: int, first: int, end: int) -> str:
     """Why a marker past a partition's end is refused (see ``ActionStateStore._past_end``)."""
     return (f"Kafka topic {topic} partition {part} ends at offset {end}, but the recovery "
@@ -213,7 +206,9 @@ def past_end(topic: str, part: int, first: int, end: int) -> str:
             "without a checkpoint, or restore the topic")
 
 
-def _check_log_starts(topic: KafkaTopic, ranges: dict[int, tuple[int, int]]) -> None:
+def check_log_starts(topic: KafkaTopic, ranges: Mapping[int, tuple[int, int]]) -> None:
+    """StoreError unless ``topic`` still has the records of ``ranges`` (partition:
+    (start, stop), each start below its stop)."""
     if not ranges:
         return
     log_starts = topic.start_offsets(ranges)
