@@ -7,19 +7,12 @@ from __future__ import annotations
 import warnings
 
 import pytest
-from confluent_kafka import TopicPartition
-from confluent_kafka.admin import (  # type: ignore[attr-defined]
-    AdminClient,
-    AlterConfigOpType,
-    ConfigEntry,
-    ConfigResource,
-)
 
 from actionstate.errors import StoreError
 from actionstate.records.state import CallRecord, CallResult, CallStatus, StateKey
 from actionstate.stores import open_store
 from actionstate.stores.base import ActionStateStore
-from actionstate.testing.topics import Topics
+from actionstate.testing.topics import Topics, delete_compacted_records
 
 with warnings.catch_warnings():  # pyflink's own deprecations, at import
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -97,14 +90,7 @@ def test_a_range_deleted_under_a_key_is_a_clear_error(
             lost.put(call("k", position, f"result {position}"), sync=True)
     finally:
         lost.close()
-    topic = topics.names[-1]
-    admin = AdminClient({"bootstrap.servers": kafka_servers})
-    for policy in ("compact,delete", "compact"):  # deletion needs the delete policy
-        resource = ConfigResource("topic", topic, incremental_configs=[ConfigEntry(
-            "cleanup.policy", policy, incremental_operation=AlterConfigOpType.SET)])
-        admin.incremental_alter_configs([resource])[resource].result()
-        if policy != "compact":
-            next(iter(admin.delete_records([TopicPartition(topic, 0, 2)]).values())).result()
+    delete_compacted_records(kafka_servers, topics.names[-1], 0, 2)
     reader = writer(store_url, 2)
     try:
         scanner = KeyScanner(reader, reader.end_offsets(), {})

@@ -18,8 +18,6 @@ import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import (  # type: ignore[attr-defined]  # no __all__ there
     AdminClient,
-    AlterConfigOpType,
-    ConfigEntry,
     ConfigResource,
     NewTopic,
 )
@@ -42,6 +40,7 @@ from actionstate.stores.kafka import topic as kafka_topic
 from actionstate.stores.kafka.config import parse_url
 from actionstate.testing.contract import EncryptedStoreContract, StoreContract
 from actionstate.testing.services import SERVICES, delete_topics
+from actionstate.testing.topics import delete_compacted_records
 
 SERVICE = SERVICES / "kafka"
 
@@ -343,15 +342,7 @@ def test_marker_below_the_log_start_is_a_clear_error(
         _put(store, "lost", 0, position)
     marker = _from_start(store.recovery_marker())
     p = partition_of("lost", 4)
-    admin = AdminClient({"bootstrap.servers": kafka_servers})
-    # Kafka deletes records of a compacted topic only if it allows deletion too.
-    for policy in ("compact,delete", "compact"):
-        resource = ConfigResource("topic", topic, incremental_configs=[ConfigEntry(
-            "cleanup.policy", policy, incremental_operation=AlterConfigOpType.SET)])
-        admin.incremental_alter_configs([resource])[resource].result()
-        if policy != "compact":
-            done = admin.delete_records([TopicPartition(topic, p, 3)])
-            next(iter(done.values())).result()
+    delete_compacted_records(kafka_servers, topic, p, 3)
     with pytest.raises(StoreError, match=f"partition {p} starts at offset 3.*from offset 0"):
         open_store(url).rebuild(marker)
 

@@ -6,12 +6,18 @@ from __future__ import annotations
 import time
 import uuid
 
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import (  # type: ignore[attr-defined]
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    NewTopic,
+)
 
 from actionstate.testing.services import delete_topics
 
-__all__ = ["Message", "Topics", "produce", "read_committed"]
+__all__ = ["Message", "Topics", "delete_compacted_records", "produce", "read_committed"]
 
 Message = tuple[int, bytes | None, bytes | None]
 """(partition, key, value) to produce."""
@@ -43,6 +49,35 @@ class Topics:
 
     def delete(self) -> None:
         delete_topics(self.servers, self.names)
+
+
+def delete_compacted_records(servers: str, topic: str, partition: int, before: int) -> None:
+    """Delete ``topic``'s records below offset ``before`` in ``partition``, although it is
+    compacted only (as the Kafka store makes it), as an operator would: allow deletion
+    (cleanup.policy compact,delete), delete-records, then compact only again.
+
+    The broker applies a policy change a moment after the alter returns (the controller
+    has committed it; the broker's log config follows), and refuses delete-records with
+    POLICY_VIOLATION until then: that answer is asked again, for at most 30 s."""
+    admin = AdminClient({"bootstrap.servers": servers})
+
+    def policy(value: str) -> None:
+        resource = ConfigResource("topic", topic, incremental_configs=[ConfigEntry(
+            "cleanup.policy", value, incremental_operation=AlterConfigOpType.SET)])
+        admin.incremental_alter_configs([resource])[resource].result()
+
+    policy("compact,delete")
+    deadline = time.monotonic() + 30
+    while True:
+        done = admin.delete_records([TopicPartition(topic, partition, before)])
+        try:
+            next(iter(done.values())).result()
+            break
+        except KafkaException as exc:
+            if (exc.args[0].code() != KafkaError.POLICY_VIOLATION
+                    or time.monotonic() > deadline):
+                raise
+    policy("compact")
 
 
 def produce(servers: str, topic: str, messages: list[Message], *, commit: bool = True) -> None:
