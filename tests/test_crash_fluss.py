@@ -15,7 +15,7 @@ import pytest
 
 from actionstate.testing import FakeLLMServer
 from actionstate.testing.crash import command, crash_check, labels, ledger, make_tickets, run_to_end
-from actionstate.testing.services import SERVICES, Tables, start_service
+from actionstate.testing.services import SERVICES, Tables, service_lock, start_service
 
 
 @pytest.fixture
@@ -62,8 +62,9 @@ def test_tablet_server_restart_mid_run(tmp_path: Path, tables: Tables) -> None:
                     assert proc.poll() is None, "the run ended before the restart"
                     assert time.monotonic() < deadline, "no outputs within 60 s"
                     time.sleep(0.05)
-                restart = subprocess.run([str(SERVICES / "fluss"), "restart-tablet"],
-                                         capture_output=True, text=True, timeout=180)
+                with service_lock("fluss", exclusive=True):  # no Flink test on it now
+                    restart = subprocess.run([str(SERVICES / "fluss"), "restart-tablet"],
+                                             capture_output=True, text=True, timeout=180)
                 assert restart.returncode == 0, restart.stderr
                 assert proc.poll() is None, "the run finished before the TabletServer was back"
                 gate.set()

@@ -22,7 +22,7 @@ import pytest
 from actionstate.testing.crash import TRIAGE, labels, make_tickets
 from actionstate.testing.fake_llm import FakeLLMServer
 from actionstate.testing.flink import Flink, script
-from actionstate.testing.services import Tables, start_service
+from actionstate.testing.services import Tables, service_lock, start_service
 from actionstate.testing.topics import Topics, produce, read_committed
 
 PARALLELISM = 2
@@ -214,9 +214,12 @@ def _strip(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 @pytest.fixture
 def fluss_tables() -> Iterator[Tables]:
-    made = Tables(start_service("fluss"), database="actionstate_flink")
-    yield made
-    made.drop()
+    """Tables on the local Fluss cluster, which no test of the main run (beside this
+    one, scripts/test) restarts meanwhile."""
+    with service_lock("fluss", exclusive=False):
+        made = Tables(start_service("fluss"), database="actionstate_flink")
+        yield made
+        made.drop()
 
 
 @pytest.mark.slow

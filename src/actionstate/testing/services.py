@@ -9,13 +9,17 @@ test that needs it: CI must not hide a missing service.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
+import os
 import subprocess
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-__all__ = ["CHECKOUT", "SERVICES", "Tables", "start_service"]
+__all__ = ["CHECKOUT", "SERVICES", "Tables", "service_lock", "start_service"]
 
 CHECKOUT = Path(__file__).resolve().parents[3]
 """The root of the source checkout these helpers run from."""
@@ -30,6 +34,25 @@ def start_service(name: str, *args: str) -> str:
         pytest.fail(f"scripts/services/{name} start {' '.join(args)} failed:\n"
                     f"{done.stderr[-3000:]}")
     return done.stdout.strip().splitlines()[-1]
+
+
+@contextlib.contextmanager
+def service_lock(name: str, *, exclusive: bool) -> Iterator[None]:
+    """Hold the local service ``name``'s test lock, across processes: a test that
+    restarts the service holds it exclusively for the restart, and a test in another
+    process that needs the service up throughout holds it shared (scripts/test runs the
+    Flink tests beside the main run). The lock file sits with the service's files
+    (``$ACTIONSTATE_CACHE/<name>``, as scripts/services/_lib.sh places them)."""
+    cache = os.environ.get("ACTIONSTATE_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "actionstate")
+    path = Path(cache, name, "tests.lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(held, fcntl.LOCK_UN)
 
 
 def delete_topics(servers: str, names: list[str]) -> None:
