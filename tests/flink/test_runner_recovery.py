@@ -216,10 +216,9 @@ def _strip(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def fluss_tables() -> Iterator[Tables]:
     """Tables on the local Fluss cluster, which no test of the main run (beside this
     one, scripts/test) restarts meanwhile."""
-    with service_lock("fluss", exclusive=False):
-        made = Tables(start_service("fluss"), database="actionstate_flink")
+    with (service_lock("fluss", exclusive=False),
+          Tables(start_service("fluss"), database="actionstate_flink") as made):
         yield made
-        made.drop()
 
 
 @pytest.mark.slow

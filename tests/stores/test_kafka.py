@@ -39,7 +39,7 @@ from actionstate.stores.kafka import store as kafka_store
 from actionstate.stores.kafka import topic as kafka_topic
 from actionstate.stores.kafka.config import parse_url
 from actionstate.testing.contract import EncryptedStoreContract, StoreContract
-from actionstate.testing.services import SERVICES, delete_topics
+from actionstate.testing.services import SERVICES, delete_topics, services_cache
 from actionstate.testing.topics import delete_compacted_records
 
 SERVICE = SERVICES / "kafka"
@@ -763,8 +763,7 @@ def private_broker(request: pytest.FixtureRequest, kafka_servers: str,
         yield None
         return
     home = tmp_path_factory.mktemp("private-kafka")
-    cache = Path(os.environ.get("ACTIONSTATE_CACHE") or Path(
-        os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "actionstate")
+    cache = services_cache()
     version = re.search(r"<kafka.version>(.*)</kafka.version>",
                         (SERVICE.parent / "kafka-pom.xml").read_text())
     assert version is not None

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-__all__ = ["CHECKOUT", "SERVICES", "Tables", "service_lock", "start_service"]
+__all__ = ["CHECKOUT", "SERVICES", "Tables", "service_lock", "services_cache", "start_service"]
 
 CHECKOUT = Path(__file__).resolve().parents[3]
 """The root of the source checkout these helpers run from."""
@@ -36,16 +36,20 @@ def start_service(name: str, *args: str) -> str:
     return done.stdout.strip().splitlines()[-1]
 
 
+def services_cache() -> Path:
+    """Where the service scripts keep their files, one directory per service:
+    ``$ACTIONSTATE_CACHE``, default ``~/.cache/actionstate`` (scripts/services/_lib.sh)."""
+    return Path(os.environ.get("ACTIONSTATE_CACHE") or Path(
+        os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "actionstate")
+
+
 @contextlib.contextmanager
 def service_lock(name: str, *, exclusive: bool) -> Iterator[None]:
     """Hold the local service ``name``'s test lock, across processes: a test that
     restarts the service holds it exclusively for the restart, and a test in another
     process that needs the service up throughout holds it shared (scripts/test runs the
-    Flink tests beside the main run). The lock file sits with the service's files
-    (``$ACTIONSTATE_CACHE/<name>``, as scripts/services/_lib.sh places them)."""
-    cache = os.environ.get("ACTIONSTATE_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "actionstate")
-    path = Path(cache, name, "tests.lock")
+    Flink tests beside the main run). The lock file sits with the service's files."""
+    path = services_cache() / name / "tests.lock"
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as held:
         fcntl.flock(held, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
