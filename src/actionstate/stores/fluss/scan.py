@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import itertools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import fluss
@@ -17,7 +17,7 @@ from actionstate.stores.fluss.bucketing import bucket_of
 from actionstate.stores.fluss.rows import namespace_prefix
 from actionstate.stores.fluss.table import FlussTable
 
-__all__ = ["past_end", "scan"]
+__all__ = ["ScanStart", "past_end", "scan"]
 
 _POLL_MS = 500
 
@@ -35,27 +35,70 @@ def past_end(table: str, bucket: int, first: int, end: int) -> str:
             "the table")
 
 
-def scan(table: FlussTable, namespace: str, start: dict[int, int],
-         stop: dict[int, int]) -> Iterator[tuple[Position, bytes, str]]:
+class ScanStart:
+    """A scan's first steps: the range checked, a scanner subscribed from ``start`` and
+    its first poll under way on the client's loop. A rebuild takes them before its claim
+    (see ``_read_ahead``), so that records come in while the claim is written; a read
+    of the same range then goes on from here (:meth:`serves`).
+
+    ``present``: per bucket, an offset from which the records are known to be there
+    (end offsets read by this rebuild: what came after was written moments ago): the
+    range check asks for the earliest offsets only of buckets that start below it.
+    """
+
+    def __init__(self, table: FlussTable, namespace: str, start: dict[int, int],
+                 stop: dict[int, int], present: Mapping[int, int] | None = None) -> None:
+        self.table, self.namespace = table, namespace
+        self.start, self.stop = dict(start), dict(stop)
+        self.pending = _read_ranges(table, start, stop, present or {})
+        self.prefix = namespace_prefix(namespace)
+        self.scanner: Any = None
+        self.poll: Callable[[], Any] | None = None
+        self.taken = False
+        if self.pending:
+            starts = {b: lo for b, (lo, _) in self.pending.items()}
+            client = table.client
+            self.scanner = client.call(lambda: table.scanner(starts), "open a log scanner")
+            self.poll = client.start(functools.partial(_poll, self.scanner, [], self.prefix),
+                                     "read the log")
+
+    def serves(self, namespace: str, start: Mapping[int, int], stop: Mapping[int, int]
+               ) -> bool:
+        """Whether a read of ``namespace`` from ``start`` up to ``stop`` is this one's."""
+        return not self.taken and (namespace, start, stop) == (
+            self.namespace, self.start, self.stop)
+
+    def close(self) -> None:
+        """Stop fetching the buckets not read through (once; a poll under way is left)."""
+        if self.pending:
+            buckets, self.pending = list(self.pending), {}
+            self.table.client.start(functools.partial(_stop, self.scanner, buckets),
+                                    "stop a log scan")
+
+
+def scan(table: FlussTable, namespace: str, start: dict[int, int], stop: dict[int, int],
+         begun: ScanStart | None = None, present: Mapping[int, int] | None = None,
+         ) -> Iterator[tuple[Position, bytes, str]]:
     """The records of ``namespace`` from ``start`` up to (excluding) ``stop``, per bucket in
     log order: (position, payload, where), ``where`` naming the record in errors.
+    ``begun``: the scan's first steps, taken ahead (of this range); ``present``: as
+    :class:`ScanStart` takes it.
 
     Raises:
         StoreError: the records are gone (the table was recreated with other buckets,
             or log retention deleted them), the table was written with another
             bucketing, or a bucket returned nothing for the client's timeout.
     """
-    pending = _read_ranges(table, start, stop)
-    if not pending:
+    if begun is None:
+        begun = ScanStart(table, namespace, start, stop, present)
+    begun.taken = True
+    pending, poll, scanner, prefix = begun.pending, begun.poll, begun.scanner, begun.prefix
+    if not pending or poll is None:
         return
     client = table.client
-    prefix = namespace_prefix(namespace)
-    starts = {b: lo for b, (lo, _) in pending.items()}
-    scanner = client.call(lambda: table.scanner(starts), "open a log scanner")
     where = f"Fluss table {table.name}"
     idle_polls = 0
     # The next poll runs on the client's loop while this one's records are decoded.
-    poll = client.start(functools.partial(_poll, scanner, [], prefix), "read the log")
     try:
         while pending:
             spans, ours, payloads = poll()
@@ -93,13 +136,13 @@ def scan(table: FlussTable, namespace: str, start: dict[int, int],
                                                    1 << _ROWS_SHIFT).to_pylist()
                         yield (bucket, offset), piece[row & _ROWS_MASK], f"{where_at}{offset}"
     finally:  # left early (the caller found what it looked for): stop fetching for it
-        if pending:
-            client.start(functools.partial(_stop, scanner, list(pending)), "stop a log scan")
+        begun.close()
 
 
-def _read_ranges(table: FlussTable, start: dict[int, int],
-                 stop: dict[int, int]) -> dict[int, tuple[int, int]]:
-    """Per bucket with records to read, (start, stop); StoreError if records are gone."""
+def _read_ranges(table: FlussTable, start: dict[int, int], stop: dict[int, int],
+                 present: Mapping[int, int]) -> dict[int, tuple[int, int]]:
+    """Per bucket with records to read, (start, stop); StoreError if records are gone
+    (asked of the buckets that start below their ``present`` offset)."""
     where = f"Fluss table {table.name}"
     unknown = sorted(b for b in start if not 0 <= b < table.num_buckets)
     if unknown:
@@ -108,10 +151,11 @@ def _read_ranges(table: FlussTable, start: dict[int, int],
             f"buckets {unknown}: the table was recreated since the checkpoint, so its "
             "records are lost; start fresh (no marker) or restore the table")
     ranges = {b: (lo, hi) for b, hi in stop.items() if (lo := start.get(b, 0)) < hi}
-    if ranges:
+    asked = sorted(b for b, (lo, _) in ranges.items() if lo < present.get(b, lo + 1))
+    if asked:
         earliest = table.list_offsets(fluss.OffsetSpec.earliest(),
-                                      "read the earliest offsets", buckets=sorted(ranges))
-        lost = {b: (lo, earliest[b]) for b, (lo, _) in ranges.items() if lo < earliest[b]}
+                                      "read the earliest offsets", buckets=asked)
+        lost = {b: (ranges[b][0], earliest[b]) for b in asked if ranges[b][0] < earliest[b]}
         if lost:
             raise StoreError(
                 f"{where}: records needed by the recovery marker were deleted by log "

@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Self
 
 from actionstate.errors import StoreError
@@ -47,7 +47,7 @@ from actionstate.stores.fluss.rows import (
     key_head,
     state_key,
 )
-from actionstate.stores.fluss.scan import past_end, scan
+from actionstate.stores.fluss.scan import ScanStart, past_end, scan
 from actionstate.stores.fluss.table import open_table
 
 __all__ = ["FlussActionStateStore"]
@@ -106,6 +106,8 @@ class FlussActionStateStore(ActionStateStore):
         self._sequence = 0  # this writer's records, numbered in state_key
         self._prefence = 0  # the epoch of the pre-fences written with the last claim
         self._claim_ends: dict[int, int] | None = None  # end offsets read before a claim
+        self._ahead: ScanStart | None = None  # a rebuild's read, begun before its claim
+        self._present: dict[int, int] | None = None  # a rebuild's end offsets when it began
         self._lock = threading.RLock()
         self._closed = False
         self._failure: str | None = None  # why the store is unusable (a failed group commit)
@@ -225,10 +227,30 @@ class FlussActionStateStore(ActionStateStore):
         on are placed from the buckets' ends of now."""
         self._resync_positions()
 
+    def rebuild(self, marker: Marker | None, *, read_only: bool = False,
+                done: Callable[[str], int] | None = None) -> int:
+        try:
+            return super().rebuild(marker, read_only=read_only, done=done)
+        finally:
+            if self._ahead is not None:  # not taken (the claim failed before the read)
+                self._ahead.close()
+            self._ahead = self._present = None
+
+    def _read_ahead(self, start: dict[int, int], ends: dict[int, int]) -> None:
+        # The range check, the scanner and its first poll before the claim: the records
+        # come in while the claim is written. What the rebuild reads from ``ends`` on
+        # (its claim, and the claim's fences) was written during the rebuild: still there.
+        self._present = ends
+        self._ahead = ScanStart(self._table, self.namespace, start, ends)
+
     def read(
         self, namespace: str, start: dict[int, int], stop: dict[int, int]
     ) -> Iterator[tuple[Position, bytes, str]]:
-        return scan(self._table, namespace, start, stop)
+        ahead = self._ahead
+        if ahead is not None and ahead.serves(namespace, start, stop):
+            self._ahead = None
+            return scan(self._table, namespace, start, stop, begun=ahead)
+        return scan(self._table, namespace, start, stop, present=self._present)
 
     def close(self) -> None:
         with self._lock:
