@@ -90,6 +90,7 @@ class ActionStateStore(ABC):
         self._read_only = False
         self._reading: Generator[None, None, None] | None = None  # read during a claim
         self._applied = 0  # records a rebuild applied so far
+        self._after_claim_ends: dict[int, int] | None = None  # read by the last claim search
         self._namespace = uuid.uuid4().hex
         self.keyring: Keyring | None = Keyring.from_env()
         """Seals every payload put and opens sealed ones read (``ACTIONSTATE_KEYS`` or
@@ -304,7 +305,9 @@ class ActionStateStore(ABC):
             finally:
                 self._reading = None  # (also when the claim failed)
                 reading.close()
-            stop = self.end_offsets()  # after the claim: whatever precedes it is read now
+            # After the claim: whatever precedes it is read now (the claim's search
+            # took them after the claim, if nothing was written since).
+            stop = self._after_claim_ends or self.end_offsets()
             for _ in self._apply(self.read(self.namespace, ends, stop), skipped):
                 pass
             return self._applied
@@ -386,6 +389,7 @@ class ActionStateStore(ABC):
             self._fence_others(prefence)
         token = uuid.uuid4().hex
         claim = FenceRecord(0, token)
+        self._after_claim_ends = None
         position = self.append(claim, encode_record(claim), True)
         if not self.exact_positions:
             position = self._find_claim(token, position)
@@ -395,11 +399,12 @@ class ActionStateStore(ABC):
 
     def _fence_others(self, epoch: int) -> None:
         """A fence of ``epoch`` to every partition but 0 (the backend routes it)."""
+        self._after_claim_ends = None  # the fence comes after them
         fence = FenceRecord(epoch)
         self.append(fence, encode_record(fence), True)
 
     def _find_claim(self, token: str, lower_bound: Position) -> Position:
-        stop = self.end_offsets()
+        stop = self._after_claim_ends = self.end_offsets()
         for position, data, where in self.read(self.namespace, {0: lower_bound[1]},
                                                {0: stop.get(0, 0)}):
             record = decode_record(data, where, self.keyring, self.sealed_ok)

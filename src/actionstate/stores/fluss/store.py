@@ -275,6 +275,12 @@ class FlussActionStateStore(ActionStateStore):
         finally:
             self._claim_ends = None
 
+    def _fence_others(self, epoch: int) -> None:
+        if epoch == self._prefence:  # every other bucket has it, from the claim's batch
+            self._prefence = 0
+            return
+        super()._fence_others(epoch)
+
     def _resync_positions(self, ends: dict[int, int] | None = None) -> None:
         """Bound the positions of the records sent from now on by the buckets' end
         offsets read now, or ``ends`` if just read (other writers may have pushed them
