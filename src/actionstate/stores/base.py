@@ -104,7 +104,6 @@ class ActionStateStore(ABC):
         options are ``***``): safe in messages, checkpoints and reports."""
         return self._url
 
-
     # -- the medium: what a backend implements -------------------------------
 
     @classmethod
@@ -305,8 +304,7 @@ class ActionStateStore(ABC):
             finally:
                 self._reading = None  # (also when the claim failed)
                 reading.close()
-            # After the claim: whatever precedes it is read now (the claim's search
-            # took them after the claim, if nothing was written since).
+            # After the claim (its search's, if nothing was written since): read up to it.
             stop = self._after_claim_ends or self.end_offsets()
             for _ in self._apply(self.read(self.namespace, ends, stop), skipped):
                 pass
@@ -374,13 +372,12 @@ class ActionStateStore(ABC):
         """Take the next epoch: a claim in partition 0 (epoch = its offset + 1), with a
         fence in every other partition before it and after it, each durable.
 
-        The fence before (a *pre-fence*, epoch = partition 0's end offset + 1, a lower
-        bound of the claim's epoch and above every earlier claim's) shuts out older
-        writers in every partition by the time the claim is acknowledged; the fence
-        after carries the exact epoch, and is skipped when it equals the pre-fence.
-        A backend whose claim append writes the pre-fences itself sets
-        ``claim_prefences`` (and may skip a fence copy that repeats them). ``ends``:
-        the end offsets read just before, if the caller has them.
+        The fence before (a *pre-fence*, epoch = partition 0's end offset + 1, a lower bound
+        of the claim's epoch and above every earlier claim's) shuts out older writers in
+        every partition by the time the claim is acknowledged; the fence after carries the
+        exact epoch, and is skipped when it equals the pre-fence. A backend whose claim
+        append writes the pre-fences itself sets ``claim_prefences`` (and may skip a fence
+        copy that repeats them). ``ends``: the end offsets read just before, if any.
         """
         partitioned = self.partition_count > 1
         prefence = 0
@@ -389,7 +386,6 @@ class ActionStateStore(ABC):
             self._fence_others(prefence)
         token = uuid.uuid4().hex
         claim = FenceRecord(0, token)
-        self._after_claim_ends = None
         position = self.append(claim, encode_record(claim), True)
         if not self.exact_positions:
             position = self._find_claim(token, position)
