@@ -58,11 +58,10 @@ def stop_with_savepoint(flink: Flink, job: str, directory: Path) -> str:
         time.sleep(0.2)  # the poll interval of the REST API
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("bundle_size", ["1", "1000"])
-def test_timers_registered_before_a_savepoint_fire_after_the_restore(
-        tmp_path: Path, idle: Flink, bundle_size: str) -> None:
-    flink = idle
+def savepoint_and_restore(flink: Flink, tmp_path: Path, bundle_size: str
+                          ) -> tuple[set[tuple[str, int]], set[tuple[str, int]]]:
+    """Run the timers job, stop it with a savepoint once it registered timers, restore
+    it: the timers pending at the savepoint, and those of them that did not fire."""
     first, second = tmp_path / "first", tmp_path / "second"
     job = flink.run_py("timers_job.py", str(first), str(DUE_MS), "0.2", bundle_size)
     deadline = time.monotonic() + 120
@@ -94,7 +93,23 @@ def test_timers_registered_before_a_savepoint_fire_after_the_restore(
     flink.cancel(restored)
     print(f"\nbundle size {bundle_size}: {len(pending)} timers pending at the savepoint, "
           f"{len(missing)} did not fire after the restore")
+    return pending, missing
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bundle_size", ["1", "1000"])
+def test_timers_registered_before_a_savepoint_fire_after_the_restore(
+        tmp_path: Path, idle: Flink, bundle_size: str) -> None:
     if bundle_size == "1":
+        pending, missing = savepoint_and_restore(idle, tmp_path, bundle_size)
         assert not missing, f"{len(missing)} of {len(pending)} timers lost"
-    else:
-        assert missing, "the control lost no timer: the reason for one-element bundles is gone"
+        return
+    # The control loses timers when the savepoint's barrier closes a bundle that
+    # registered some: most savepoints (a clean-clone run once lost none), so it has
+    # two tries.
+    for attempt in range(2):
+        _, missing = savepoint_and_restore(idle, tmp_path / f"try{attempt}", bundle_size)
+        if missing:
+            return
+    raise AssertionError("the control lost no timer in two tries: the reason for "
+                         "one-element bundles is gone")

@@ -78,7 +78,10 @@ def test_refused_records_go_to_the_dead_letter_topic_and_keys_are_utf8_bytes(
 def test_without_a_dead_letter_topic_a_refused_record_fails_the_job_naming_it(
         cluster: Flink, kafka_servers: str, topics: Topics, tmp_path: Path) -> None:
     source, output = topics.create(1), topics.create(1)
-    produce(kafka_servers, source, [(0, b"c_1", b'{"id": "T0", "text": "hi"}'),
+    # The first record is a good ticket: one without a customer failed its action too
+    # (KeyError), and that failure, not the refused record's, was at times the job's.
+    produce(kafka_servers, source, [(0, b"c_1",
+                                     b'{"id": "T0", "text": "hi", "customer": "c_1"}'),
                                     (0, b"\xff", b'{"id": "T1", "text": "bad key"}')])
     with FakeLLMServer() as server:
         job = _submit(cluster, kafka_servers, source, output, server, tmp_path)
