@@ -105,9 +105,8 @@ class FlussActionStateStore(ActionStateStore):
         self._key_head = key_head(self.namespace, self._writer_id)  # state_key up to "n"
         self._sequence = 0  # this writer's records, numbered in state_key
         self._prefence = 0  # the epoch of the pre-fences written with the last claim
-        self._claim_ends: dict[int, int] | None = None  # end offsets read before a claim
         self._ahead: ScanStart | None = None  # a rebuild's read, begun before its claim
-        self._present: dict[int, int] | None = None  # a rebuild's end offsets when it began
+        self._rebuild_ends: dict[int, int] | None = None  # a rebuild's, before its claim
         self._lock = threading.RLock()
         self._closed = False
         self._failure: str | None = None  # why the store is unusable (a failed group commit)
@@ -182,12 +181,13 @@ class FlussActionStateStore(ActionStateStore):
 
     def _append_fence(self, record: FenceRecord, data: bytes, sync: bool) -> Position:
         """A claim to bucket 0 with a pre-fence in every other bucket, or a fence with
-        an epoch to every other bucket (unless the pre-fences already carry it)."""
+        an epoch to every other bucket (:meth:`_fence_others` skips one that the
+        pre-fences already carry)."""
         keys = self._fence_keys
         rows: list[tuple[Record, bytes, str]] = []
         if record.claim:
             # Bucket 0's end just before: a tight bound of the claim's offset.
-            self._resync_positions(self._claim_ends)
+            self._resync_positions(self._rebuild_ends)
             lower = self._base[0] + self._acked[0] + self._buffered[0]
             self._prefence = lower + 1
             prefence = FenceRecord(self._prefence)
@@ -196,9 +196,7 @@ class FlussActionStateStore(ActionStateStore):
             rows += [(prefence, prefence_data, key) for key in keys[1:]]
             position = (0, lower)
         else:
-            if record.epoch != self._prefence:
-                rows += [(record, data, key) for key in keys[1:]]
-            # else every other bucket already has this epoch's fence, from the claim's batch
+            rows += [(record, data, key) for key in keys[1:]]
             self._prefence = 0
             bucket = 1 if rows else 0
             position = (bucket, self._base[bucket] + self._acked[bucket] + self._buffered[bucket])
@@ -234,13 +232,13 @@ class FlussActionStateStore(ActionStateStore):
         finally:
             if self._ahead is not None:  # not taken (the claim failed before the read)
                 self._ahead.close()
-            self._ahead = self._present = None
+            self._ahead = self._rebuild_ends = None
 
     def _read_ahead(self, start: dict[int, int], ends: dict[int, int]) -> None:
         # The range check, the scanner and its first poll before the claim: the records
         # come in while the claim is written. What the rebuild reads from ``ends`` on
         # (its claim, and the claim's fences) was written during the rebuild: still there.
-        self._present = ends
+        self._rebuild_ends = ends
         self._ahead = ScanStart(self._table, self.namespace, start, ends)
 
     def read(
@@ -250,7 +248,7 @@ class FlussActionStateStore(ActionStateStore):
         if ahead is not None and ahead.serves(namespace, start, stop):
             self._ahead = None
             return scan(self._table, namespace, start, stop, begun=ahead)
-        return scan(self._table, namespace, start, stop, present=self._present)
+        return scan(self._table, namespace, start, stop, present=self._rebuild_ends)
 
     def close(self) -> None:
         with self._lock:
@@ -267,13 +265,6 @@ class FlussActionStateStore(ActionStateStore):
 
     def _past_end(self, part: int, first: int, end: int) -> str:
         return past_end(self._table.name, part, first, end)
-
-    def _claim(self, ends: dict[int, int] | None = None) -> None:
-        self._claim_ends = ends
-        try:
-            super()._claim(ends)
-        finally:
-            self._claim_ends = None
 
     def _fence_others(self, epoch: int) -> None:
         if epoch == self._prefence:  # every other bucket has it, from the claim's batch
