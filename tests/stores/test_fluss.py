@@ -180,6 +180,55 @@ def test_a_claim_behind_a_stale_lower_bound_is_found_and_fenced_everywhere(
         s.close()
 
 
+def test_a_rebuild_reads_on_to_its_claims_rows_and_reads_no_offsets_after_its_claim(
+        shared_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rebuild's tail reads from the end offsets read before the claim up to the
+    claim's own row in each bucket (its cut-off): a zombie's write that lands before the
+    claim counts, one after it counts for no one, and neither finding the claim nor
+    the rebuild's stop reads end offsets after the claim was written."""
+    store = fresh(shared_url)
+    key = next(f"t-{i}" for i in range(1000) if bucket_of(f"t-{i}", 4) == 2)
+    sk = StateKey(key, 0, "a", "e" * 64)
+    call(store, sk, 0, "before the checkpoint")
+    marker = store.recovery_marker()
+    successor = open_store(shared_url)
+    assert isinstance(successor, FlussActionStateStore)
+    real_append, real_end_offsets = successor.append, successor.end_offsets
+    claimed: list[FenceRecord] = []
+    offsets_read_after: list[int] = []
+
+    def racing_append(record: Record, data: bytes, sync: bool) -> Position:
+        if isinstance(record, FenceRecord) and record.claim:
+            call(store, sk, 1, "while the claim is written")  # before it in bucket 2
+            position = real_append(record, data, sync)
+            claimed.append(record)
+            call(store, sk, 2, "after the claim")  # after the claim's pre-fence
+            return position
+        return real_append(record, data, sync)
+
+    def end_offsets() -> dict[int, int]:
+        if claimed:
+            offsets_read_after.append(1)
+        return real_end_offsets()
+
+    monkeypatch.setattr(successor, "append", racing_append)
+    monkeypatch.setattr(successor, "end_offsets", end_offsets)
+    successor.rebuild(marker)
+    monkeypatch.undo()
+    assert claimed and not offsets_read_after
+    claim = [p for p, r in fences_of(successor) if r.claim == claimed[0].claim]
+    assert claim == [(0, successor.epoch - 1)]
+    reader = open_store(shared_url)
+    reader.rebuild(marker, read_only=True)
+    for restored in (successor, reader):
+        state = restored.get(sk)
+        assert state is not None
+        assert {p: c.result for p, c in state.calls.items()} == {
+            0: "before the checkpoint", 1: "while the claim is written"}
+    for s in (store, successor, reader):
+        s.close()
+
+
 def test_concurrent_claims_take_distinct_epochs_and_the_winner_sees_what_counts(
         shared_url: str) -> None:
     store = fresh(shared_url)

@@ -125,11 +125,16 @@ def client_properties(servers: str, timeout: float,
     default) takes a batch per bucket out of the 64 MB buffer. At 2 MB (128 MB for 64
     buckets) it waited for buffer, and with a read's poll under way meanwhile (a rebuild
     reads while it claims) the wait ran into the timeout: "buffer exhausted" in 9 of 12
-    rebuilds. 256 KB fits 256 buckets; group commit throughput is unchanged."""
+    rebuilds. 256 KB fits 256 buckets; group commit throughput is unchanged.
+
+    A fetch waits at a log's end for at most 5 ms, not 500: the server does not answer a
+    waiting fetch when records arrive, and a rebuild's tail waits there for its claim
+    (see ``Tail`` in :mod:`.scan`). Reads up to known offsets do not wait."""
     props = {"bootstrap.servers": servers,
              "connect-timeout": str(int(min(timeout, 10.0) * 1000)),
              "writer.batch-timeout-ms": "0", "writer.enable-idempotence": "true",
              "writer.buffer.wait-timeout-ms": str(int(timeout * 1000)),
-             "writer.batch-size": str(256 << 10)}
+             "writer.batch-size": str(256 << 10),
+             "scanner.log.fetch.wait-max-time-ms": "5"}
     props.update(security or {})
     return props

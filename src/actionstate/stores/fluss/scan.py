@@ -17,7 +17,7 @@ from actionstate.stores.fluss.bucketing import bucket_of
 from actionstate.stores.fluss.rows import namespace_prefix
 from actionstate.stores.fluss.table import FlussTable
 
-__all__ = ["ScanStart", "past_end", "scan"]
+__all__ = ["ScanStart", "Tail", "past_end", "scan"]
 
 _POLL_MS = 500
 
@@ -72,6 +72,96 @@ class ScanStart:
         """Stop fetching the buckets not read through (once; a poll under way is left)."""
         if self.pending:
             buckets, self.pending = list(self.pending), {}
+            self.table.client.start(functools.partial(_stop, self.scanner, buckets),
+                                    "stop a log scan")
+
+
+class Tail:
+    """What is appended to a table from ``ends`` on, read while a claim is written, up
+    to the claim's own rows (:meth:`until`): the rebuild's cut-off in each bucket (see
+    the store's module doc), so that neither the claim's search nor the rebuild's stop
+    needs end offsets read after the claim (with 64 buckets those reads and their
+    scanners cost 15 - 25 ms).
+
+    Subscribed before the claim is written, its fetches wait at the log's end on the
+    server for at most ``scanner.log.fetch.wait-max-time-ms`` (5 ms: Fluss 0.9 does not
+    answer a waiting fetch when records arrive, so with the client's 500 ms the claim's
+    rows came 0.5 s after it was acknowledged). Rows of the namespace are kept until
+    :meth:`serves` gives them to the rebuild (a few: the claim's batch, and whatever a
+    writer of the old epoch put meanwhile).
+    """
+
+    def __init__(self, table: FlussTable, namespace: str, ends: dict[int, int]) -> None:
+        self.table, self.namespace, self.ends = table, namespace, dict(ends)
+        self.prefix = namespace_prefix(namespace)
+        self.rows: list[tuple[int, int, bytes]] = []  # (bucket, offset, payload)
+        self.stop: dict[int, int] | None = None
+        self.subscribed = set(self.ends)
+        client = table.client
+        self.scanner = client.call(lambda: table.scanner(self.ends), "open a log scanner")
+        self.poll: Callable[[], Any] | None = client.start(
+            functools.partial(_poll_rows, self.scanner, []), "read the log")
+
+    def until(self, own: Mapping[int, str]) -> dict[int, int]:
+        """Read on until the row keyed ``own[bucket]`` is in, in each of those buckets;
+        per bucket, the offset after it.
+
+        Raises:
+            StoreError: a bucket returned nothing for the client's timeout (an
+                acknowledged row that never comes: the store lost it).
+        """
+        client, table = self.table.client, self.table
+        found: dict[int, int] = {}
+        idle_polls = 0
+        try:
+            while len(found) < len(own):
+                assert self.poll is not None
+                polled, self.poll = self.poll(), None
+                idle_polls = 0 if polled else idle_polls + 1
+                if idle_polls * _POLL_MS / 1000 > client.timeout:
+                    missing = sorted(set(own) - set(found))
+                    raise StoreError(
+                        f"Fluss table {table.name}: the claim just written (a row to "
+                        f"each bucket) did not come back from buckets {missing} in "
+                        f"{client.timeout:.0f} s; the store lost acknowledged records")
+                for bucket, base, keys, payloads, first_agent_key in polled:
+                    _check_bucketing(table, bucket, first_agent_key)
+                    if bucket in found or bucket not in own:
+                        continue
+                    mine = own[bucket]
+                    for i, key in enumerate(keys):
+                        if key.startswith(self.prefix):
+                            self.rows.append((bucket, base + i, payloads[i]))
+                        if key == mine:
+                            found[bucket] = base + i + 1
+                            break
+                if len(found) < len(own):
+                    done = [b for b in found if b in self.subscribed]
+                    self.subscribed.difference_update(done)
+                    self.poll = client.start(
+                        functools.partial(_poll_rows, self.scanner, done), "read the log")
+        finally:
+            self.close()
+        self.stop = found
+        return found
+
+    def serves(self, namespace: str, start: Mapping[int, int], stop: Mapping[int, int]
+               ) -> bool:
+        """Whether a read of ``namespace`` from ``start`` up to ``stop`` is what
+        :meth:`until` read."""
+        return self.stop is not None and (namespace, start, stop) == (
+            self.namespace, self.ends, self.stop)
+
+    def records(self) -> Iterator[tuple[Position, bytes, str]]:
+        """The rows read, as :func:`scan` yields them (each bucket's in log order)."""
+        where = f"Fluss table {self.table.name} bucket "
+        for bucket, offset, payload in self.rows:
+            yield (bucket, offset), payload, f"{where}{bucket} offset {offset}"
+
+    def close(self) -> None:
+        """Stop fetching (once; a poll under way is left)."""
+        if self.subscribed:
+            buckets, self.subscribed = sorted(self.subscribed), set()
             self.table.client.start(functools.partial(_stop, self.scanner, buckets),
                                     "stop a log scan")
 
@@ -210,3 +300,19 @@ async def _poll(scanner: Any, finished: list[int], prefix: str
     mask = pc.starts_with(rows.column(0), pattern=prefix)
     ours = None if pc.all(mask, skip_nulls=False).as_py() else mask.to_pylist()
     return spans, ours, rows.column(1)
+
+
+async def _poll_rows(scanner: Any, finished: list[int]
+                     ) -> list[tuple[int, int, list[str], list[bytes], str | None]]:
+    """One poll of a :class:`Tail`: per Arrow batch (bucket, base offset, state keys,
+    payloads, first agent key). A tail reads few rows: plain lists."""
+    for bucket in finished:
+        scanner.unsubscribe(bucket)
+    polled = await scanner.poll_record_batch(_POLL_MS)
+    out = []
+    for rb in polled:
+        batch = rb.batch
+        first = batch.column(2)[0].as_py() if batch.num_rows else None
+        out.append((rb.bucket.bucket_id, rb.base_offset, batch.column(0).to_pylist(),
+                    batch.column(1).to_pylist(), first))
+    return out

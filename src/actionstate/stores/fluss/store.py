@@ -12,8 +12,9 @@ bucket is never above any live state's first record.
 
 Claims (see :class:`~actionstate.records.state.FenceRecord`): the client does not
 say at which offset an acknowledged record landed, so the store's claim positions
-are lower bounds (``exact_positions = False``) and the base class reads bucket 0
-back to find its claim. The claim is written in one batch with a *pre-fence* in
+are lower bounds (``exact_positions = False``): a rebuild finds its claim by
+reading on from the end offsets it read before (its :class:`~.scan.Tail`) until
+the claim's batch is in. The claim is written in one batch with a *pre-fence* in
 every other bucket: ``FenceRecord(b + 1)`` where ``b`` is bucket 0's end offset
 read just before, a lower bound of the claim's offset. Every writer that claimed
 before ``b`` has an epoch of at most ``b``, so once the claim is acknowledged its
@@ -47,7 +48,7 @@ from actionstate.stores.fluss.rows import (
     key_head,
     state_key,
 )
-from actionstate.stores.fluss.scan import ScanStart, past_end, scan
+from actionstate.stores.fluss.scan import ScanStart, Tail, past_end, scan
 from actionstate.stores.fluss.table import open_table
 
 __all__ = ["FlussActionStateStore"]
@@ -74,8 +75,8 @@ class FlussActionStateStore(ActionStateStore):
       in every other bucket (see the module doc); a :class:`FenceRecord` with an
       epoch goes to every bucket but 0; a :class:`DropRecord` to its input key's
       bucket.
-    * :meth:`rebuild` reads each bucket from the marker's offset up to the end
-      offset read after its claim.
+    * :meth:`rebuild` reads each bucket from the marker's offset up to its claim's
+      row there (or, if fence copies follow the claim, the end offset read after them).
 
     Args:
         timeout: seconds to wait for the cluster (the option ``flussTimeoutMs``).
@@ -107,6 +108,8 @@ class FlussActionStateStore(ActionStateStore):
         self._prefence = 0  # the epoch of the pre-fences written with the last claim
         self._ahead: ScanStart | None = None  # a rebuild's read, begun before its claim
         self._rebuild_ends: dict[int, int] | None = None  # a rebuild's, before its claim
+        self._tail: Tail | None = None  # a rebuild's read from there on, during its claim
+        self._claim_rows: dict[int, str] | None = None  # per bucket, the claim's row's key
         self._lock = threading.RLock()
         self._closed = False
         self._failure: str | None = None  # why the store is unusable (a failed group commit)
@@ -185,6 +188,7 @@ class FlussActionStateStore(ActionStateStore):
         pre-fences already carry)."""
         keys = self._fence_keys
         rows: list[tuple[Record, bytes, str]] = []
+        own: dict[int, str] = {}
         if record.claim:
             # Bucket 0's end just before: a tight bound of the claim's offset.
             self._resync_positions(self._rebuild_ends)
@@ -202,10 +206,13 @@ class FlussActionStateStore(ActionStateStore):
             position = (bucket, self._base[bucket] + self._acked[bucket] + self._buffered[bucket])
         for fence, fence_data, agent_key in rows:
             self._sequence += 1
-            self._keys.append(state_key(self._key_head, self._sequence, fence))
+            key = own[self._bucket(agent_key)] = state_key(self._key_head, self._sequence,
+                                                           fence)
+            self._keys.append(key)
             self._payloads.append(fence_data)
             self._agent_keys.append(agent_key)
             self._buffered[self._bucket(agent_key)] += 1
+        self._claim_rows = own if record.claim else None
         if sync and self._keys:
             self._write_buffer(single=len(self._keys) == 1)
         return position
@@ -232,7 +239,9 @@ class FlussActionStateStore(ActionStateStore):
         finally:
             if self._ahead is not None:  # not taken (the claim failed before the read)
                 self._ahead.close()
-            self._ahead = self._rebuild_ends = None
+            if self._tail is not None:
+                self._tail.close()
+            self._ahead = self._rebuild_ends = self._tail = self._claim_rows = None
 
     def _read_ahead(self, start: dict[int, int], ends: dict[int, int]) -> None:
         # The range check, the scanner and its first poll before the claim: the records
@@ -240,6 +249,8 @@ class FlussActionStateStore(ActionStateStore):
         # (its claim, and the claim's fences) was written during the rebuild: still there.
         self._rebuild_ends = ends
         self._ahead = ScanStart(self._table, self.namespace, start, ends)
+        if not self._read_only:  # and what comes after, up to the claim (_find_claim)
+            self._tail = Tail(self._table, self.namespace, ends)
 
     def read(
         self, namespace: str, start: dict[int, int], stop: dict[int, int]
@@ -248,6 +259,10 @@ class FlussActionStateStore(ActionStateStore):
         if ahead is not None and ahead.serves(namespace, start, stop):
             self._ahead = None
             return scan(self._table, namespace, start, stop, begun=ahead)
+        tail = self._tail
+        if tail is not None and tail.serves(namespace, start, stop):
+            self._tail = None
+            return tail.records()
         return scan(self._table, namespace, start, stop, present=self._rebuild_ends)
 
     def close(self) -> None:
@@ -265,6 +280,15 @@ class FlussActionStateStore(ActionStateStore):
 
     def _past_end(self, part: int, first: int, end: int) -> str:
         return past_end(self._table.name, part, first, end)
+
+    def _find_claim(self, token: str, lower_bound: Position) -> Position:
+        # The rebuild's tail, read on to the claim's batch: the claim's row in bucket 0,
+        # and the rebuild's stop (each bucket's row of the batch is its cut-off).
+        tail, own = self._tail, self._claim_rows
+        if tail is None or own is None:
+            return super()._find_claim(token, lower_bound)
+        stop = self._after_claim_ends = tail.until(own)
+        return (0, stop[0] - 1)
 
     def _fence_others(self, epoch: int) -> None:
         if epoch == self._prefence:  # every other bucket has it, from the claim's batch
