@@ -36,8 +36,9 @@ def past_end(table: str, bucket: int, first: int, end: int) -> str:
 
 
 class ScanStart:
-    """A scan's first steps: the range checked, a scanner subscribed from ``start`` and
-    its first poll under way on the client's loop. A rebuild takes them before its claim
+    """A scan's first steps: the range check asked, a scanner subscribed from ``start``
+    and its first poll under way on the client's loop (the check is awaited before the
+    poll's records are taken). A rebuild takes them before its claim
     (see ``_read_ahead``), so that records come in while the claim is written; a read
     of the same range then goes on from here (:meth:`serves`).
 
@@ -50,7 +51,7 @@ class ScanStart:
                  stop: dict[int, int], present: Mapping[int, int] | None = None) -> None:
         self.table, self.namespace = table, namespace
         self.start, self.stop = dict(start), dict(stop)
-        self.pending = _read_ranges(table, start, stop, present or {})
+        self.pending, self.check = _read_ranges(table, start, stop, present or {})
         self.prefix = namespace_prefix(namespace)
         self.scanner: Any = None
         self.poll: Callable[[], Any] | None = None
@@ -97,10 +98,18 @@ class Tail:
         self.rows: list[tuple[int, int, bytes]] = []  # (bucket, offset, payload)
         self.stop: dict[int, int] | None = None
         self.subscribed = set(self.ends)
-        client = table.client
-        self.scanner = client.call(lambda: table.scanner(self.ends), "open a log scanner")
-        self.poll: Callable[[], Any] | None = client.start(
-            functools.partial(_poll_rows, self.scanner, []), "read the log")
+        self.scanner: Any = None
+        self.closed = False
+        # The scanner is opened on the client's loop: the claim need not wait for it.
+        self.poll: Callable[[], Any] | None = table.client.start(self._begin,
+                                                                 "open a log scanner")
+
+    async def _begin(self) -> list[tuple[int, int, list[str], list[bytes], str | None]]:
+        scanner = self.scanner = await self.table.scanner(self.ends)
+        if self.closed:  # before it was opened (the claim failed)
+            await _stop(scanner, list(self.ends))
+            return []
+        return await _poll_rows(scanner, [])
 
     def until(self, own: Mapping[int, str]) -> dict[int, int]:
         """Read on until the row keyed ``own[bucket]`` is in, in each of those buckets;
@@ -160,10 +169,15 @@ class Tail:
 
     def close(self) -> None:
         """Stop fetching (once; a poll under way is left)."""
-        if self.subscribed:
+        if not self.closed:
+            self.closed = True
             buckets, self.subscribed = sorted(self.subscribed), set()
-            self.table.client.start(functools.partial(_stop, self.scanner, buckets),
-                                    "stop a log scan")
+
+            async def stop() -> None:  # on the loop: after the scanner opened, or before
+                if self.scanner is not None:
+                    await _stop(self.scanner, buckets)
+
+            self.table.client.start(stop, "stop a log scan")
 
 
 def scan(table: FlussTable, namespace: str, start: dict[int, int], stop: dict[int, int],
@@ -185,6 +199,7 @@ def scan(table: FlussTable, namespace: str, start: dict[int, int], stop: dict[in
     pending, poll, scanner, prefix = begun.pending, begun.poll, begun.scanner, begun.prefix
     if not pending or poll is None:
         return
+    begun.check()
     client = table.client
     where = f"Fluss table {table.name}"
     idle_polls = 0
@@ -231,9 +246,11 @@ def scan(table: FlussTable, namespace: str, start: dict[int, int], stop: dict[in
 
 
 def _read_ranges(table: FlussTable, start: dict[int, int], stop: dict[int, int],
-                 present: Mapping[int, int]) -> dict[int, tuple[int, int]]:
-    """Per bucket with records to read, (start, stop); StoreError if records are gone
-    (asked of the buckets that start below their ``present`` offset)."""
+                 present: Mapping[int, int]
+                 ) -> tuple[dict[int, tuple[int, int]], Callable[[], None]]:
+    """Per bucket with records to read, (start, stop), and the check that they are
+    still there: asked now (of the buckets that start below their ``present`` offset),
+    it raises StoreError, when called, if records are gone."""
     where = f"Fluss table {table.name}"
     unknown = sorted(b for b in start if not 0 <= b < table.num_buckets)
     if unknown:
@@ -243,17 +260,28 @@ def _read_ranges(table: FlussTable, start: dict[int, int], stop: dict[int, int],
             "records are lost; start fresh (no marker) or restore the table")
     ranges = {b: (lo, hi) for b, hi in stop.items() if (lo := start.get(b, 0)) < hi}
     asked = sorted(b for b, (lo, _) in ranges.items() if lo < present.get(b, lo + 1))
-    if asked:
-        earliest = table.list_offsets(fluss.OffsetSpec.earliest(),
-                                      "read the earliest offsets", buckets=asked)
-        lost = {b: (ranges[b][0], earliest[b]) for b in asked if ranges[b][0] < earliest[b]}
+    if not asked:
+        return ranges, _nothing
+    admin = table.client.admin
+    earliest = table.client.start(
+        lambda: admin.list_offsets(table.path, asked, fluss.OffsetSpec.earliest()),
+        "read the earliest offsets")
+
+    def check() -> None:
+        first = earliest()
+        lost = {b: (ranges[b][0], first[b]) for b in asked if ranges[b][0] < first[b]}
         if lost:
             raise StoreError(
                 f"{where}: records needed by the recovery marker were deleted by log "
                 f"retention (bucket: (marker offset, earliest kept offset) {lost}); the "
                 "states they held are lost: raise table.log.ttl above the checkpoint "
                 "retention, and start fresh (no marker)")
-    return ranges
+
+    return ranges, check
+
+
+def _nothing() -> None:
+    pass
 
 
 _bucket_of = functools.lru_cache(maxsize=1 << 16)(bucket_of)
