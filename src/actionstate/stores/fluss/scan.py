@@ -21,10 +21,9 @@ __all__ = ["ScanStart", "Tail", "past_end", "scan"]
 
 _POLL_MS = 500
 
-_ROWS_SHIFT = 8
+_ROWS = 256
 """Payloads become bytes 256 rows at a time, as they are read: a whole poll's (about
 1.2 MB) at once are out of the CPU cache by the time they are decoded (12% slower)."""
-_ROWS_MASK = (1 << _ROWS_SHIFT) - 1
 
 
 def past_end(table: str, bucket: int, first: int, end: int) -> str:
@@ -232,15 +231,16 @@ def scan(table: FlussTable, namespace: str, start: dict[int, int], stop: dict[in
             for bucket, base, at, first, last, chunk in ready:
                 where_at = f"{where} bucket {bucket} offset "
                 batch = payloads.chunk(chunk)  # the batch's own array: no slice across
-                piece_at, piece = -1, []
-                for i in range(first, last):
-                    if ours is None or ours[at + i]:
-                        offset = base + i
-                        if i >> _ROWS_SHIFT != piece_at:  # the next piece of payloads
-                            piece_at = i >> _ROWS_SHIFT
-                            piece = batch.slice(piece_at << _ROWS_SHIFT,
-                                                1 << _ROWS_SHIFT).to_pylist()
-                        yield (bucket, offset), piece[i & _ROWS_MASK], f"{where_at}{offset}"
+                for lo in range(first, last, _ROWS):  # a piece of payloads at a time
+                    hi = min(lo + _ROWS, last)
+                    piece = batch.slice(lo, hi - lo).to_pylist()
+                    if ours is None:  # all of the namespace (a table of one run)
+                        for offset, payload in enumerate(piece, base + lo):
+                            yield (bucket, offset), payload, f"{where_at}{offset}"
+                    else:
+                        for i, payload in enumerate(piece, lo):
+                            if ours[at + i]:
+                                yield (bucket, base + i), payload, f"{where_at}{base + i}"
     finally:  # left early (the caller found what it looked for): stop fetching for it
         begun.close()
 
