@@ -323,9 +323,10 @@ def decode_call(data: bytes, skip: Callable[[StateKey], bool] | None = None
     m = _CALL_HEAD.match(text)
     if m is None:
         return None
-    key_text, k0, k1, k2, k3, epoch, position, function_id, digest, succeeded = m.groups()
+    key_text, epoch, position, function_id, digest, succeeded = m.group(1, 6, 7, 8, 9, 10)
     key = _KEY_TEXTS.get(key_text)
     if key is None:
+        k0, k1, k2, k3 = m.group(2, 3, 4, 5)
         key = StateKey(k0, int(k1), k2, k3)
         if len(_KEY_TEXTS) >= _CACHED:
             _KEY_TEXTS.clear()

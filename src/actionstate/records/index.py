@@ -88,7 +88,7 @@ class StateIndex:
             return False
         last, state = self._last  # a state's calls are read one after another, mostly
         if key is not last or state is None:
-            state = self._state(key, position)
+            state = self._states.get(key) or self._state(key, position)
             self._last = (key, state)
         state.calls[at] = call
         return True

@@ -322,16 +322,16 @@ class ActionStateStore(ABC):
         apply, apply_call = index.apply, index.apply_call
         while True:
             count = 0
-            for position, data, where in itertools.islice(records, piece):
-                count += 1
+            for count, (position, data, where) in enumerate(  # noqa: B007 - read after
+                    itertools.islice(records, piece), 1):
                 call = decode_call(data, skipped)
-                if call is None:
+                if call:  # the common case; empty: a done state's, skipped
+                    apply_call(*call, position)
+                elif call is None:
                     record = decode_record(data, where, keyring, sealed_ok)
                     if skipped is None or not isinstance(record, OF_A_STATE) or not skipped(
                             record.key):
                         apply(record, position, record.epoch)
-                elif call:  # empty: a done state's, skipped
-                    apply_call(*call, position)
             self._applied += count
             if count < piece:
                 return
