@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from actionstate.connectors.base import InputRecord, Item, Rejected, Sink, Source
@@ -373,6 +373,23 @@ def test_a_zombie_is_fenced_by_the_run_that_restored_its_state(
     successor.close()
     third.close()
     assert values(kafka_servers, topic) == [1, 2]
+
+
+def test_a_purge_reported_alone_names_the_aborted_transaction(
+        kafka_servers: str, topics: Topics) -> None:
+    """A fenced zombie's flush can end in a SystemError whose only error is a delivery
+    purged (transaction.version 2): a clean-clone run of the test above got "cannot
+    write ... (Local: Purged in queue) ... check the broker's log and this client's
+    ACLs". A purge names the aborted transaction wherever it is met; a fence met with
+    it comes first."""
+    sink = open_sink(kafka_servers, topics.name(), None)
+    purged = KafkaException(KafkaError(KafkaError._PURGE_QUEUE))
+    assert "the broker aborted this run's transaction" in str(sink._error("write to", purged))
+    sink._failed = [KafkaError(KafkaError._PURGE_QUEUE), KafkaError(KafkaError._FENCED)]
+    fatal = sink._fatal(SystemError("a delivery callback raised"))
+    assert "fenced: a newer run" in str(sink._error("write to", fatal))
+    sink._failed = []
+    sink.close()
 
 
 def test_writes_between_prepare_and_commit_go_to_the_next_transaction(

@@ -29,6 +29,10 @@ log = logging.getLogger("actionstate.connectors.kafka")
 
 _FENCED = frozenset({KafkaError._FENCED, KafkaError.PRODUCER_FENCED,
                      KafkaError.INVALID_PRODUCER_EPOCH})
+_PURGED = frozenset({KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT})
+"""A delivery purged: the broker aborted the transaction. A newer run taking over the
+transactional id does that; librdkafka then reports the fence on the abort, or
+(transaction.version 2) only the purge."""
 
 
 class KafkaSink:
@@ -217,21 +221,11 @@ class KafkaSink:
             failed, self._failed = self._failed, []
             fenced = [e for e in failed if e.code() in _FENCED]
             error = fenced[0] if fenced else failed[0]
-            if not fenced and error.code() in (KafkaError._PURGE_QUEUE,
-                                               KafkaError._PURGE_INFLIGHT):
-                # Purged: the broker aborted the transaction. A newer run taking over the
-                # transactional id does that; librdkafka then reports the fence on the
-                # abort, or (transaction.version 2) only the purge.
+            if not fenced and error.code() in _PURGED:  # the fence may show on the abort
                 try:
                     self._producer.abort_transaction(self.endpoint.timeout)
                 except KafkaException as why:
                     raise self._error("write to", why) from None
-                raise ConnectorError(
-                    f"Kafka output topic {self.endpoint.topic}: the broker aborted this run's "
-                    f"transaction (transactional.id {self._id}), as it does when a newer run "
-                    "of this state dir takes over the output topic: this run stops, its "
-                    "outputs since the last checkpoint are aborted, and the run that resumes "
-                    "writes them again")
             raise self._error("write to", KafkaException(error))
 
     def _begin(self) -> None:
@@ -248,8 +242,9 @@ class KafkaSink:
             self._producer.poll(0)  # raises the client's fatal error again
         except KafkaException as fatal:
             return fatal
-        if self._failed:
-            return KafkaException(self._failed[0])
+        if self._failed:  # a fence before a purge: it says more
+            return KafkaException(next((e for e in self._failed if e.code() in _FENCED),
+                                       self._failed[0]))
         raise exc
 
     def _commit(self, txn: int) -> None:
@@ -297,6 +292,13 @@ class KafkaSink:
             return ConnectorError(
                 f"{where}: fenced: a newer run of this state dir took over the output topic "
                 f"(transactional.id {self._id}); this run stops, the newer one carries on")
+        if error is not None and error.code() in _PURGED:
+            # Also met as a flush's SystemError, where the purge is all there is to report.
+            return ConnectorError(
+                f"{where}: the broker aborted this run's transaction (transactional.id "
+                f"{self._id}), as it does when a newer run of this state dir takes over the "
+                "output topic: this run stops, its outputs since the last checkpoint are "
+                "aborted, and the run that resumes writes them again")
         if error is not None and error.code() in (KafkaError._TRANSPORT, KafkaError._TIMED_OUT,
                                                   KafkaError._ALL_BROKERS_DOWN):
             return unreachable(self.endpoint, exc)
