@@ -1,7 +1,7 @@
 """A keyed Python function that registers a processing-time timer per element and
 logs every registration and firing (tests/flink/test_pyflink_timers.py).
 
-Arguments: LOG_DIR DUE_MS SLEEP_S BUNDLE_SIZE. Each element of a generated stream (8
+Arguments: LOG_DIR DUE_MS SLEEP_S BUNDLE_SIZE [BUNDLE_MS]. Each element of a generated stream (8
 per second, 40 keys) registers a timer DUE_MS later for its key after SLEEP_S of work
 (a slow function: bundles hold several elements); LOG_DIR/<pid>.log gets one line per
 registration and firing.
@@ -21,6 +21,7 @@ from pyflink.table import StreamTableEnvironment
 
 LOG_DIR, DUE_MS = sys.argv[1], int(sys.argv[2])
 SLEEP_S, BUNDLE_SIZE = float(sys.argv[3]), sys.argv[4]
+BUNDLE_MS = sys.argv[5] if len(sys.argv) > 5 else "5"  # the runner's bundle time
 
 
 class Timers(KeyedProcessFunction):  # type: ignore[misc]
@@ -47,7 +48,7 @@ env.enable_checkpointing(2000)
 env.set_parallelism(1)
 t_env = StreamTableEnvironment.create(env)
 t_env.get_config().set("python.fn-execution.bundle.size", BUNDLE_SIZE)
-t_env.get_config().set("python.fn-execution.bundle.time", "5")
+t_env.get_config().set("python.fn-execution.bundle.time", BUNDLE_MS)
 t_env.execute_sql("""
     CREATE TABLE numbers (n BIGINT) WITH ('connector'='datagen', 'rows-per-second'='8',
       'fields.n.kind'='random', 'fields.n.min'='0', 'fields.n.max'='1000000')""")

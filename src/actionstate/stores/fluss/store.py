@@ -206,12 +206,12 @@ class FlussActionStateStore(ActionStateStore):
             position = (bucket, self._base[bucket] + self._acked[bucket] + self._buffered[bucket])
         for fence, fence_data, agent_key in rows:
             self._sequence += 1
-            key = own[self._bucket(agent_key)] = state_key(self._key_head, self._sequence,
-                                                           fence)
+            bucket = self._bucket(agent_key)
+            key = own[bucket] = state_key(self._key_head, self._sequence, fence)
             self._keys.append(key)
             self._payloads.append(fence_data)
             self._agent_keys.append(agent_key)
-            self._buffered[self._bucket(agent_key)] += 1
+            self._buffered[bucket] += 1
         self._claim_rows = own if record.claim else None
         if sync and self._keys:
             self._write_buffer(single=len(self._keys) == 1)
