@@ -262,10 +262,8 @@ def _read_ranges(table: FlussTable, start: dict[int, int], stop: dict[int, int],
     asked = sorted(b for b, (lo, _) in ranges.items() if lo < present.get(b, lo + 1))
     if not asked:
         return ranges, _nothing
-    admin = table.client.admin
-    earliest = table.client.start(
-        lambda: admin.list_offsets(table.path, asked, fluss.OffsetSpec.earliest()),
-        "read the earliest offsets")
+    earliest = table.start_list_offsets(fluss.OffsetSpec.earliest(),
+                                        "read the earliest offsets", buckets=asked)
 
     def check() -> None:
         first = earliest()

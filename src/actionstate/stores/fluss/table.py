@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import fluss
@@ -35,10 +36,16 @@ class FlussTable:
     def list_offsets(self, spec: Any, what: str, timeout: float | None = None, *,
                      buckets: list[int] | None = None) -> dict[int, int]:
         """Per bucket (every bucket, unless given), the offset ``spec`` names."""
+        return self.start_list_offsets(spec, what, timeout, buckets=buckets)()
+
+    def start_list_offsets(self, spec: Any, what: str, timeout: float | None = None, *,
+                           buckets: list[int] | None = None) -> Callable[[], dict[int, int]]:
+        """:meth:`list_offsets` begun on the client's loop; the function returned waits
+        for its answer."""
         wanted = list(range(self.num_buckets)) if buckets is None else buckets
         admin = self.client.admin
-        return self.client.call(lambda: admin.list_offsets(self.path, wanted, spec), what,
-                                timeout=timeout)
+        return self.client.start(lambda: admin.list_offsets(self.path, wanted, spec), what,
+                                 timeout=timeout)
 
     def end_offsets(self, timeout: float | None = None) -> dict[int, int]:
         """Per bucket, the offset the next record will get."""
